@@ -1,0 +1,222 @@
+"""The `ferbench` command line: parsing, rich output and exit codes. Logic lives in the modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ferbench.errors import FerbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproduce facial-emotion-recognition papers and report how close the reproduction came.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets: counts per split and class, figures.")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class RichEpochs:
+    """Progress bars over epochs and batches for one job."""
+
+    def __init__(self, bar: Progress, label: str):
+        self.bar, self.label = bar, label
+        self.epochs = bar.add_task(f"{label} epochs", total=None)
+        self.batches = bar.add_task("  batches", total=None)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        self.bar.update(self.epochs, total=epochs, completed=epoch)
+        self.bar.reset(self.batches, total=batches)
+
+    def advance(self) -> None:
+        self.bar.advance(self.batches)
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        self.bar.update(self.epochs, completed=row["epoch"])
+        val = f" val {row['val_acc']:.3f}" if "val_acc" in row else ""
+        self.bar.console.print(
+            f"  {self.label} epoch {row['epoch']}: loss {row['train_loss']:.3f} train {row['train_acc']:.3f}{val} "
+            f"({row['seconds']:.1f}s)", highlight=False)
+
+    def close(self) -> None:
+        self.bar.remove_task(self.epochs)
+        self.bar.remove_task(self.batches)
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="benchmark spec (YAML)"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="shrink the spec, e.g. smoke or cpu"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override a spec value: key=value (repeatable)"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run records go"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets (else FERBENCH_DATA)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
+) -> None:
+    """Train and evaluate every (model x dataset x seed) job of SPEC; finished jobs are skipped,
+    interrupted ones resume from their last checkpoint."""
+    from ferbench.runner import check_writable, pick_device, prepare, run_jobs, write_spec_snapshot
+    from ferbench.spec import expand, load_spec, parse_set
+
+    try:
+        s = load_spec(spec, profile, parse_set(set_))
+        jobs = expand(s)
+        check_writable(runs_dir)
+        datasets = prepare(jobs, data_root)
+        dev = pick_device(device)
+    except FerbenchError as e:
+        _fail(str(e))
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    write_spec_snapshot(s, runs_dir)
+    console.print(f"[bold]{s.name}[/]: {len(jobs)} jobs on {dev} ({torch.get_num_threads()} threads) -> {runs_dir / s.name}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        current: list[RichEpochs] = []
+
+        def progress_for(job):
+            if current:
+                current.pop().close()
+            current.append(RichEpochs(bar, f"{job.model.id}/{job.dataset.id}/s{job.seed}"))
+            return current[-1]
+
+        def on_outcome(o) -> None:
+            acc = "" if o.test_acc is None else f" test acc {o.test_acc:.4f}"
+            why = f" ({o.reason})" if o.reason else ""
+            bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False)
+
+        try:
+            outcomes = run_jobs(jobs, runs_dir, datasets, dev, progress_for, on_outcome)
+        except FerbenchError as e:
+            _fail(str(e))
+        if current:
+            current.pop().close()
+    table = Table(title=f"{s.name}: test accuracy (last epoch)")
+    for col in ("model", "dataset", "seed", "status", "test acc", "seconds"):
+        table.add_column(col)
+    for o in outcomes:
+        acc = "-" if o.test_acc is None else f"{o.test_acc:.4f}"
+        table.add_row(o.job.model.id, o.job.dataset.id, str(o.job.seed), o.status, acc, f"{o.seconds:.1f}")
+    console.print(table)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    target: Optional[str] = typer.Argument(None, help="spec name (under --runs-dir) or a runs folder; default: every spec"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
+) -> None:
+    """Render Markdown and self-contained HTML reports from run records (never trains)."""
+    from ferbench.report import render_reports
+
+    try:
+        written = render_reports(target, runs_dir, out)
+    except FerbenchError as e:
+        _fail(str(e))
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List every registered model variant with its parameter count (7 classes, 224 input)."""
+    from ferbench.profile import count_params
+    from ferbench.models import create_model, variants
+
+    rows = []
+    for name, v in sorted(variants().items()):
+        m = create_model(name, 7, 224)
+        rows.append({"name": name, "family": v.family, "params": count_params(m), "paper": v.paper,
+                     "options": list(v.options), "description": v.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title="ferbench models (params with a 7-class head)")
+    for c in ("name", "family", "params (M)", "paper variant", "options"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], r["family"], f"{r['params'] / 1e6:.2f}", "yes" if r["paper"] else "extension", ", ".join(r["options"]))
+    console.print(t)
+
+
+@app.command()
+def profile(
+    model: str = typer.Argument(..., help="model variant, e.g. emonext-tiny"),
+    input_size: int = typer.Option(224, "--input-size"),
+    num_classes: int = typer.Option(7, "--num-classes"),
+    in_chans: int = typer.Option(3, "--in-chans"),
+    option: list[str] = typer.Option([], "--option", "-o", help="model option key=value (repeatable)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Params, GMACs, GFLOPs (= 2 x GMACs) and CPU latency at batch 1, eval mode."""
+    from ferbench.profile import profile_model
+    from ferbench.spec import parse_set
+
+    try:
+        opts = dict(parse_set(option))
+        res = profile_model(model, input_size, num_classes, in_chans, **opts)
+    except FerbenchError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    console.print(f"{model} at {input_size}x{input_size}, {num_classes} classes: {res['params'] / 1e6:.2f}M params, "
+                  f"{res['gmacs']:.3f} GMACs ({res['gflops']:.3f} GFLOPs), {res['latency_ms']:.1f} ms CPU latency")
+
+
+@data_app.command("info")
+def data_info(
+    name: str = typer.Argument(..., help="dataset name, e.g. fer2013 or synthfer"),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    path: Optional[str] = typer.Option(None, "--path", help="the dataset's file or folder"),
+    option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Per split: total and per-class counts."""
+    from ferbench.data import load_dataset
+    from ferbench.spec import parse_set
+
+    try:
+        ds = load_dataset(name, dict(parse_set(option)), path, data_root)
+    except FerbenchError as e:
+        _fail(str(e))
+    info = {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    t = Table(title=f"{ds.name}")
+    t.add_column("split")
+    t.add_column("total", justify="right")
+    for c in ds.classes:
+        t.add_column(c, justify="right")
+    for split, c in info["splits"].items():
+        t.add_row(split, f"{c['total']:,}", *[f"{n:,}" for n in c["per_class"].values()])
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted: finished jobs are kept; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

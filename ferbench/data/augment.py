@@ -1,0 +1,80 @@
+"""Batched augmentation on the training device: one affine warp per batch, no per-sample PIL.
+
+Flip, rotation, zoom, shift and "resize by r then random-crop" are composed into one 2x3 matrix
+per sample and applied with a single `affine_grid` + `grid_sample`, which also resizes to the
+model's input size. Random numbers come from a seeded CPU `torch.Generator`, so the stream is the
+same on every device and can be saved and restored for exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ferbench.spec import AugmentConfig
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, H, W) in [0, 1]; warps happen here, so padding is black."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+def finish(x: torch.Tensor, in_chans: int, normalize: str) -> torch.Tensor:
+    """Normalise and repeat grey to 3 channels when the model wants 3 (explicit, as the papers do)."""
+    if normalize == "half":
+        x = (x - 0.5) / 0.5
+    return x.expand(-1, 3, -1, -1) if in_chans == 3 else x
+
+
+def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) matrices mapping output to input coordinates (normalised, align_corners=False)."""
+    u = torch.rand(n, 6, generator=gen, dtype=torch.float64)
+    angle = (u[:, 0] * 2 - 1) * math.radians(cfg.rotation)
+    lo, hi = cfg.scale
+    zoom = lo + u[:, 1] * (hi - lo)
+    s = 1.0 / (cfg.resize_ratio * zoom)  # output covers 1/s of the (resized) source
+    room = (1 - s).clamp(min=0)  # how far a crop of that size may move inside the source
+    tx = (u[:, 2] * 2 - 1) * room + (u[:, 4] * 2 - 1) * 2 * cfg.translate
+    ty = (u[:, 3] * 2 - 1) * room + (u[:, 5] * 2 - 1) * 2 * cfg.translate
+    flips = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    fx = torch.where((flips[:, 0] < 0.5) & torch.tensor(cfg.hflip), -1.0, 1.0).double()
+    fy = torch.where((flips[:, 1] < 0.5) & torch.tensor(cfg.vflip), -1.0, 1.0).double()
+    cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
+    theta = torch.stack(
+        [torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1
+    )
+    return theta.float()
+
+
+def augment_batch(x: torch.Tensor, out_size: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Apply per-sample random affine augmentation and resize to out_size in one warp."""
+    theta = random_affine(x.shape[0], cfg, gen).to(x.device, non_blocking=True)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+
+
+def ten_crop(x: torch.Tensor, size: int, resize_ratio: float) -> torch.Tensor:
+    """(N, C, H, W) -> (10, N, C, size, size): resize to size*ratio, 4 corners + centre, and their flips."""
+    big = resize(x, int(round(size * resize_ratio)))
+    h, w = big.shape[-2:]
+    tops = [0, 0, h - size, h - size, (h - size) // 2]
+    lefts = [0, w - size, 0, w - size, (w - size) // 2]
+    crops = [big[..., t : t + size, l : l + size] for t, l in zip(tops, lefts)]
+    crops += [c.flip(-1) for c in crops]
+    return torch.stack(crops)
+
+
+def random_crop_eval(x: torch.Tensor, size: int, resize_ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """EmoNeXt code's validation view: resize to size*ratio, one random crop per sample."""
+    big = resize(x, int(round(size * resize_ratio)))
+    room = big.shape[-1] - size
+    offs = torch.randint(0, room + 1, (x.shape[0], 2), generator=gen).tolist()
+    return torch.stack([big[i, :, t : t + size, l : l + size] for i, (t, l) in enumerate(offs)])

@@ -1,0 +1,142 @@
+"""FER-2013 in the Kaggle `fer2013.csv` format (plain or gzipped).
+
+Columns `emotion,pixels,Usage`; `pixels` is 2304 space-separated ints (48x48, row-major).
+Standard protocol: Training -> train, PublicTest -> val, PrivateTest -> test.
+(`torchvision.datasets.FER2013` merges PublicTest and PrivateTest, so it cannot serve here.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
+from ferbench.data.cache import cached_arrays, file_digest
+from ferbench.errors import FerbenchError
+
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+COLUMNS = ["emotion", "pixels", "Usage"]
+PIXELS = 48 * 48
+PARSER_VERSION = 1
+FILE_NAMES = ("fer2013.csv.gz", "fer2013.csv")
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def find_csv(root: Path | None, path: str | None) -> Path:
+    """The CSV: `path` (a file or a folder holding it), else `<root>/fer2013/fer2013.csv[.gz]`."""
+    if path:
+        p = Path(path).expanduser()
+        if p.is_file():
+            return p
+        candidates = [p / n for n in FILE_NAMES] + [p / "fer2013" / n for n in FILE_NAMES]
+    elif root is not None:
+        candidates = [root / "fer2013" / n for n in FILE_NAMES] + [root / n for n in FILE_NAMES]
+    else:
+        raise FerbenchError(
+            "fer2013: no data location: set FERBENCH_DATA, pass --data-root, or give the dataset a path: "
+            "expected <root>/fer2013/fer2013.csv.gz (Kaggle 'Challenges in Representation Learning' fer2013.csv)"
+        )
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FerbenchError(
+        f"fer2013: expected {candidates[0]} (the Kaggle fer2013.csv, plain or gzipped): file not found"
+    )
+
+
+def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
+    return {"csv": find_csv(root, path)}
+
+
+def parse_pixels(pixels: list[str], where: str, first_line: int = 2) -> np.ndarray:
+    """Parse space-separated pixel strings into (N, 48, 48) uint8, vectorised over bytes.
+
+    Raises FerbenchError naming the line of the first row with a wrong count or a bad value.
+    """
+    n = len(pixels)
+    out = np.empty((n, PIXELS), dtype=np.uint8)
+    chunk = 4096
+    for start in range(0, n, chunk):
+        rows = pixels[start : start + chunk]
+        out[start : start + len(rows)] = _parse_chunk(rows, where, first_line + start)
+    return out.reshape(n, 48, 48)
+
+
+def _parse_chunk(rows: list[str], where: str, first_line: int) -> np.ndarray:
+    counts = np.fromiter((r.count(" ") + 1 if r else 0 for r in rows), dtype=np.int64, count=len(rows))
+    wrong = np.flatnonzero(counts != PIXELS)
+    if wrong.size:
+        r = int(wrong[0])
+        raise FerbenchError(
+            f"{where}: line {first_line + r}: expected {PIXELS} pixel values (48x48) separated by single spaces, "
+            f"got {len(rows[r].split())}"
+        )
+    text = " ".join(rows)
+    if text.encode("ascii", errors="replace").translate(None, b"0123456789 "):
+        r = next(i for i, row in enumerate(rows) if row.encode("ascii", errors="replace").translate(None, b"0123456789 "))
+        raise FerbenchError(f"{where}: line {first_line + r}: pixels must be integers 0-255 separated by spaces")
+    values = np.fromstring(text, dtype=np.int32, sep=" ")  # text mode: a C parser, not deprecated
+    if values.size != len(rows) * PIXELS:
+        raise FerbenchError(f"{where}: lines {first_line}-{first_line + len(rows) - 1}: malformed pixel values")
+    if values.max(initial=0) > 255:
+        r = int(np.argmax(values > 255) // PIXELS)
+        raise FerbenchError(f"{where}: line {first_line + r}: pixel value out of range 0-255")
+    return values.astype(np.uint8).reshape(len(rows), PIXELS)
+
+
+def read_csv_frame(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read a CSV with exactly `columns`, all as strings; one-line errors for unreadable files."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise FerbenchError(f"{path}: not a readable CSV ({first})") from None
+    got = [c.strip() for c in df.columns]
+    if got != columns:
+        raise FerbenchError(f"{path}: expected columns {','.join(columns)}, got {','.join(got)}")
+    df.columns = got
+    return df
+
+
+def parse_csv(path: Path) -> dict[str, np.ndarray]:
+    df = read_csv_frame(path, COLUMNS)
+    usage = df["Usage"].str.strip().to_numpy()
+    known = np.isin(usage, list(USAGE_TO_SPLIT))
+    if not known.all():
+        i = int(np.argmax(~known))
+        raise FerbenchError(f"{path}: line {i + 2}: Usage {usage[i]!r} is not one of Training, PublicTest, PrivateTest")
+    emo = pd.to_numeric(df["emotion"].str.strip(), errors="coerce").to_numpy()
+    ok = ~np.isnan(emo) & (emo == np.round(emo)) & (emo >= 0) & (emo < len(CLASSES))
+    if not ok.all():
+        i = int(np.argmax(~ok))
+        raise FerbenchError(f"{path}: line {i + 2}: emotion {df['emotion'].iloc[i]!r} is not an integer 0-6")
+    images = parse_pixels(df["pixels"].str.strip().tolist(), str(path))
+    split_code = np.select([usage == u for u in USAGE_TO_SPLIT], list(range(3)))
+    return {"images": images, "labels": emo.astype(np.int64), "split": split_code.astype(np.int8)}
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Parsed arrays of a FER-2013 CSV, through the cache."""
+    return cached_arrays("fer2013", file_digest(path), {"v": PARSER_VERSION}, lambda: parse_csv(path))
+
+
+def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
+    path = files["csv"]
+    a = load_arrays(path)
+    splits = {name: Split(a["images"][a["split"] == i], a["labels"][a["split"] == i]) for i, name in enumerate(USAGE_TO_SPLIT.values())}
+    ds = FerDataset(
+        "fer2013", CLASSES, splits, files={str(path): file_digest(path)},
+        notes={"protocol": "Training->train, PublicTest->val, PrivateTest->test"},
+    )
+    check_split_nonempty(ds, str(path))
+    return ds
+
+
+KIND = DatasetKind(Options, _locate, _load, "FER-2013 (Kaggle fer2013.csv), 7 classes, 48x48")

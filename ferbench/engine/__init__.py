@@ -1,0 +1,1 @@
+"""Training, evaluation and checkpoints. Reads arrays and models handed to it; writes no reports."""

@@ -1,0 +1,60 @@
+"""Evaluation: per-sample logits for a split, with batched test-time augmentation.
+
+TTA is batched: the 10 TenCrop views (or 2 flip views) of a batch go through the model as one
+forward over the expanded batch and their logits are averaged (as EmoNeXt's code averages them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ferbench.data.augment import finish, random_crop_eval, resize, ten_crop, to_unit
+from ferbench.spec import TrainConfig
+
+
+def autocast_ctx(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA when asked (auto -> bf16); a no-op elsewhere."""
+    if device.type != "cuda" or amp == "off":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def views(x: torch.Tensor, size: int, tta: str, ratio: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """(V, N, C, size, size) views of a float batch for the given TTA mode."""
+    if tta == "tencrop":
+        return ten_crop(x, size, ratio)
+    if tta == "random_crop":
+        return random_crop_eval(x, size, ratio, gen)[None]
+    base = resize(x, size)
+    if tta == "flip":
+        return torch.stack([base, base.flip(-1)])
+    return base[None]
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    tta: str = "none",
+    tta_resize_ratio: float = 236 / 224,
+    gen: torch.Generator | None = None,
+) -> np.ndarray:
+    """Logits (N, K) float32 for uint8 images (N, H, W)."""
+    model.eval()
+    src = torch.from_numpy(images)
+    out = []
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for start in range(0, len(src), cfg.eval_batch_size):
+        xb = src[start : start + cfg.eval_batch_size].to(device, non_blocking=True)
+        v = views(to_unit(xb), cfg.input_size, tta, tta_resize_ratio, gen)
+        n_views, n = v.shape[:2]
+        flat = finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
+        with autocast_ctx(device, cfg.amp):
+            logits = model(flat)
+        out.append(logits.float().reshape(n_views, n, -1).mean(0))
+    return torch.cat(out).cpu().numpy().astype(np.float32)

@@ -1,0 +1,74 @@
+"""Optimizers, per-step learning-rate schedules and EMA, built from a resolved TrainConfig."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ferbench.spec import EmaConfig, TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step `step` (0-based)."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        period = cfg.restart_steps or total
+        pos = step % period if cfg.restart_steps else step
+        if pos < cfg.warmup_steps:
+            return (pos + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(period - cfg.warmup_steps, 1)
+        progress = min((pos - cfg.warmup_steps) / span, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps_per_epoch))
+
+
+class ModelEma:
+    """Exponential moving average of weights (buffers copied), updated every `every` steps.
+
+    Before `warmup_steps` the average is reset to the live weights, as EmoNeXt's code does.
+    """
+
+    def __init__(self, model: nn.Module, cfg: EmaConfig):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        if step % self.cfg.every:
+            return
+        decay = 0.0 if step < self.cfg.warmup_steps else self.cfg.decay
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+            else:
+                e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.module.load_state_dict(sd)

@@ -1,0 +1,242 @@
+"""The training loop, readable top to bottom.
+
+Exact resume: the data order and the augmentation stream of epoch e come from generators seeded by
+(seed, e), and the global RNG state is saved with every end-of-epoch checkpoint, so a run killed at
+any moment and restarted repeats the interrupted epoch bit for bit (on the CPU).
+No per-step host syncs: loss and accuracy are summed on the device and read once per epoch; the
+divergence check reads one flag every `CHECK_EVERY` steps.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ferbench.data import FerDataset
+from ferbench.data.augment import augment_batch, finish, to_unit
+from ferbench.engine.evaluate import autocast_ctx, predict
+from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
+from ferbench.errors import FerbenchError, JobFailed
+from ferbench.runs import write_bytes_atomic, write_text_atomic
+from ferbench.spec import EvalConfig, TrainConfig
+
+CHECK_EVERY = 50
+
+
+class Progress(Protocol):
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def advance(self) -> None: ...
+    def end_epoch(self, row: dict[str, Any]) -> None: ...
+
+
+class NoProgress:
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def advance(self) -> None: ...
+    def end_epoch(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the model evaluated: the EMA copy when EMA is on and eval.use_ema
+    best_state: dict[str, torch.Tensor] | None
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 16 + stream)
+
+
+def soft_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """-sum t log softmax(z), divided by N x classes ("paper", the article's formula) or by N."""
+    total = -(target * F.log_softmax(logits.float(), dim=1)).sum()
+    denom = logits.shape[0] * (logits.shape[1] if reduction == "paper" else 1)
+    return total / denom
+
+
+def compute_loss(
+    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, cfg: TrainConfig
+) -> torch.Tensor:
+    if cfg.loss == "ldl":
+        loss = soft_ce(logits, target, cfg.ldl_reduction)
+        if cfg.ldl_hard_weight:
+            loss = loss + cfg.ldl_hard_weight * F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    else:
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    aux = getattr(model, "aux_loss", None)
+    return loss if aux is None else loss + aux.float()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """weights_only load: a checkpoint can never run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure is bad input)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise FerbenchError(f"{path}: not a loadable ferbench checkpoint ({first})") from None
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    lines = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def fit(
+    model: nn.Module,
+    ds: FerDataset,
+    cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    seed: int,
+    device: torch.device,
+    job_dir: Path,
+    teacher: nn.Module | None = None,
+    progress: Progress | None = None,
+    stop_after_steps: int | None = None,
+) -> FitResult:
+    """Train with per-epoch checkpoints and validation; resume from `job_dir/checkpoint.pt` if present."""
+    progress = progress or NoProgress()
+    train = ds.splits["train"]
+    if cfg.loss == "ldl" and cfg.ldl_source == "votes" and train.targets is None:
+        raise FerbenchError(f"dataset {ds.name!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
+    if cfg.loss == "ldl" and cfg.ldl_source == "teacher" and teacher is None:
+        raise FerbenchError("train.ldl_source=teacher needs a model entry with depends_on: <teacher model id>")
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    images = torch.from_numpy(train.images).to(device)
+    labels = torch.from_numpy(train.labels).to(device)
+    targets = torch.from_numpy(train.targets).to(device) if train.targets is not None else None
+    n = len(train)
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = n // batch
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch)
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None
+    use_scaler = device.type == "cuda" and cfg.amp == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    val = ds.splits.get("val")
+
+    ckpt_path = job_dir / "checkpoint.pt"
+    start_epoch, step, best_val, best_epoch, since_best = 0, 0, -1.0, -1, 0
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(ck["ema"])
+            scaler.load_state_dict(ck["scaler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0][:160]
+            raise FerbenchError(f"{ckpt_path}: checkpoint does not match this job's model or optimizer ({msg})") from None
+        torch.set_rng_state(ck["rng_torch"])
+        if device.type == "cuda" and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng_cuda"])
+        start_epoch, step = ck["epoch"], ck["step"]
+        best_val, best_epoch, since_best = ck["best_val"], ck["best_epoch"], ck["since_best"]
+        history = ck["history"]
+        best_state = ck.get("best_state")
+
+    eval_model = lambda: ema.module if (ema is not None and eval_cfg.use_ema) else model  # noqa: E731
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+            stopped_early = True
+            break
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0)).to(device)
+        aug_gen = epoch_generator(seed, epoch, 1)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        progress.start_epoch(epoch, cfg.epochs, steps_per_epoch)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch : (i + 1) * batch]
+            x = augment_batch(to_unit(images[idx]), cfg.input_size, cfg.augment, aug_gen)
+            x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
+            y = labels[idx]
+            with autocast_ctx(device, cfg.amp):
+                logits = model(x)
+                target = targets[idx] if targets is not None else None
+                if teacher is not None and cfg.loss == "ldl" and cfg.ldl_source == "teacher":
+                    with torch.no_grad():
+                        target = torch.softmax(teacher(x).float(), dim=1)
+                loss = compute_loss(model, logits, y, target, cfg)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad_norm:
+                if use_scaler and not cfg.clip_before_unscale:
+                    scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
+            loss_sum += loss.detach().float() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            progress.advance()
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                if int(bad_step) >= 0:
+                    raise JobFailed(f"non-finite loss at epoch {epoch + 1}, step {int(bad_step)}")
+            if stop_after_steps is not None and step >= stop_after_steps:
+                raise KeyboardInterrupt  # test hook: simulate a kill mid-epoch
+        seen = steps_per_epoch * batch
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
+            "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
+        }
+        if val is not None and "val" in eval_cfg.splits:
+            mode = "random_crop" if eval_cfg.val_mode == "random_crop" else "none"
+            vlogits = predict(eval_model(), val.images, cfg, device, mode, eval_cfg.tta_resize_ratio,
+                              epoch_generator(seed, epoch, 2))
+            row["val_loss"] = float(F.cross_entropy(torch.from_numpy(vlogits), torch.from_numpy(val.labels)))
+            row["val_acc"] = float((vlogits.argmax(1) == val.labels).mean())
+            if row["val_acc"] > best_val:
+                best_val, best_epoch, since_best = row["val_acc"], epoch + 1, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in eval_model().state_dict().items()}
+            else:
+                since_best += 1
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        progress.end_epoch(row)
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "epoch": epoch + 1, "step": step, "best_val": best_val, "best_epoch": best_epoch,
+            "since_best": since_best, "history": history, "best_state": best_state,
+        })
+        _write_history(job_dir / "history.csv", history)
+    if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience and len(history) < cfg.epochs:
+        stopped_early = True
+    return FitResult(eval_model(), best_state, best_epoch, len(history), stopped_early, history)
+
+
+def numpy_split_logits(model: nn.Module, images: np.ndarray, cfg: TrainConfig, eval_cfg: EvalConfig, device: torch.device) -> np.ndarray:
+    return predict(model, images, cfg, device, eval_cfg.tta, eval_cfg.tta_resize_ratio)

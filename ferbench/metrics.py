@@ -1,0 +1,127 @@
+"""Everything computed from saved predictions. Small pure numpy functions; no models, no torch.
+
+Conventions: `y_true` and `y_pred` are int arrays of class indices in [0, K); `logits` is (N, K).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """C[i, j] = number of samples of true class i predicted as j; shape (K, K), int64."""
+    idx = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of samples with y_pred == y_true (0.0 for an empty array)."""
+    y_true = np.asarray(y_true)
+    return float((y_true == np.asarray(y_pred)).mean()) if y_true.size else 0.0
+
+
+def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Recall of each class, C[i, i] / sum_j C[i, j]; NaN for a class absent from y_true."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    support = cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / support, np.nan)
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Mean per-class recall over the classes present in y_true (sklearn's balanced_accuracy_score)."""
+    r = per_class_recall(y_true, y_pred, num_classes)
+    return float(np.nanmean(r)) if np.isfinite(r).any() else 0.0
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over classes present in y_true or y_pred (F1 = 0 if TP = 0)."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    tp = np.diag(cm).astype(float)
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def kl_per_sample(target: np.ndarray, pred: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """KL(target || pred) per row, in nats; 0 log 0 = 0."""
+    t = np.asarray(target, float)
+    p = np.clip(np.asarray(pred, float), eps, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(t > 0, t * (np.log(np.clip(t, eps, 1)) - np.log(p)), 0.0)
+    return terms.sum(1)
+
+
+def expected_calibration_error(logits: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: sum_b |B|/N * |acc(B) - conf(B)|."""
+    p = softmax(logits)
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs((pred[m] == y_true[m]).mean() - conf[m].mean())
+    return float(ece)
+
+
+def bootstrap_ci(
+    stat: Callable[[np.ndarray], float], n: int, reps: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of stat(indices) over n paired samples, resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)])
+    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+
+
+def accuracy_ci(y_true: np.ndarray, y_pred: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95 % CI of the accuracy over test samples."""
+    hit = (np.asarray(y_true) == np.asarray(y_pred)).astype(float)
+    rng = np.random.default_rng(seed)
+    means = hit[rng.integers(0, hit.size, (reps, hit.size))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """Exact (binomial) two-sided McNemar test on paired correctness vectors.
+
+    b = A right and B wrong, c = A wrong and B right; p = min(1, 2 * P(X <= min(b, c))), X ~ Bin(b + c, 1/2).
+    """
+    a, b_ = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    b = int((a & ~b_).sum())
+    c = int((~a & b_).sum())
+    n = b + c
+    if n == 0:
+        return {"b": b, "c": c, "p_value": 1.0}
+    k = min(b, c)
+    cdf = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return {"b": b, "c": c, "p_value": float(min(1.0, 2 * cdf))}
+
+
+def classification_report(logits: np.ndarray, y_true: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The metrics stored in metrics.json for one split and one model selection."""
+    k = len(classes)
+    y_pred = logits.argmax(1)
+    lo, hi = accuracy_ci(y_true, y_pred)
+    return {
+        "n": int(y_true.size),
+        "accuracy": accuracy(y_true, y_pred),
+        "accuracy_ci95": [lo, hi],
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, k),
+        "macro_f1": macro_f1(y_true, y_pred, k),
+        "per_class_recall": {c: (None if np.isnan(r) else float(r)) for c, r in zip(classes, per_class_recall(y_true, y_pred, k))},
+        "confusion": confusion_matrix(y_true, y_pred, k).tolist(),
+        "ece": expected_calibration_error(logits, y_true),
+    }

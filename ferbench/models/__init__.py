@@ -1,0 +1,69 @@
+"""Model registry: `create_model(name, num_classes, input_size, in_chans=3, **options)`.
+
+Each family lives in its own module (baselines, emonext, resface) and registers its variants as
+configs. Models never read files; pretrained weights are loaded by `load_pretrained` from a path the
+user names. A model may expose `aux_loss` (a tensor set by its last training forward, e.g. EmoNeXt's
+self-attention regulariser) which the engine adds to the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ferbench.errors import FerbenchError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    family: str
+    build: Callable[..., Any]  # (num_classes, input_size, in_chans, **options) -> nn.Module
+    config: dict[str, Any] = field(default_factory=dict)
+    options: tuple[str, ...] = ()  # option names the builder accepts
+    description: str = ""
+    paper: bool = False  # a variant the papers evaluate (False: a ferbench extension)
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> None:
+    if variant.name in _REGISTRY:
+        raise ValueError(f"model {variant.name!r} registered twice")
+    _REGISTRY[variant.name] = variant
+
+
+def _ensure_loaded() -> None:
+    if not _REGISTRY:
+        from ferbench.models import baselines, emonext, resface  # noqa: F401  (they register)
+
+
+def variants() -> dict[str, Variant]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+def get_variant(name: str) -> Variant:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise FerbenchError(f"unknown model {name!r} (see `ferbench models`; e.g. {', '.join(sorted(_REGISTRY)[:6])}, ...)")
+    return _REGISTRY[name]
+
+
+def check_options(name: str, options: dict[str, Any], where: str = "") -> None:
+    """Validate a model name and its option keys without building it."""
+    v = get_variant(name)
+    unknown = sorted(set(options) - set(v.options))
+    if unknown:
+        allowed = ", ".join(v.options) or "none"
+        raise FerbenchError(f"{where}model {name!r}: unknown option {unknown[0]!r} (accepted: {allowed})")
+
+
+def create_model(name: str, num_classes: int, input_size: int = 224, in_chans: int = 3, **options: Any):
+    v = get_variant(name)
+    check_options(name, options)
+    try:
+        return v.build(num_classes=num_classes, input_size=input_size, in_chans=in_chans, **v.config, **options)
+    except (TypeError, ValueError) as e:
+        raise FerbenchError(f"model {name!r}: {e}") from None

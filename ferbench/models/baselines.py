@@ -1,0 +1,38 @@
+"""Baselines: torchvision ResNets and timm ConvNeXts, random init, any input size.
+
+Grayscale is explicit: `in_chans=1` replaces the first conv with a one-channel conv; `in_chans=3`
+expects the engine to repeat the grey channel (as the papers' pipelines do).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch.nn as nn
+import torchvision
+
+from ferbench.models import Variant, register
+
+
+def build_resnet(num_classes: int, input_size: int, in_chans: int, depth: int) -> nn.Module:
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
+    if in_chans != 3:
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def build_timm_convnext(
+    num_classes: int, input_size: int, in_chans: int, size: str, drop_path_rate: float = 0.0
+) -> nn.Module:
+    return timm.create_model(
+        f"convnext_{size}", pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate
+    )
+
+
+for _depth in (18, 50):
+    register(Variant(f"resnet{_depth}", "resnet", build_resnet, {"depth": _depth},
+                     description=f"torchvision ResNet-{_depth}", paper=True))
+
+for _size, _paper in [("atto", False), ("femto", False), ("pico", False), ("nano", False), ("tiny", True),
+                      ("small", True), ("base", True), ("large", True), ("xlarge", True)]:
+    register(Variant(f"convnext-{_size}", "convnext", build_timm_convnext, {"size": _size},
+                     options=("drop_path_rate",), description=f"timm convnext_{_size}", paper=_paper))

@@ -1,0 +1,73 @@
+"""Params, GMACs / GFLOPs, latency and peak memory of a model.
+
+Counted with `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-accumulate) at
+batch 1 in eval mode. It counts nothing for ops without a formula, so the STN's sampling ops get
+theirs here: `affine_grid_generator` 3 MACs per output coordinate, `grid_sampler_2d` (bilinear)
+4 MACs per output value. GMACs = FLOPs / 2, which is what vision papers and timm call "FLOPs".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ferbench.models import create_model
+
+aten = torch.ops.aten
+
+
+def _affine_grid_flop(theta_shape, size, *args, out_shape=None, **kwargs) -> int:
+    return 2 * 3 * math.prod(out_shape)  # each output coordinate: 3 MACs
+
+
+def _grid_sampler_flop(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * 4 * math.prod(out_shape)  # bilinear: 4 taps per output value
+
+
+CUSTOM_FLOPS = {aten.affine_grid_generator: _affine_grid_flop, aten.grid_sampler_2d: _grid_sampler_flop}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Forward FLOPs (2 per MAC) at batch 1, eval mode."""
+    model.eval()
+    x = torch.zeros(1, in_chans, input_size, input_size)
+    counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
+    with torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def latency_ms(model: nn.Module, input_size: int, in_chans: int = 3, repeats: int = 10) -> float:
+    """Median CPU wall time of one batch-1 eval forward, after 2 warm-up runs."""
+    model.eval()
+    x = torch.randn(1, in_chans, input_size, input_size)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            model(x)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * times[len(times) // 2]
+
+
+def profile_model(name: str, input_size: int = 224, num_classes: int = 7, in_chans: int = 3,
+                  latency: bool = True, **options: Any) -> dict[str, Any]:
+    model = create_model(name, num_classes, input_size, in_chans, **options)
+    flops = count_flops(model, input_size, in_chans)
+    return {
+        "model": name, "params": count_params(model), "gmacs": flops / 2e9, "gflops": flops / 1e9,
+        "latency_ms": latency_ms(model, input_size, in_chans) if latency else None,
+        "input_size": input_size, "num_classes": num_classes, "in_chans": in_chans, "options": options,
+        "threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,175 @@
+"""Reports: run records -> reports/<spec>/index.html (self-contained) and report.md (+ figures/).
+
+Report code reads `runs/<spec>/spec.yaml` (the claims and description the run was made with) and
+the job folders; it never imports the engine and never trains. Everything is rendered in memory
+first and then written atomically, so a failure leaves no half-written report.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import yaml
+
+from ferbench.errors import FerbenchError
+from ferbench.metrics import kl_per_sample, softmax
+from ferbench.report import figures
+from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
+from ferbench.runs import RunRecord, discover, write_bytes_atomic, write_text_atomic
+
+
+def _env(autoescape: bool) -> jinja2.Environment:
+    loader = jinja2.FunctionLoader(lambda name: resources.files("ferbench.templates").joinpath(name).read_text("utf-8"))
+    env = jinja2.Environment(loader=loader, autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["pct"] = fmt_pct
+    env.filters["signed"] = lambda x: "–" if x is None else f"{100 * x:+.2f}"
+    return env
+
+
+def spec_folders(target: str | None, runs_dir: Path) -> list[Path]:
+    if target is None:
+        if not runs_dir.is_dir():
+            raise FerbenchError(f"{runs_dir}: no runs directory (run `ferbench run SPEC` first, or pass --runs-dir)")
+        found = sorted(p for p in runs_dir.iterdir() if p.is_dir() and any(p.glob("*/job.yaml")))
+        if not found:
+            raise FerbenchError(f"{runs_dir}: no run records found")
+        return found
+    p = Path(target)
+    if p.is_dir() and any(p.glob("*/job.yaml")):
+        return [p]
+    q = runs_dir / target
+    if q.is_dir() and any(q.glob("*/job.yaml")):
+        return [q]
+    raise FerbenchError(f"no run records for {target!r} (looked in {p} and {q})")
+
+
+def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
+    """What every run was made under, one row per distinct (model, dataset) condition."""
+    rows, seen = [], set()
+    for r in records:
+        j = r.job["job"]
+        t, e = j["train"], j["eval"]
+        env = r.manifest.get("environment", {})
+        subset = j["dataset"].get("subset") or {}
+        row = {
+            "model": j["model"]["id"], "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
+            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch",
+            "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
+            "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
+            "pretraining": "none (random init)", "tta": e["tta"],
+            "options": ", ".join(f"{k}={v}" for k, v in j["model"]["options"].items()) or "defaults",
+            "data": ", ".join(f"{k} {v}" for k, v in subset.items() if v) or "full splits",
+            "device": env.get("gpu") or env.get("device", "?"),
+        }
+        key = tuple(row.values())
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+def _b64(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    records = discover(folder)
+    spec_file = folder / "spec.yaml"
+    spec = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+    claims = spec.get("claims", [])
+    figs: dict[str, bytes] = {}
+    tables = {}
+    for which in ("last", "best"):
+        datasets, rows = accuracy_table(records, claims, which)
+        tables[which] = {"datasets": datasets, "rows": rows}
+    groups = metric_rows(records, "last")
+    for g in groups:
+        name = f"confusion_{g['model']}_{g['dataset']}.png"
+        figs[name] = figures.confusion_figure(g["confusion"], g["classes"], f"{g['model']} on {g['dataset']} (test, {g['n']} seeds summed)")
+        g["figure"] = name
+        g["label_figure"] = _label_figure(g, figs)
+    data_figs = []
+    seen_ds = set()
+    for r in records:
+        d = r.job["job"]["dataset"]["id"]
+        counts = r.manifest.get("class_counts")
+        if d in seen_ds or not counts:
+            continue
+        seen_ds.add(d)
+        name = f"classes_{d}.png"
+        figs[name] = figures.class_distribution_figure(counts, r.manifest["classes"], f"{d}: images per class and split")
+        data_figs.append({"dataset": d, "figure": name})
+    curve_figs = []
+    for d in seen_ds | {r.job["job"]["dataset"]["id"] for r in records if r.complete}:
+        hist = {}
+        for r in records:
+            j = r.job["job"]
+            if j["dataset"]["id"] == d and r.complete:
+                hist.setdefault(j["model"]["id"], []).append(r.history())
+        if hist:
+            name = f"curves_{d}.png"
+            figs[name] = figures.curves_figure(hist, f"{d}: accuracy per epoch (mean over seeds)")
+            curve_figs.append({"dataset": d, "figure": name})
+    problems = [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
+                for r in records if not r.complete]
+    envs = []
+    for r in records:
+        e = r.manifest.get("environment")
+        if e and e not in envs:
+            envs.append(e)
+    ctx = {
+        "name": folder.name, "description": spec.get("description", ""), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_runs": len(records), "n_complete": sum(r.complete for r in records), "tables": tables, "groups": groups,
+        "data_figs": data_figs, "curve_figs": curve_figs, "problems": problems, "conditions": conditions(records),
+        "environments": envs, "claims": claims,
+    }
+    return ctx, figs
+
+
+def _label_figure(g: dict[str, Any], figs: dict[str, bytes]) -> str | None:
+    """Predicted vs target distributions for runs whose test split has targets (votes)."""
+    preds, targets = [], []
+    for r in g["records"]:
+        p = r.predictions()
+        if "test.targets" in p and "test.last.logits" in p:
+            preds.append(softmax(p["test.last.logits"]))
+            targets.append(p["test.targets"])
+    if not preds:
+        return None
+    pred, tgt = np.concatenate(preds), np.concatenate(targets)
+    name = f"labeldist_{g['model']}_{g['dataset']}.png"
+    figs[name] = figures.label_distribution_figure(tgt.mean(0), pred.mean(0), kl_per_sample(tgt, pred), g["classes"],
+                                                   f"{g['model']} on {g['dataset']}: predicted vs annotator distributions (test)")
+    return name
+
+
+def render_reports(target: str | None, runs_dir: Path, out: Path) -> list[Path]:
+    html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
+    rendered: list[tuple[Path, bytes]] = []
+    for folder in spec_folders(target, runs_dir):
+        ctx, figs = build_context(folder)
+        dest = out / folder.name
+        html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
+        md = md_t.render(**ctx, img=lambda n: f"figures/{n}")
+        rendered += [(dest / "index.html", html.encode()), (dest / "report.md", md.encode())]
+        rendered += [(dest / "figures" / n, b) for n, b in figs.items()]
+    for path, data in rendered:
+        write_bytes_atomic(path, data)
+    index = write_index(out)
+    return [p for p, _ in rendered if p.suffix in (".html", ".md")] + [index]
+
+
+def write_index(out: Path) -> Path:
+    """reports/index.html linking every report folder under `out`."""
+    pages = sorted(p.parent for p in out.glob("*/index.html"))
+    items = [{"name": p.name, "href": f"{p.name}/index.html", "md": f"{p.name}/report.md"} for p in pages]
+    html = _env(True).get_template("index.html.j2").render(pages=items, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_text_atomic(out / "index.html", html)
+    return out / "index.html"

@@ -1,0 +1,122 @@
+"""Tables from run records (pandas). Reads records only; never imports the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ferbench.runs import RunRecord
+
+
+def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per complete run, with the numbers the tables need."""
+    rows = []
+    for r in records:
+        if not r.complete:
+            continue
+        job, m = r.job["job"], r.metrics()
+        test = m.get("test", {})
+        prof = m.get("profile", {})
+        row: dict[str, Any] = {
+            "run": r.id, "model": job["model"]["id"], "arch": job["model"]["arch"], "dataset": job["dataset"]["id"],
+            "seed": job["seed"], "input_size": job["train"]["input_size"], "epochs": job["train"]["epochs"],
+            "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "recipe": job["recipe"],
+            "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": prof.get("latency_ms_cpu"),
+        }
+        for which in ("last", "best"):
+            t = test.get(which)
+            if t:
+                row[f"acc_{which}"] = t["accuracy"]
+                row[f"bacc_{which}"] = t["balanced_accuracy"]
+                row[f"f1_{which}"] = t["macro_f1"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap 95 % CI of the seed-mean test accuracy, resampling test samples (paired across seeds)."""
+    hits = []
+    for r in records:
+        p = r.predictions()
+        key = f"test.{which}.logits"
+        if key not in p:
+            return None
+        hits.append(p[key].argmax(1) == p["test.labels"])
+    if not hits or len({h.size for h in hits}) != 1:
+        return None
+    h = np.stack(hits).astype(float)  # (seeds, N)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, h.shape[1], (reps, h.shape[1]))
+    means = h[:, idx].mean(2).mean(0)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def fmt_pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def accuracy_table(
+    records: list[RunRecord], claims: list[dict[str, Any]], which: str = "last"
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows = models, columns = datasets; each cell: mean, std, n, CI, claim and difference."""
+    df = runs_frame(records)
+    if df.empty or f"acc_{which}" not in df:
+        return [], []
+    datasets = list(dict.fromkeys(df["dataset"]))
+    rows = []
+    for model in dict.fromkeys(df["model"]):
+        cells = {}
+        for d in datasets:
+            sub = df[(df.model == model) & (df.dataset == d)]
+            if sub.empty:
+                cells[d] = None
+                continue
+            accs = sub[f"acc_{which}"].to_numpy(float)
+            recs = [r for r in records if r.id in set(sub["run"])]
+            ci = pooled_ci(recs, which)
+            claim = next((c for c in claims if c["model"] == model and c["dataset"] == d and c.get("metric", "accuracy") == "accuracy"), None)
+            mean = float(accs.mean())
+            cells[d] = {
+                "mean": mean, "std": float(accs.std(ddof=1)) if accs.size > 1 else None, "n": int(accs.size),
+                "ci": ci, "claim": claim["value"] / 100 if claim else None, "source": claim["source"] if claim else None,
+                "diff": (mean - claim["value"] / 100) if claim else None,
+            }
+        rows.append({"model": model, "cells": cells})
+    return datasets, rows
+
+
+def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str, Any]]:
+    """Per (model, dataset): mean balanced accuracy, macro-F1, per-class recall, params, GMACs."""
+    out = []
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        if r.complete:
+            j = r.job["job"]
+            groups.setdefault((j["model"]["id"], j["dataset"]["id"]), []).append(r)
+    for (model, dataset), recs in groups.items():
+        ms = [r.metrics() for r in recs]
+        tests = [m["test"][which] for m in ms if "test" in m and which in m["test"]]
+        if not tests:
+            continue
+        classes = ms[0]["classes"]
+        recall = {c: _nanmean([t["per_class_recall"][c] for t in tests]) for c in classes}
+        prof = ms[0].get("profile", {})
+        out.append({
+            "model": model, "dataset": dataset, "n": len(tests),
+            "accuracy": float(np.mean([t["accuracy"] for t in tests])),
+            "balanced_accuracy": float(np.mean([t["balanced_accuracy"] for t in tests])),
+            "macro_f1": float(np.mean([t["macro_f1"] for t in tests])),
+            "ece": float(np.mean([t["ece"] for t in tests])),
+            "recall": recall, "classes": classes,
+            "confusion": np.sum([np.array(t["confusion"]) for t in tests], axis=0),
+            "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": prof.get("latency_ms_cpu"),
+            "input_size": prof.get("input_size"), "records": recs,
+        })
+    return out
+
+
+def _nanmean(xs: list[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.mean(v)) if v else None

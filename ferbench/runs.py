@@ -1,0 +1,171 @@
+"""The run-record format: `runs/<spec>/<job-id>/`, atomic writes, per-job locks, discovery.
+
+Files: job.yaml, manifest.json, history.csv, metrics.json, predictions.npz, checkpoint.pt.
+Every file is written to a temporary name in the same folder, flushed, fsynced and renamed, so a
+crash leaves the previous version intact. A record is complete only when its manifest says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import yaml
+
+from ferbench.errors import FerbenchError
+
+COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FerbenchError(f"{path}: unreadable JSON ({e.__class__.__name__}: {e})") from None
+
+
+@contextlib.contextmanager
+def job_lock(job_dir: Path, blocking: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on a job folder; yields False if non-blocking and already held."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(job_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class RunRecord:
+    """What report and compare read of one job folder."""
+
+    path: Path
+    job: dict[str, Any]
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.manifest.get("status", "incomplete")
+
+    @property
+    def complete(self) -> bool:
+        return self.status == COMPLETE
+
+    def metrics(self) -> dict[str, Any]:
+        p = self.path / "metrics.json"
+        return read_json(p) if p.exists() else {}
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        p = self.path / "predictions.npz"
+        if not p.exists():
+            return {}
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def history(self) -> list[dict[str, Any]]:
+        import csv
+
+        p = self.path / "history.csv"
+        if not p.exists():
+            return []
+        with p.open() as f:
+            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _num(v: str) -> Any:
+    try:
+        return float(v) if any(c in v for c in ".eEn") else int(v)
+    except ValueError:
+        return v
+
+
+def is_complete(job_dir: Path) -> bool:
+    m = job_dir / "manifest.json"
+    if not m.exists():
+        return False
+    try:
+        return json.loads(m.read_text()).get("status") == COMPLETE
+    except ValueError:
+        return False
+
+
+def discover(root: Path) -> list[RunRecord]:
+    """All job folders under `root` (a runs dir or one spec's folder), sorted by path."""
+    if not root.exists():
+        raise FerbenchError(f"{root}: no such runs directory")
+    out = []
+    for job_yaml in sorted(root.rglob("job.yaml")):
+        d = job_yaml.parent
+        try:
+            job = yaml.safe_load(job_yaml.read_text())
+        except yaml.YAMLError:
+            continue
+        mpath = d / "manifest.json"
+        try:
+            manifest = json.loads(mpath.read_text()) if mpath.exists() else {"status": "incomplete"}
+        except ValueError:
+            manifest = {"status": "incomplete", "failure": "manifest.json unreadable"}
+        out.append(RunRecord(d, job, manifest))
+    return out

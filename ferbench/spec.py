@@ -1,0 +1,444 @@
+"""Benchmark specs: YAML -> validated `Spec` -> self-contained `Job`s.
+
+A spec is data. It is loaded with a safe YAML loader, shrunk by a profile and `--set key=value`
+overrides (applied to the raw mapping, so they take exactly the same code path), validated by
+pydantic with unknown keys rejected, then expanded into one `Job` per (model, dataset, seed).
+A job's id is a hash of its resolved content, so re-running a spec finds finished jobs.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ferbench.errors import FerbenchError
+
+JOB_FORMAT = 1
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AugmentConfig(_Strict):
+    """Batched training augmentation, applied on the training device as one affine warp."""
+
+    hflip: bool = True
+    vflip: bool = False
+    rotation: float = Field(10.0, ge=0, le=180, description="max rotation in degrees")
+    resize_ratio: float = Field(
+        1.0, ge=1.0, description="resize to input_size*ratio, then random-crop input_size (236/224 in EmoNeXt)"
+    )
+    scale: tuple[float, float] = Field((1.0, 1.0), description="random zoom range")
+    translate: float = Field(0.0, ge=0, le=0.5, description="max shift as a fraction of the size")
+
+
+class EmaConfig(_Strict):
+    decay: float = Field(0.999, gt=0, lt=1)
+    every: int = Field(1, ge=1, description="update every N optimizer steps")
+    warmup_steps: int = Field(0, ge=0, description="copy weights (no averaging) before this step")
+
+
+class TrainConfig(_Strict):
+    """A fully resolved training recipe; every field is recorded in the job."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    input_size: int = Field(48, ge=8, le=1024)
+    in_chans: Literal[1, 3] = 3
+    normalize: Literal["none", "half"] = Field(
+        "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5"
+    )
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    restart_steps: int | None = Field(None, ge=1, description="cosine warm restarts every N steps")
+    step_size: int = Field(30, ge=1, description="epochs between lr drops (step schedule)")
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+    loss: Literal["ce", "ldl"] = Field("ce", description="ldl: soft-target cross-entropy (ResFace module C)")
+    ldl_source: Literal["votes", "teacher"] = Field(
+        "votes", description="votes: the dataset's annotator distributions; teacher: softmax of the depends_on job's model"
+    )
+    ldl_reduction: Literal["paper", "sample"] = Field(
+        "paper", description="paper: sum / (N x classes) as the article's formula; sample: sum / N"
+    )
+    ldl_hard_weight: float = Field(0.0, ge=0, description="weight of an added hard-label CE term (0 in the paper)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_before_unscale: bool = Field(False, description="EmoNeXt code clips scaled gradients")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    ema: EmaConfig | None = None
+    early_stopping_patience: int | None = Field(None, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class EvalConfig(_Strict):
+    splits: list[Literal["val", "test"]] = ["val", "test"]
+    tta: Literal["none", "flip", "tencrop"] = "none"
+    tta_resize_ratio: float = Field(236 / 224, ge=1.0)
+    val_mode: Literal["center", "random_crop"] = Field(
+        "center", description="random_crop reproduces EmoNeXt code's non-deterministic validation"
+    )
+    use_ema: bool = True
+
+
+class SubsetConfig(_Strict):
+    """Stratified, seeded subsample of each split (profiles use it to shrink a spec)."""
+
+    train: int | None = Field(None, ge=1)
+    val: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class DatasetEntry(_Strict):
+    name: str
+    id: str | None = None
+    path: str | None = None
+    options: dict[str, Any] = {}
+    subset: SubsetConfig | None = None
+
+    @model_validator(mode="after")
+    def _default_id(self) -> "DatasetEntry":
+        if self.id is None:
+            self.id = self.name
+        if not _SLUG.match(self.id):
+            raise ValueError(f"id {self.id!r} must be letters, digits, '_', '-' or '.'")
+        return self
+
+
+class ModelEntry(_Strict):
+    id: str
+    arch: str
+    options: dict[str, Any] = {}
+    recipe: str | None = None
+    train: dict[str, Any] = {}
+    depends_on: str | None = Field(None, description="id of a model entry whose checkpoint this one needs")
+
+    @field_validator("id")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _SLUG.match(v):
+            raise ValueError(f"id {v!r} must be letters, digits, '_', '-' or '.'")
+        return v
+
+
+class Claim(_Strict):
+    model: str
+    dataset: str
+    metric: str = "accuracy"
+    value: float
+    source: str
+
+
+class Spec(_Strict):
+    name: str
+    description: str = ""
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    models: list[ModelEntry] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    recipe: str = "default"
+    train: dict[str, Any] = {}
+    eval: EvalConfig = EvalConfig()
+    claims: list[Claim] = []
+    profiles: dict[str, dict[str, Any]] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _SLUG.match(v):
+            raise ValueError(f"name {v!r} must be letters, digits, '_', '-' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Spec":
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"model ids must be unique, repeated: {', '.join(dupes)}")
+        for m in self.models:
+            if m.depends_on is not None and m.depends_on not in ids:
+                raise ValueError(f"model {m.id!r} depends_on {m.depends_on!r}, which is not a model id here")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be unique")
+        return self
+
+
+# Named recipes: the facts of REFERENCE.md as spec presets. A model entry or the spec may
+# override any field; the resolved values are what the job (and its hash) records.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "resface-paper": {  # overview article + EfficientFace code
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64,
+        "epochs": 100, "schedule": "step", "step_size": 30, "gamma": 0.1, "input_size": 224,
+        "loss": "ldl", "augment": {"hflip": True, "rotation": 0.0, "resize_ratio": 256 / 224},
+    },
+    "emonext-paper": {  # EmoNeXt paper (MMSP 2023)
+        "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
+        "schedule": "cosine", "label_smoothing": 0.2, "amp": "auto", "normalize": "none",
+        "ema": {"decay": 0.99, "every": 1, "warmup_steps": 0}, "early_stopping_patience": 12,
+        "input_size": 224, "augment": {"hflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
+    },
+    "emonext-code": {  # yelboudouri/EmoNeXt train.py as run by its README
+        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
+        "schedule": "cosine", "warmup_steps": 128, "restart_steps": 1024, "label_smoothing": 0.2,
+        "amp": "auto", "normalize": "none", "clip_grad_norm": 1.0, "clip_before_unscale": True,
+        "ema": {"decay": 0.99, "every": 16, "warmup_steps": 100}, "early_stopping_patience": 12,
+        "input_size": 224,
+        "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
+    },
+}
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "emonext-paper": {"tta": "tencrop"},
+    "emonext-code": {"tta": "tencrop", "val_mode": "random_crop"},
+}
+
+
+class Job(_Strict):
+    """One model, one dataset, one seed, one fully resolved recipe."""
+
+    spec: str
+    model: ModelEntry
+    dataset: DatasetEntry
+    seed: int
+    recipe: str
+    train: TrainConfig
+    eval: EvalConfig
+    depends_on: str | None = None  # job id
+    data_root: str | None = None  # where the data was found; not part of the identity
+
+    def identity(self) -> dict[str, Any]:
+        """The content the job id hashes: everything that changes the result."""
+        d = self.model_dump(mode="json", exclude={"data_root"})
+        d["dataset"].pop("path", None)
+        d["format"] = JOB_FORMAT
+        return d
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"{self.model.id}__{self.dataset.id}__s{self.seed}__{digest}"
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_dotted(data: Any, key: str, value: Any, where: str) -> None:
+    """Set `a.b.0.c` (or `models.<id>.train.epochs`, or `datasets.*.subset.train`) in place."""
+    parts = key.split(".")
+    if not key or any(p == "" for p in parts):
+        raise FerbenchError(f"{where}: bad key {key!r}: expected dotted names like train.epochs")
+    _set(data, parts, value, key, where)
+
+
+def _set(node: Any, parts: list[str], value: Any, key: str, where: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if head == "*":
+            targets = list(range(len(node)))
+        elif head.lstrip("-").isdigit():
+            i = int(head)
+            if not -len(node) <= i < len(node):
+                raise FerbenchError(f"{where}: {key}: index {i} out of range (list has {len(node)} items)")
+            targets = [i]
+        else:
+            targets = [i for i, x in enumerate(node) if isinstance(x, dict) and head in (x.get("id"), x.get("name"))]
+            if not targets:
+                raise FerbenchError(f"{where}: {key}: no list item with id or name {head!r}")
+        for i in targets:
+            if rest:
+                _set(node[i], rest, value, key, where)
+            else:
+                node[i] = value
+        return
+    if not isinstance(node, dict):
+        raise FerbenchError(f"{where}: {key}: cannot set {head!r} inside a {type(node).__name__}")
+    if not rest:
+        node[head] = value
+        return
+    if head not in node or node[head] is None:
+        node[head] = {}
+    _set(node[head], rest, value, key, where)
+
+
+def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+    """`key=value` strings; values are parsed as YAML (so 3 is an int, [1,2] a list)."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise FerbenchError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+        k, v = item.split("=", 1)
+        try:
+            out.append((k.strip(), yaml.safe_load(v)))
+        except yaml.YAMLError as e:
+            raise FerbenchError(f"--set {item!r}: value is not valid YAML ({_yaml_problem(e)})") from None
+    return out
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return problem
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FerbenchError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FerbenchError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        raise FerbenchError(f"{path}: invalid YAML at {_yaml_problem(e)}") from None
+    if not isinstance(data, dict):
+        raise FerbenchError(f"{path}: expected a mapping at the top level (name:, datasets:, models:, ...)")
+    return data
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _validation_line(where: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    if e["type"] == "extra_forbidden":
+        return f"{where}: {_loc(loc)}: unknown key"
+    if e["type"] == "missing":
+        return f"{where}: {_loc(loc)}: required key missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    inp = e.get("input")
+    shown = "" if isinstance(inp, (dict, list)) or inp is None else f" (got {inp!r})"
+    return f"{where}: {_loc(loc)}: {msg}{shown}"
+
+
+def load_spec(
+    path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None
+) -> Spec:
+    """Read, apply profile then `--set` overrides, validate. Raises FerbenchError with one line."""
+    path = Path(path)
+    raw = read_yaml(path)
+    return spec_from_dict(raw, str(path), profile, overrides)
+
+
+def spec_from_dict(
+    raw: dict[str, Any], where: str, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None
+) -> Spec:
+    raw = copy.deepcopy(raw)
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise FerbenchError(f"{where}: profiles: expected a mapping of profile name -> overrides")
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise FerbenchError(f"{where}: no profile {profile!r} (this spec has: {known})")
+        prof = profiles[profile]
+        if not isinstance(prof, dict):
+            raise FerbenchError(f"{where}: profiles.{profile}: expected a mapping of key: value")
+        for k, v in prof.items():
+            set_dotted(raw, str(k), v, f"{where}: profiles.{profile}")
+    for k, v in overrides or []:
+        set_dotted(raw, k, v, "--set")
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as e:
+        raise FerbenchError(_validation_line(where, e)) from None
+    _check_recipes(spec, where)
+    return spec
+
+
+def _check_recipes(spec: Spec, where: str) -> None:
+    names = [("recipe", spec.recipe)] + [(f"models[{i}].recipe", m.recipe) for i, m in enumerate(spec.models)]
+    for loc, r in names:
+        if r is not None and r not in RECIPES:
+            raise FerbenchError(f"{where}: {loc}: unknown recipe {r!r} (expected one of {', '.join(RECIPES)})")
+    for i, m in enumerate(spec.models):
+        try:
+            resolve_train(spec, m)
+        except ValidationError as e:
+            raise FerbenchError(_validation_line(f"{where}: models[{i}] ({m.id}) train", e)) from None
+
+
+def resolve_train(spec: Spec, model: ModelEntry) -> TrainConfig:
+    recipe = model.recipe or spec.recipe
+    merged = _merge(_merge(RECIPES[recipe], spec.train), model.train)
+    return TrainConfig.model_validate(merged)
+
+
+def resolve_eval(spec: Spec, model: ModelEntry) -> EvalConfig:
+    recipe = model.recipe or spec.recipe
+    explicit = spec.eval.model_dump(exclude_unset=True)
+    return EvalConfig.model_validate(_merge(EVAL_PRESETS.get(recipe, {}), explicit))
+
+
+def expand(spec: Spec) -> list[Job]:
+    """Every (model x dataset x seed) job, dependencies first."""
+    jobs: list[Job] = []
+    by_key: dict[tuple[str, str, int], Job] = {}
+    order = _dependency_order(spec.models)
+    for m in order:
+        for d in spec.datasets:
+            for seed in spec.seeds:
+                dep = by_key[(m.depends_on, d.id, seed)].id if m.depends_on else None
+                job = Job(
+                    spec=spec.name, model=m, dataset=d, seed=seed, recipe=m.recipe or spec.recipe,
+                    train=resolve_train(spec, m), eval=resolve_eval(spec, m), depends_on=dep,
+                )
+                by_key[(m.id, d.id, seed)] = job
+                jobs.append(job)
+    return jobs
+
+
+def _dependency_order(models: list[ModelEntry]) -> list[ModelEntry]:
+    by_id = {m.id: m for m in models}
+    done: list[ModelEntry] = []
+    seen: set[str] = set()
+    visiting: set[str] = set()
+
+    def visit(m: ModelEntry) -> None:
+        if m.id in seen:
+            return
+        if m.id in visiting:
+            raise FerbenchError(f"models: dependency cycle through {m.id!r}")
+        visiting.add(m.id)
+        if m.depends_on:
+            visit(by_id[m.depends_on])
+        visiting.discard(m.id)
+        seen.add(m.id)
+        done.append(m)
+
+    for m in models:
+        visit(m)
+    return done
