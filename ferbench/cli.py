@@ -186,14 +186,18 @@ def data_info(
     data_root: Optional[str] = typer.Option(None, "--data-root"),
     path: Optional[str] = typer.Option(None, "--path", help="the dataset's file or folder"),
     option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="FER+ label protocol (majority, probability, crossentropy, multi_target)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Per split: total and per-class counts."""
+    """Per split: total and per-class counts (what survives the label protocol)."""
     from ferbench.data import load_dataset
     from ferbench.spec import parse_set
 
     try:
-        ds = load_dataset(name, dict(parse_set(option)), path, data_root)
+        opts = dict(parse_set(option))
+        if protocol is not None:
+            opts["protocol"] = protocol
+        ds = load_dataset(name, opts, path, data_root)
     except FerbenchError as e:
         _fail(str(e))
     info = {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}

@@ -23,6 +23,8 @@ import yaml
 from ferbench.errors import FerbenchError
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -31,6 +33,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -63,9 +63,9 @@ class DatasetKind:
 
 
 def _registry() -> dict[str, DatasetKind]:
-    from ferbench.data import fer2013, synthetic
+    from ferbench.data import fer2013, ferplus, synthetic
 
-    return {"synthfer": synthetic.KIND, "fer2013": fer2013.KIND}
+    return {"synthfer": synthetic.KIND, "fer2013": fer2013.KIND, "ferplus": ferplus.KIND}
 
 
 def dataset_names() -> list[str]:

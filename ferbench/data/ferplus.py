@@ -1,0 +1,178 @@
+"""FER+ (Barsoum et al., ICMI 2016): FER-2013 pixels joined by row with `fer2013new.csv` votes.
+
+Label protocol as microsoft/FERPlus `src/ferplus.py` (`_process_data`, `load_folders`):
+- rows with an empty `Image name` are dropped, and where a name is used twice the later row wins
+  (the official export overwrites the earlier image): 28,558 / 3,579 / 3,573 images;
+- outlier removal: every vote count <= 1 is set to 0;
+- `majority`: the top emotion if it has more than half of the remaining votes, else unknown;
+- `probability` / `crossentropy`: the top emotions until they cover >= 75 % of the votes, at most
+  3; rejected if they cover <= 50 %, need more than 3, or unknown/NF comes first; normalised;
+- `multi_target`: every emotion with >= 30 % of the votes; rejected if they cover <= 50 %;
+- images whose processed argmax is unknown or NF are dropped; validation and test always use
+  `majority`, whatever the training protocol.
+Each sample keeps a target distribution: the annotators' normalised votes over the 8 emotions
+(`soft_targets: votes`, for label-distribution learning) or the protocol's processed distribution
+(`soft_targets: protocol`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
+from ferbench.data.cache import cached_arrays, file_digest
+from ferbench.data.fer2013 import USAGE_TO_SPLIT, find_csv, load_arrays, read_csv_frame
+from ferbench.errors import FerbenchError
+
+CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+VOTE_COLUMNS = CLASSES + ["unknown", "NF"]
+COLUMNS = ["Usage", "Image name"] + VOTE_COLUMNS
+PROTOCOLS = ("majority", "probability", "crossentropy", "multi_target")
+PARSER_VERSION = 1
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    protocol: Literal["majority", "probability", "crossentropy", "multi_target"] = "majority"
+    soft_targets: Literal["votes", "protocol"] = "votes"
+
+
+def process_votes(raw: np.ndarray, mode: str) -> np.ndarray:
+    """One row of 10 vote counts -> the official processed distribution (10 entries, sums to 1)."""
+    size = len(raw)
+    votes = [0.0 if v < 1.0 + sys.float_info.epsilon else float(v) for v in raw]
+    unknown = [0.0] * size
+    unknown[-2] = 1.0
+    total = sum(votes)
+    emotion = [0.0] * size
+    if mode == "majority":
+        top = max(votes)
+        if top > 0.5 * total:
+            emotion[int(np.argmax(votes))] = top
+        else:
+            emotion = unknown
+    elif mode in ("probability", "crossentropy"):
+        covered, count, valid = 0.0, 0, True
+        while covered < 0.75 * total and count < 3 and valid:
+            top = max(votes)
+            for i in range(size):
+                if votes[i] == top:
+                    emotion[i] = top
+                    votes[i] = 0
+                    covered += emotion[i]
+                    count += 1
+                    if i >= 8:  # unknown or NF among the top
+                        valid = False
+                        if sum(emotion) > top:
+                            emotion[i] = 0
+                            count -= 1
+                        break
+        if sum(emotion) <= 0.5 * total or count > 3:
+            emotion = unknown
+    elif mode == "multi_target":
+        for i in range(size):
+            if votes[i] >= 0.3 * total:
+                emotion[i] = votes[i]
+        if sum(emotion) <= 0.5 * total:
+            emotion = unknown
+    else:
+        raise ValueError(f"unknown FER+ protocol {mode!r}")
+    s = sum(emotion)
+    return np.array([e / s for e in emotion]) if s > 0 else np.array(unknown)
+
+
+def find_votes(root: Path | None, path: str | None) -> Path:
+    if path:
+        p = Path(path).expanduser()
+        cands = [p / "fer2013new.csv", p / "ferplus" / "fer2013new.csv"]
+    elif root is not None:
+        cands = [root / "ferplus" / "fer2013new.csv", root / "fer2013new.csv"]
+    else:
+        raise FerbenchError("ferplus: no data location: set FERBENCH_DATA or pass --data-root "
+                            "(expected <root>/ferplus/fer2013new.csv from microsoft/FERPlus and <root>/fer2013/fer2013.csv.gz)")
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FerbenchError(f"ferplus: expected {cands[0]} (fer2013new.csv from microsoft/FERPlus): file not found")
+
+
+def parse_votes(path: Path) -> dict[str, np.ndarray]:
+    """Usage codes, names present, and the (N, 10) vote table, validated."""
+    df = read_csv_frame(path, COLUMNS)
+    usage = df["Usage"].str.strip().to_numpy()
+    known = np.isin(usage, list(USAGE_TO_SPLIT))
+    if not known.all():
+        i = int(np.argmax(~known))
+        raise FerbenchError(f"{path}: line {i + 2}: Usage {usage[i]!r} is not one of Training, PublicTest, PrivateTest")
+    votes = np.zeros((len(df), len(VOTE_COLUMNS)), dtype=np.int16)
+    for j, col in enumerate(VOTE_COLUMNS):
+        s = df[col].str.strip()
+        ok = s.str.fullmatch(r"\d{1,3}").to_numpy()
+        if not ok.all():
+            i = int(np.argmax(~ok))
+            raise FerbenchError(f"{path}: line {i + 2}: column {col!r}: vote count {df[col].iloc[i]!r} is not a non-negative integer")
+        votes[:, j] = s.astype(np.int64).to_numpy()
+    names = df["Image name"].str.strip().to_numpy()
+    # the official export: unnamed rows dropped; a reused name keeps its last row
+    keep = names != ""
+    last = {}
+    for i in np.flatnonzero(keep):
+        last[names[i]] = i
+    exported = np.zeros(len(df), bool)
+    exported[list(last.values())] = True
+    split = np.select([usage == u for u in USAGE_TO_SPLIT], list(range(3))).astype(np.int8)
+    return {"votes": votes, "exported": exported, "split": split}
+
+
+def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
+    votes = find_votes(root, path)
+    images = find_csv(root, None) if root is not None else find_csv(votes.parent.parent, None)
+    return {"votes": votes, "images": images}
+
+
+def select(votes: np.ndarray, exported: np.ndarray, split: np.ndarray, protocol: str) -> dict[str, np.ndarray]:
+    """Rows kept, hard labels and processed distributions; val/test use majority."""
+    processed = np.zeros((len(votes), len(VOTE_COLUMNS)), dtype=np.float32)
+    for i in np.flatnonzero(exported):
+        mode = protocol if split[i] == 0 else "majority"
+        processed[i] = process_votes(votes[i], mode)
+    label = processed.argmax(1)
+    keep = exported & (label < len(CLASSES))
+    return {"keep": keep, "label": label.astype(np.int64), "processed": processed}
+
+
+def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
+    o = options if isinstance(options, Options) else Options.model_validate(options)
+    vpath, ipath = files["votes"], files["images"]
+    v = cached_arrays("ferplus-votes", file_digest(vpath), {"v": PARSER_VERSION}, lambda: parse_votes(vpath))
+    img = load_arrays(ipath)
+    if len(img["images"]) != len(v["votes"]):
+        raise FerbenchError(f"{vpath}: {len(v['votes'])} rows, but {ipath} has {len(img['images'])}: they must be row-aligned")
+    if not np.array_equal(img["split"], v["split"]):
+        i = int(np.argmax(img["split"] != v["split"]))
+        raise FerbenchError(f"{vpath}: line {i + 2}: Usage differs from {ipath}: the files are not row-aligned")
+    sel = cached_arrays("ferplus-select", file_digest(vpath), {"v": PARSER_VERSION, "protocol": o.protocol},
+                        lambda: select(v["votes"], v["exported"], v["split"], o.protocol))
+    votes8 = v["votes"][:, : len(CLASSES)].astype(np.float32)
+    vote_dist = votes8 / np.maximum(votes8.sum(1, keepdims=True), 1)
+    proc = sel["processed"][:, : len(CLASSES)]
+    proc = proc / np.maximum(proc.sum(1, keepdims=True), 1e-12)
+    soft = vote_dist if o.soft_targets == "votes" else proc
+    splits = {}
+    for code, name in enumerate(USAGE_TO_SPLIT.values()):
+        m = sel["keep"] & (v["split"] == code)
+        splits[name] = Split(img["images"][m], sel["label"][m], soft[m].astype(np.float32))
+    ds = FerDataset("ferplus", CLASSES, splits,
+                    files={str(vpath): file_digest(vpath), str(ipath): file_digest(ipath)},
+                    notes={"protocol": o.protocol, "eval_protocol": "majority", "soft_targets": o.soft_targets,
+                           "exported_images": {n: int((v["exported"] & (v["split"] == c)).sum()) for c, n in enumerate(USAGE_TO_SPLIT.values())}})
+    check_split_nonempty(ds, str(vpath))
+    return ds
+
+
+KIND = DatasetKind(Options, _locate, _load, "FER+ (FER-2013 images, Microsoft votes), 8 classes, 4 label protocols")
