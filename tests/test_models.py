@@ -102,7 +102,9 @@ def test_every_variant_runs_forward_and_backward_at_48(name):
     loss = out.sum() + (m.aux_loss if getattr(m, "aux_loss", None) is not None else 0)
     loss.backward()
     assert out.shape == (2, 7)
-    assert all(p.grad is not None for p in m.parameters() if p.requires_grad and p.numel() and "stn" not in str(p.shape))
+    # EmoNeXt's code builds a value projection whose output it discards: faithfully dead weights
+    dead = [n for n, p in m.named_parameters() if p.grad is None]
+    assert all(n.startswith("attention.value.") for n in dead), dead
 
 
 @pytest.mark.parametrize("name", SMALL)

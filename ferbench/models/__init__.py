@@ -35,8 +35,8 @@ def register(variant: Variant) -> None:
 
 
 def _ensure_loaded() -> None:
-    if not _REGISTRY:
-        from ferbench.models import baselines, emonext, resface  # noqa: F401  (they register)
+    """Import every family module (each registers its variants on import; importing twice is a no-op)."""
+    from ferbench.models import baselines, emonext, resface  # noqa: F401
 
 
 def variants() -> dict[str, Variant]:

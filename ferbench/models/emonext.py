@@ -110,6 +110,7 @@ class SpatialTransformer(nn.Module):
             nn.Conv2d(8, 10, kernel_size=5), nn.BatchNorm2d(10), nn.MaxPool2d(2, stride=2), nn.ReLU(True),
         )
         self.fc_loc = nn.Sequential(nn.Linear(10 * side * side, 32), nn.ReLU(True), nn.Linear(32, 6))
+        self.reset_to_identity()
 
     def reset_to_identity(self) -> None:
         nn.init.zeros_(self.fc_loc[2].weight)
