@@ -43,6 +43,9 @@ class RichEpochs:
     def advance(self) -> None:
         self.bar.advance(self.batches)
 
+    def note(self, text: str) -> None:
+        self.bar.console.print(f"  {self.label}: {text}", highlight=False)
+
     def end_epoch(self, row: dict[str, Any]) -> None:
         self.bar.update(self.epochs, completed=row["epoch"])
         val = f" val {row['val_acc']:.3f}" if "val_acc" in row else ""

@@ -164,6 +164,16 @@ def run_job(
             torch.manual_seed(job.seed)
             np.random.seed(job.seed % 2**32)
             model = create_model(job.model.arch, ds.num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
+            if job.model.weights:
+                from ferbench.engine.weights import load_pretrained
+
+                info = load_pretrained(model, job.model.weights)
+                manifest["pretrained"] = {"file": job.model.weights, **info}
+                write_json_atomic(job_dir / "manifest.json", manifest)
+                if progress is not None and hasattr(progress, "note"):
+                    progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
+                                  f"kept init for {len(info['kept_init'])}: {', '.join(info['kept_init'][:8])}"
+                                  + (" ..." if len(info["kept_init"]) > 8 else ""))
             if job.train.compile and device.type == "cuda":
                 model = torch.compile(model)
             teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None

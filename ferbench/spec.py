@@ -130,6 +130,7 @@ class ModelEntry(_Strict):
     recipe: str | None = None
     train: dict[str, Any] = {}
     depends_on: str | None = Field(None, description="id of a model entry whose checkpoint this one needs")
+    weights: str | None = Field(None, description="local file of pretrained weights (FB, timm or torchvision keys)")
 
     @field_validator("id")
     @classmethod

@@ -63,7 +63,9 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
             "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch",
             "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
-            "pretraining": "none (random init)", "tta": e["tta"],
+            "pretraining": (f"{Path(j['model']['weights']).name} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
+                            if j["model"].get("weights") else "none (random init)"),
+            "tta": e["tta"],
             "options": ", ".join(f"{k}={v}" for k, v in j["model"]["options"].items()) or "defaults",
             "data": ", ".join(f"{k} {v}" for k, v in subset.items() if v) or "full splits",
             "device": env.get("gpu") or env.get("device", "?"),

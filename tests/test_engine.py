@@ -1,0 +1,80 @@
+"""Engine behaviour through real runs: LDL from votes and from a teacher job, divergence, concurrency."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ferbench.runs import discover
+
+DATA = [{"name": "synthfer", "options": {"n_train": 64, "n_val": 32, "n_test": 32}}]
+TRAIN = {"epochs": 1, "batch_size": 32, "input_size": 32}
+
+
+def run(spec: dict, cwd, *extra):
+    p = cwd / f"{spec['name']}.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return subprocess.run([sys.executable, "-m", "ferbench", "run", str(p), *extra], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def records(cwd, name):
+    return {r.job["job"]["model"]["id"]: r for r in discover(cwd / "runs" / name)}
+
+
+def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
+    spec = {
+        "name": "ldl", "datasets": DATA, "train": TRAIN,
+        "models": [
+            {"id": "student", "arch": "resface-r18", "depends_on": "teacher",
+             "train": {"loss": "ldl", "ldl_source": "teacher"}},
+            {"id": "teacher", "arch": "resnet18"},
+            {"id": "votes", "arch": "resface-r18", "options": {"csa_fusion": "product"}, "train": {"loss": "ldl"}},
+        ],
+    }
+    r = run(spec, tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stdout.index("teacher__") < r.stdout.index("student__")  # teacher trained first
+    recs = records(tmp_path, "ldl")
+    assert all(rec.complete for rec in recs.values())
+    assert recs["student"].job["job"]["depends_on"] == recs["teacher"].id
+    assert recs["votes"].manifest["fidelity"]["csa_fusion"] == "product"
+
+
+def test_divergence_fails_the_job_and_the_spec_continues(tmp_path):
+    spec = {
+        "name": "nan", "datasets": DATA, "train": {**TRAIN, "epochs": 2},
+        "models": [{"id": "boom", "arch": "resnet18", "train": {"lr": 1e30, "momentum": 0.0}},
+                   {"id": "fine", "arch": "convnext-atto"}],
+    }
+    r = run(spec, tmp_path)
+    assert r.returncode == 1
+    recs = records(tmp_path, "nan")
+    assert recs["boom"].status == "failed"
+    assert "non-finite loss at epoch 1, step" in recs["boom"].manifest["failure"]
+    assert recs["fine"].complete
+    rep = subprocess.run([sys.executable, "-m", "ferbench", "report"], cwd=tmp_path, capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    html = (tmp_path / "reports" / "nan" / "index.html").read_text()
+    assert "Failed and incomplete runs" in html and "non-finite loss" in html
+
+
+def test_two_runners_on_one_spec_run_each_job_once(tmp_path):
+    spec = {"name": "two", "datasets": DATA, "train": TRAIN, "seeds": [0, 1, 2],
+            "models": [{"id": "a", "arch": "convnext-atto"}]}
+    p = tmp_path / "two.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "ferbench", "run", str(p), "--threads", "1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [pr.communicate(timeout=600) for pr in procs]
+    assert all(pr.returncode == 0 for pr in procs), outs
+    recs = discover(tmp_path / "runs" / "two")
+    assert len(recs) == 3 and all(r.complete for r in recs)
+    for r in recs:
+        trained = sum(f"complete {r.id}" in out for out, _ in outs)
+        skipped = sum(f"skipped {r.id}" in out for out, _ in outs)
+        assert (trained, skipped) == (1, 1), (r.id, outs)
+        json.loads((r.path / "metrics.json").read_text())
