@@ -137,6 +137,47 @@ def report(
 
 
 @app.command()
+def compare(
+    a: str = typer.Argument(..., help="model family (resface, emonext, resnet, convnext), arch or model id"),
+    b: str = typer.Argument(..., help="the other side"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="only this dataset id"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write compare.md/.html and a figure here"),
+) -> None:
+    """Two families side by side: accuracy, cost, exact McNemar, bootstrap CI of the difference."""
+    from ferbench.report.compare import compare as do_compare, write_compare
+
+    try:
+        res = do_compare(a, b, runs_dir, dataset)
+    except FerbenchError as e:
+        _fail(str(e))
+    if out is not None:
+        for p in write_compare(res, out):
+            err.print(f"wrote {p}")
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    for d, r in res["datasets"].items():
+        t = Table(title=f"{a} vs {b} on {d} (test, last epoch, mean over seeds)")
+        for c in ("side", "model", "seeds", "acc %", "bal. acc %", "macro-F1 %", "params M", "GMACs", "latency ms"):
+            t.add_column(c)
+        for v in r["variants"]:
+            t.add_row(v["side"], v["model"], str(v["n"]), f"{100 * v['accuracy']:.2f}", f"{100 * v['balanced_accuracy']:.2f}",
+                      f"{100 * v['macro_f1']:.2f}", f"{(v['params'] or 0) / 1e6:.2f}", f"{v['gmacs'] or 0:.3f}",
+                      f"{v['latency_ms'] or 0:.1f}")
+        console.print(t)
+        for p in r["pairs"]:
+            if "note" in p:
+                console.print(f"  {p['a']} vs {p['b']}: {p['note']}")
+                continue
+            lo, hi = p["acc_diff_ci95"]
+            console.print(f"  {p['a']} - {p['b']}: {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}], "
+                          f"McNemar b={p['mcnemar']['b']} c={p['mcnemar']['c']} p={p['mcnemar']['p_value']:.3g}, "
+                          f"agreement {100 * p['agreement']:.1f}% (seeds {p['seeds']})", highlight=False)
+
+
+@app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """List every registered model variant with its parameter count (7 classes, 224 input)."""
     from ferbench.profile import count_params
@@ -181,6 +222,34 @@ def profile(
         return
     console.print(f"{model} at {input_size}x{input_size}, {num_classes} classes: {res['params'] / 1e6:.2f}M params, "
                   f"{res['gmacs']:.3f} GMACs ({res['gflops']:.3f} GFLOPs), {res['latency_ms']:.1f} ms CPU latency")
+
+
+@app.command()
+def bench(
+    which: str = typer.Argument("all", help="data, train, eval, csv or all"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Measure the harness against reference pipelines, side by side, and print the ratios."""
+    if which not in ("data", "train", "eval", "csv", "all"):
+        _fail(f"bench {which!r}: expected one of data, train, eval, csv, all")
+    from ferbench.bench import run_bench
+
+    rows = run_bench(which, data_root)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"ferbench bench {which} (CPU, {rows[0].get('threads', '?')} threads)")
+    for c in ("name", "ours /s", "reference /s", "ratio", "conditions"):
+        t.add_column(c)
+    for r in rows:
+        if "skipped" in r:
+            t.add_row(r["name"], "-", "-", "-", f"skipped: {r['skipped']}")
+            continue
+        extra = {k: v for k, v in r.items() if k not in ("name", "ours_per_s", "reference_per_s", "ratio", "threads")}
+        t.add_row(r["name"], f"{r['ours_per_s']:.1f}", "-" if r["reference_per_s"] is None else f"{r['reference_per_s']:.1f}",
+                  "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", ", ".join(f"{k}={v}" for k, v in extra.items()))
+    console.print(t)
 
 
 @data_app.command("info")

@@ -1,0 +1,222 @@
+"""`ferbench bench`: the harness's own cost, measured side by side with a reference in one process.
+
+Rows (each: name, ours_per_s, reference_per_s, ratio, plus the conditions):
+- data_{224,48}: training-batch production (flip, rotation 20, resize 236/224, random crop, grey to
+  3 channels) by ferbench's batched tensor warp vs torchvision's PIL per-sample transforms in a
+  DataLoader (2 workers).
+- train_epoch: a `fit` epoch (augmentation, metrics, end-of-epoch checkpoint included) vs a bare
+  hand-written loop over the same in-memory data (no augmentation), same model/batch/optimizer/threads.
+- eval_tencrop: batched TenCrop TTA (`predict`) vs the same forwards done crop by crop, and vs one bare
+  forward over the already expanded batch.
+- fer2013_csv: first parse and cached load of the real CSV (needs --data-root or FERBENCH_DATA).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ferbench.data import FerDataset, Split
+from ferbench.data.augment import augment_batch, finish, to_unit
+from ferbench.engine.evaluate import predict
+from ferbench.engine.train import fit
+from ferbench.models import create_model
+from ferbench.spec import AugmentConfig, EvalConfig, TrainConfig
+
+PAPER_AUG = AugmentConfig(hflip=True, rotation=20.0, resize_ratio=236 / 224)
+
+
+def _rate(fn: Callable[[], int], min_seconds: float = 2.0, warmup: int = 1) -> float:
+    """Items per second of fn (which returns how many items it processed), after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        n += fn()
+    return n / (time.perf_counter() - t0)
+
+
+def _row(name: str, ours: float, ref: float | None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "ours_per_s": ours, "reference_per_s": ref,
+            "ratio": (ours / ref) if ref else None, "threads": torch.get_num_threads(), **extra}
+
+
+def _faces(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+
+
+class _PilFaces(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i], mode="L")), 0
+
+
+def bench_data(size: int, batch: int = 64, seconds: float = 3.0) -> dict[str, Any]:
+    import torchvision.transforms as T
+
+    images = _faces(2048)
+    resize = int(round(size * 236 / 224))
+    tf = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(20), T.Resize(resize), T.RandomCrop(size),
+                    T.Grayscale(3), T.ToTensor()])
+    loader = torch.utils.data.DataLoader(_PilFaces(images, tf), batch_size=batch, shuffle=True, num_workers=2,
+                                         persistent_workers=True, drop_last=True)
+    it = iter(loader)
+
+    def reference() -> int:
+        nonlocal it
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, _ = next(it)
+        return x.shape[0]
+
+    src = torch.from_numpy(images)
+    gen = torch.Generator().manual_seed(0)
+
+    def ours() -> int:
+        idx = torch.randint(0, len(src), (batch,), generator=gen)
+        return finish(augment_batch(to_unit(src[idx]), size, PAPER_AUG, gen), 3, "none").shape[0]
+
+    ref = _rate(reference, seconds, warmup=3)
+    mine = _rate(ours, seconds, warmup=3)
+    del it, loader
+    return _row(f"data_{size}", mine, ref, batch=batch, input="48x48 uint8", output=f"3x{size}x{size} float",
+                reference="torchvision PIL per-sample transforms, DataLoader(num_workers=2)")
+
+
+def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 1024) -> dict[str, Any]:
+    images, labels = _faces(n), np.random.default_rng(1).integers(0, 7, n)
+    cfg = TrainConfig(epochs=1, batch_size=batch, input_size=size, optimizer="sgd", lr=0.01, schedule="constant",
+                      augment=AugmentConfig(hflip=True, rotation=10.0))
+    ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels)})
+    device = torch.device("cpu")
+    tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
+
+    def ours_epoch() -> int:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.manual_seed(0)
+        model = create_model(model_name, 7, size)
+        t0 = time.perf_counter()
+        fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, tmp)
+        return time.perf_counter() - t0
+
+    def bare_epoch() -> float:
+        torch.manual_seed(0)
+        model = create_model(model_name, 7, size).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        x_all = torch.from_numpy(images).unsqueeze(1).float().div(255).sub(0.5).div(0.5)
+        y_all = torch.from_numpy(labels)
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n)
+        for i in range(n // batch):
+            idx = order[i * batch:(i + 1) * batch]
+            x = x_all[idx].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+    seen = (n // batch) * batch
+    bare_epoch(), ours_epoch()  # warm-up
+    ref_t = min(bare_epoch() for _ in range(2))
+    our_t = min(ours_epoch() for _ in range(2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return _row("train_epoch", seen / our_t, seen / ref_t, model=model_name, input_size=size, batch=batch, images=seen,
+                reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint")
+
+
+def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch: int = 64) -> list[dict[str, Any]]:
+    images = _faces(n)
+    model = create_model(model_name, 7, size).eval().to(memory_format=torch.channels_last)
+    cfg = TrainConfig(input_size=size, eval_batch_size=batch)
+    device = torch.device("cpu")
+    from ferbench.engine.evaluate import views
+
+    def ours() -> int:
+        predict(model, images, cfg, device, "tencrop", 236 / 224)
+        return n
+
+    src = torch.from_numpy(images)
+
+    @torch.no_grad()
+    def cropwise() -> int:
+        for s in range(0, n, batch):
+            v = views(to_unit(src[s:s + batch]), size, "tencrop", 236 / 224)
+            logits = [model(finish(c, 3, "half").contiguous(memory_format=torch.channels_last)) for c in v]
+            torch.stack(logits).mean(0)
+        return n
+
+    expanded = [finish(views(to_unit(src[s:s + batch]), size, "tencrop", 236 / 224).flatten(0, 1), 3, "half")
+                .contiguous(memory_format=torch.channels_last) for s in range(0, n, batch)]
+
+    @torch.no_grad()
+    def bare() -> int:
+        for x in expanded:
+            model(x)
+        return n
+
+    mine, crop, raw = _rate(ours, 3), _rate(cropwise, 3), _rate(bare, 3)
+    common = {"model": model_name, "input_size": size, "batch": batch, "views": 10}
+    return [_row("eval_tencrop_vs_cropwise", mine, crop, reference="10 separate forwards per batch", **common),
+            _row("eval_tencrop_vs_bare", mine, raw, reference="one bare forward over the pre-expanded batch", **common)]
+
+
+def bench_csv(data_root: str | None) -> list[dict[str, Any]]:
+    import os
+
+    from ferbench.data.fer2013 import find_csv, parse_csv
+    from ferbench.data import load_dataset
+
+    root = data_root or os.environ.get("FERBENCH_DATA")
+    if not root:
+        return [{"name": "fer2013_csv", "skipped": "no --data-root or FERBENCH_DATA"}]
+    path = find_csv(Path(root), None)
+    t0 = time.perf_counter()
+    rows = len(parse_csv(path)["labels"])
+    parse_s = time.perf_counter() - t0
+    old = os.environ.get("FERBENCH_CACHE")
+    os.environ["FERBENCH_CACHE"] = tempfile.mkdtemp(prefix="ferbench-cache-")
+    try:
+        load_dataset("fer2013", data_root=root)  # fills the fresh cache
+        t0 = time.perf_counter()
+        load_dataset("fer2013", data_root=root)
+        cached_s = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(os.environ["FERBENCH_CACHE"], ignore_errors=True)
+        if old is None:
+            os.environ.pop("FERBENCH_CACHE")
+        else:
+            os.environ["FERBENCH_CACHE"] = old
+    return [_row("fer2013_csv_first_parse", rows / parse_s, None, seconds=parse_s, target_seconds=10.0, rows=rows),
+            _row("fer2013_cached_load", rows / cached_s, None, seconds=cached_s, target_seconds=0.5, rows=rows)]
+
+
+def run_bench(which: str, data_root: str | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if which in ("data", "all"):
+        rows += [bench_data(224, batch=32), bench_data(48, batch=128)]
+    if which in ("train", "all"):
+        rows.append(bench_train())
+    if which in ("eval", "all"):
+        rows += bench_eval()
+    if which in ("csv", "all"):
+        rows += bench_csv(data_root)
+    return rows

@@ -1,0 +1,120 @@
+"""`ferbench compare A B`: two model families (or model ids) side by side with paired statistics.
+
+Pairs are runs of A and B on the same dataset and seed whose test labels are identical; the exact
+McNemar test and a paired bootstrap CI of the accuracy difference use the saved per-sample test
+predictions (last-epoch model), pooled over the paired seeds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferbench.errors import FerbenchError
+from ferbench.metrics import mcnemar_exact, per_class_recall
+from ferbench.report.tables import metric_rows
+from ferbench.runs import RunRecord, discover
+
+
+def family_of(arch: str) -> str:
+    """resface-r18 -> resface, emonext-tiny -> emonext, resnet18 -> resnet, convnext-atto -> convnext."""
+    m = re.match(r"[a-z]+", arch)
+    return m.group(0) if m else arch
+
+
+def _matches(rec: RunRecord, who: str) -> bool:
+    j = rec.job["job"]["model"]
+    return who in (j["id"], j["arch"], family_of(j["arch"]))
+
+
+def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], reps: int = 2000) -> dict[str, Any] | None:
+    """McNemar, bootstrap CI of acc(A) - acc(B), agreement and recall differences over paired seeds."""
+    by_seed = {r.job["job"]["seed"]: r for r in rb}
+    ca, cb, pa, pb, ys, seeds = [], [], [], [], [], []
+    for r in ra:
+        other = by_seed.get(r.job["job"]["seed"])
+        if other is None:
+            continue
+        p, q = r.predictions(), other.predictions()
+        if "test.last.logits" not in p or "test.last.logits" not in q or not np.array_equal(p["test.labels"], q["test.labels"]):
+            continue
+        y = p["test.labels"]
+        a, b = p["test.last.logits"].argmax(1), q["test.last.logits"].argmax(1)
+        ca.append(a == y)
+        cb.append(b == y)
+        pa.append(a)
+        pb.append(b)
+        ys.append(y)
+        seeds.append(r.job["job"]["seed"])
+    if not ys:
+        return None
+    A, B = np.concatenate(ca), np.concatenate(cb)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, A.size, (reps, A.size))
+    diffs = A[idx].mean(1) - B[idx].mean(1)
+    y, a, b = np.concatenate(ys), np.concatenate(pa), np.concatenate(pb)
+    k = len(classes)
+    rd = per_class_recall(y, a, k) - per_class_recall(y, b, k)
+    return {
+        "seeds": seeds, "n_pairs": int(A.size), "acc_diff": float(A.mean() - B.mean()),
+        "acc_diff_ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "mcnemar": mcnemar_exact(A, B), "agreement": float((a == b).mean()),
+        "recall_diff": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, rd)},
+    }
+
+
+def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[str, Any]:
+    records = [r for r in discover(runs_dir) if r.complete]
+    if dataset:
+        records = [r for r in records if r.job["job"]["dataset"]["id"] == dataset]
+    ra_all = [r for r in records if _matches(r, a)]
+    rb_all = [r for r in records if _matches(r, b)]
+    if not ra_all or not rb_all:
+        missing = a if not ra_all else b
+        raise FerbenchError(f"compare: no complete runs of {missing!r} under {runs_dir}"
+                            + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext)")
+    out: dict[str, Any] = {"a": a, "b": b, "datasets": {}}
+    for d in sorted({r.job["job"]["dataset"]["id"] for r in ra_all} & {r.job["job"]["dataset"]["id"] for r in rb_all}):
+        rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job["job"]["dataset"]["id"] == d])}
+        variants = []
+        for side, recs in (("A", ra_all), ("B", rb_all)):
+            for mid in dict.fromkeys(r.job["job"]["model"]["id"] for r in recs if r.job["job"]["dataset"]["id"] == d):
+                g = rows[mid]
+                variants.append({"side": side, "model": mid, "n": g["n"], "accuracy": g["accuracy"],
+                                 "balanced_accuracy": g["balanced_accuracy"], "macro_f1": g["macro_f1"],
+                                 "params": g["params"], "gmacs": g["gmacs"], "latency_ms": g["latency_ms"],
+                                 "input_size": g["input_size"], "classes": g["classes"]})
+        pairs = []
+        for va in [v for v in variants if v["side"] == "A"]:
+            for vb in [v for v in variants if v["side"] == "B"]:
+                recs_a = [r for r in ra_all if r.job["job"]["model"]["id"] == va["model"] and r.job["job"]["dataset"]["id"] == d]
+                recs_b = [r for r in rb_all if r.job["job"]["model"]["id"] == vb["model"] and r.job["job"]["dataset"]["id"] == d]
+                st = paired_stats(recs_a, recs_b, va["classes"])
+                pairs.append({"a": va["model"], "b": vb["model"], **(st or {"note": "nothing to pair: no common seed with identical test labels"})})
+        out["datasets"][d] = {"variants": variants, "pairs": pairs}
+    if not out["datasets"]:
+        raise FerbenchError(f"compare: {a!r} and {b!r} have no dataset in common; nothing to pair")
+    return out
+
+
+def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
+    """compare.md, compare.html and an accuracy-vs-GMACs figure under `out`."""
+    from ferbench.report import _env
+    from ferbench.report.figures import scatter_figure
+    from ferbench.runs import write_bytes_atomic, write_text_atomic
+    import base64
+
+    points = [{"label": f"{v['model']} ({d})", "GMACs": v["gmacs"], "accuracy": 100 * v["accuracy"]}
+              for d, r in result["datasets"].items() for v in r["variants"] if v["gmacs"] is not None]
+    png = scatter_figure(points, "GMACs", "accuracy", f"{result['a']} vs {result['b']}: test accuracy vs GMACs")
+    ctx = {**result, "figure_md": "compare_acc_vs_gmacs.png",
+           "figure_html": "data:image/png;base64," + base64.b64encode(png).decode()}
+    md = _env(False).get_template("compare.md.j2").render(**ctx)
+    html = _env(True).get_template("compare.html.j2").render(**ctx)
+    write_bytes_atomic(out / "compare_acc_vs_gmacs.png", png)
+    write_text_atomic(out / "compare.md", md)
+    write_text_atomic(out / "compare.html", html)
+    return [out / "compare.md", out / "compare.html"]
