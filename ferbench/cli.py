@@ -286,6 +286,25 @@ def data_info(
     console.print(t)
 
 
+@data_app.command("plot")
+def data_plot(
+    name: str = typer.Argument(..., help="dataset name"),
+    out: Path = typer.Option(Path("reports/data"), "--out"),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    path: Optional[str] = typer.Option(None, "--path"),
+    option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
+) -> None:
+    """Class bars per split, example faces, annotator agreement, FER-2013 vs FER+ distributions."""
+    from ferbench.report.datafigs import plot_dataset
+    from ferbench.spec import parse_set
+
+    try:
+        for p in plot_dataset(name, out, data_root, path, dict(parse_set(option))):
+            console.print(f"wrote {p}")
+    except FerbenchError as e:
+        _fail(str(e))
+
+
 def main() -> None:
     try:
         app()

@@ -55,6 +55,10 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
         if key not in loaded:
             subset = j.dataset.subset.model_dump() if j.dataset.subset else None
             loaded[key] = load_dataset(j.dataset.name, j.dataset.options, j.dataset.path, data_root, subset)
+        t = j.train
+        if t.loss == "ldl" and t.ldl_source == "votes" and loaded[key].splits["train"].targets is None:
+            raise FerbenchError(f"models.{j.model.id}: train.loss=ldl with ldl_source=votes, but dataset "
+                                f"{j.dataset.id!r} has no annotator votes (use ldl_source: teacher with depends_on)")
     return loaded
 
 

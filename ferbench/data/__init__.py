@@ -63,9 +63,10 @@ class DatasetKind:
 
 
 def _registry() -> dict[str, DatasetKind]:
-    from ferbench.data import fer2013, ferplus, synthetic
+    from ferbench.data import fer2013, ferplus, folder, rafdb, synthetic
 
-    return {"synthfer": synthetic.KIND, "fer2013": fer2013.KIND, "ferplus": ferplus.KIND}
+    return {"synthfer": synthetic.KIND, "fer2013": fer2013.KIND, "ferplus": ferplus.KIND, "rafdb": rafdb.KIND,
+            "folder": folder.KIND}
 
 
 def dataset_names() -> list[str]:

@@ -102,3 +102,47 @@ def scatter_figure(points: list[dict[str, Any]], x: str, y: str, title: str) -> 
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def faces_grid_figure(images: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int = 8,
+                      title: str = "") -> bytes:
+    """A grid of example faces: one row per class."""
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95))
+    axes = np.atleast_2d(axes)
+    for c, name in enumerate(classes):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(images[idx[j]], cmap="gray", vmin=0, vmax=255)
+        axes[c, 0].text(-0.1, 0.5, name, transform=axes[c, 0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def agreement_figure(votes: np.ndarray, title: str) -> bytes:
+    """Histogram of annotator agreement: the share of votes on each image's top class."""
+    share = votes.max(1) / np.maximum(votes.sum(1), 1)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(share, bins=np.linspace(0, 1, 21), color="tab:green")
+    ax.set_xlabel("share of votes on the top class")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def side_by_side_figure(left: dict[str, int], right: dict[str, int], left_name: str, right_name: str, title: str) -> bytes:
+    """Two label distributions over their union of class names (e.g. FER-2013 vs FER+)."""
+    names = list(dict.fromkeys(list(left) + list(right)))
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    a = ax.bar(x - 0.2, [left.get(n, 0) for n in names], 0.4, label=left_name)
+    b = ax.bar(x + 0.2, [right.get(n, 0) for n in names], 0.4, label=right_name)
+    ax.bar_label(a, fontsize=6)
+    ax.bar_label(b, fontsize=6)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("images (all splits)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -1,0 +1,91 @@
+"""RAF-DB and generic folder/npz datasets, built as tiny trees in the real layouts."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferbench.data import load_dataset
+from ferbench.data.folder import grouped_folds
+from ferbench.errors import FerbenchError
+
+
+def make_rafdb(root, n_train=40, n_test=14):
+    rng = np.random.default_rng(0)
+    (root / "rafdb" / "EmoLabel").mkdir(parents=True)
+    img_dir = root / "rafdb" / "Image" / "aligned"
+    img_dir.mkdir(parents=True)
+    lines, truth = [], {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(1, n + 1):
+            name = f"{split}_{i:05d}.jpg"
+            label = (i % 7) + 1
+            px = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+            Image.fromarray(px).save(img_dir / f"{split}_{i:05d}_aligned.jpg", quality=95)
+            lines.append(f"{name} {label}")
+            truth[name] = label
+    (root / "rafdb" / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_rafdb_layout_labels_and_val_rule(tmp_path):
+    make_rafdb(tmp_path)
+    ds = load_dataset("rafdb", {"size": 48, "val_fraction": 0.2}, data_root=str(tmp_path))
+    assert ds.classes[0] == "surprise" and ds.classes[6] == "neutral"
+    assert len(ds.splits["test"]) == 14
+    assert len(ds.splits["train"]) + len(ds.splits["val"]) == 40
+    assert ds.splits["train"].images.shape[1:] == (48, 48)
+    # label 1 (Surprise) -> class 0: train_00007 has label (7 % 7) + 1 = 1
+    assert "stratified 0.2" in ds.notes["val_rule"]
+    again = load_dataset("rafdb", {"size": 48, "val_fraction": 0.2}, data_root=str(tmp_path))
+    assert np.array_equal(again.splits["val"].labels, ds.splits["val"].labels)
+
+
+def test_rafdb_bad_inputs(tmp_path):
+    make_rafdb(tmp_path)
+    lab = tmp_path / "rafdb" / "EmoLabel" / "list_patition_label.txt"
+    text = lab.read_text()
+    lab.write_text(text.replace("train_00003.jpg 4", "train_00003.jpg 9"))
+    with pytest.raises(FerbenchError, match=r"line 3: expected '<name>.jpg <label 1-7>'"):
+        load_dataset("rafdb", data_root=str(tmp_path))
+    lab.write_text(text)
+    (tmp_path / "rafdb" / "Image" / "aligned" / "train_00002_aligned.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(FerbenchError, match="train_00002_aligned.jpg: image does not decode"):
+        load_dataset("rafdb", data_root=str(tmp_path))
+    with pytest.raises(FerbenchError, match="list_patition_label.txt .*file not found"):
+        load_dataset("rafdb", data_root=str(tmp_path / "missing"))
+
+
+def test_image_tree(tmp_path):
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for c in ("happy", "sad"):
+            d = tmp_path / "tree" / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 256, (60, 60), dtype=np.uint8)).save(d / f"{i}.png")
+    ds = load_dataset("folder", {"classes": ["sad", "happy"], "size": 32}, path=str(tmp_path / "tree"))
+    assert ds.classes == ["sad", "happy"] and len(ds.splits["test"]) == 12
+    assert ds.splits["train"].images.shape[1:] == (32, 32) and len(ds.splits["val"]) == 2
+
+
+def test_npz_grouped_folds_never_split_a_subject(tmp_path):
+    rng = np.random.default_rng(2)
+    subjects = np.repeat([f"S{i:03d}" for i in range(10)], 6)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (60, 48, 48), dtype=np.uint8),
+             label=rng.integers(0, 3, 60).astype(np.int8), subject=subjects, class_names=np.array(["a", "b", "c"]))
+    seen_test = set()
+    for fold in range(5):
+        ds = load_dataset("folder", {"groups_key": "subject", "folds": 5, "fold": fold}, path=str(tmp_path / "d.npz"))
+        assert sum(len(s) for s in ds.splits.values()) == 60
+    f = grouped_folds(subjects, 5)
+    for s in np.unique(subjects):
+        assert len(set(f[subjects == s])) == 1
+        seen_test.add(int(f[subjects == s][0]))
+    assert seen_test == set(range(5))
+
+
+@pytest.mark.realdata
+def test_ckplus_subject_folds(real_data):
+    ds = load_dataset("folder", {"groups_key": "subject", "folds": 10, "fold": 0}, path=str(real_data / "ckplus48" / "ckplus48.npz"))
+    assert ds.classes == ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+    assert sum(len(s) for s in ds.splits.values()) == 981
