@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ferbench.errors import FerbenchError
 
 JOB_FORMAT = 1
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 
 class _Strict(BaseModel):
@@ -119,7 +119,7 @@ class DatasetEntry(_Strict):
         if self.id is None:
             self.id = self.name
         if not _SLUG.match(self.id):
-            raise ValueError(f"id {self.id!r} must be letters, digits, '_', '-' or '.'")
+            raise ValueError(f"id {self.id!r} must be letters, digits, '_', '-', '+' or '.'")
         return self
 
 
@@ -136,7 +136,7 @@ class ModelEntry(_Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         if not _SLUG.match(v):
-            raise ValueError(f"id {v!r} must be letters, digits, '_', '-' or '.'")
+            raise ValueError(f"id {v!r} must be letters, digits, '_', '-', '+' or '.'")
         return v
 
 
@@ -164,7 +164,7 @@ class Spec(_Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         if not _SLUG.match(v):
-            raise ValueError(f"name {v!r} must be letters, digits, '_', '-' or '.'")
+            raise ValueError(f"name {v!r} must be letters, digits, '_', '-', '+' or '.'")
         return v
 
     @model_validator(mode="after")
