@@ -178,10 +178,20 @@ def compare(
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def models(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    claims: bool = typer.Option(False, "--claims", help="measured params/GMACs beside the papers' claims (Markdown)"),
+) -> None:
     """List every registered model variant with its parameter count (7 classes, 224 input)."""
     from ferbench.profile import count_params
     from ferbench.models import create_model, variants
+
+    if claims:
+        from ferbench.claims import claims_markdown, claims_table
+
+        rows = claims_table()
+        print(json.dumps(rows, indent=2) if as_json else claims_markdown(rows))
+        return
 
     rows = []
     for name, v in sorted(variants().items()):

@@ -63,13 +63,21 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
 
 
 def check_writable(runs_dir: Path) -> None:
+    """Fail before any work if runs_dir cannot hold records: try a temporary file where it will go."""
+    import tempfile
+
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise FerbenchError(f"{runs_dir}: runs directory path exists and is not a folder")
     probe = runs_dir
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise FerbenchError(f"{runs_dir}: runs directory is not writable")
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise FerbenchError(f"{runs_dir}: runs directory path exists and is not a folder")
+    if not probe.is_dir():
+        raise FerbenchError(f"{runs_dir}: cannot create the runs directory ({probe} is not a folder)")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise FerbenchError(f"{runs_dir}: runs directory is not writable ({e.strerror})") from None
 
 
 def _git_commit() -> str | None:

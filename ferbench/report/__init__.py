@@ -77,6 +77,16 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
     return rows
 
 
+def fig_name(kind: str, *parts: str) -> str:
+    """A safe file name for a figure: ids are sanitised (records may come from anywhere) and hashed."""
+    import hashlib
+    import re
+
+    slug = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p)[:40] for p in parts)
+    digest = hashlib.sha1("\x00".join(parts).encode()).hexdigest()[:6]
+    return f"{kind}_{slug}_{digest}.png"
+
+
 def _b64(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
@@ -93,7 +103,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         tables[which] = {"datasets": datasets, "rows": rows}
     groups = metric_rows(records, "last")
     for g in groups:
-        name = f"confusion_{g['model']}_{g['dataset']}.png"
+        name = fig_name("confusion", g["model"], g["dataset"])
         figs[name] = figures.confusion_figure(g["confusion"], g["classes"], f"{g['model']} on {g['dataset']} (test, {g['n']} seeds summed)")
         g["figure"] = name
         g["label_figure"] = _label_figure(g, figs)
@@ -105,7 +115,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         if d in seen_ds or not counts:
             continue
         seen_ds.add(d)
-        name = f"classes_{d}.png"
+        name = fig_name("classes", d)
         figs[name] = figures.class_distribution_figure(counts, r.manifest["classes"], f"{d}: images per class and split")
         data_figs.append({"dataset": d, "figure": name})
     curve_figs = []
@@ -116,7 +126,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             if j["dataset"]["id"] == d and r.complete:
                 hist.setdefault(j["model"]["id"], []).append(r.history())
         if hist:
-            name = f"curves_{d}.png"
+            name = fig_name("curves", d)
             figs[name] = figures.curves_figure(hist, f"{d}: accuracy per epoch (mean over seeds)")
             curve_figs.append({"dataset": d, "figure": name})
     problems = [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
@@ -146,7 +156,7 @@ def _label_figure(g: dict[str, Any], figs: dict[str, bytes]) -> str | None:
     if not preds:
         return None
     pred, tgt = np.concatenate(preds), np.concatenate(targets)
-    name = f"labeldist_{g['model']}_{g['dataset']}.png"
+    name = fig_name("labeldist", g["model"], g["dataset"])
     figs[name] = figures.label_distribution_figure(tgt.mean(0), pred.mean(0), kl_per_sample(tgt, pred), g["classes"],
                                                    f"{g['model']} on {g['dataset']}: predicted vs annotator distributions (test)")
     return name

@@ -101,7 +101,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
         if not tests:
             continue
         classes = ms[0]["classes"]
-        recall = {c: _nanmean([t["per_class_recall"][c] for t in tests]) for c in classes}
+        recall = {c: _nanmean([t["per_class_recall"].get(c) for t in tests]) for c in classes}
         prof = ms[0].get("profile", {})
         out.append({
             "model": model, "dataset": dataset, "n": len(tests),
