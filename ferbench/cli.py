@@ -67,14 +67,25 @@ def run(
     data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets (else FERBENCH_DATA)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default) or submitit; else the spec's launcher block"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local launcher: jobs in N separate processes"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="submitit executor: auto, slurm, local, debug"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="SLURM GPUs per job"),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="SLURM CPUs per job"),
+    mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="SLURM memory per job"),
+    time_min: Optional[int] = typer.Option(None, "--time-min", help="SLURM time limit per job (minutes)"),
 ) -> None:
     """Train and evaluate every (model x dataset x seed) job of SPEC; finished jobs are skipped,
     interrupted ones resume from their last checkpoint."""
     from ferbench.runner import check_writable, pick_device, prepare, run_jobs, write_spec_snapshot
     from ferbench.spec import expand, load_spec, parse_set
 
+    overrides = [("launcher." + k, v) for k, v in (("name", launcher), ("workers", workers), ("executor", executor),
+                  ("partition", partition), ("gpus_per_node", gpus), ("cpus_per_task", cpus), ("mem_gb", mem_gb),
+                  ("timeout_min", time_min)) if v is not None]
     try:
-        s = load_spec(spec, profile, parse_set(set_))
+        s = load_spec(spec, profile, parse_set(set_) + overrides)
         jobs = expand(s)
         check_writable(runs_dir)
         datasets = prepare(jobs, data_root)
@@ -103,7 +114,19 @@ def run(
             bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False)
 
         try:
-            outcomes = run_jobs(jobs, runs_dir, datasets, dev, progress_for, on_outcome)
+            lc = s.launcher
+            if lc.name == "submitit":
+                from ferbench.launch import run_submitit
+
+                console.print(f"submitting to submitit ({lc.executor} executor), records under {runs_dir}")
+                outcomes = run_submitit(jobs, runs_dir, data_root, str(dev), lc, threads, on_outcome)
+            elif lc.workers > 1:
+                from ferbench.launch import run_workers
+
+                console.print(f"running jobs in {lc.workers} worker processes")
+                outcomes = run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, on_outcome)
+            else:
+                outcomes = run_jobs(jobs, runs_dir, datasets, dev, progress_for, on_outcome)
         except FerbenchError as e:
             _fail(str(e))
         if current:

@@ -56,8 +56,8 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
             subset = j.dataset.subset.model_dump() if j.dataset.subset else None
             loaded[key] = load_dataset(j.dataset.name, j.dataset.options, j.dataset.path, data_root, subset)
         t = j.train
-        if t.loss == "ldl" and t.ldl_source == "votes" and loaded[key].splits["train"].targets is None:
-            raise FerbenchError(f"models.{j.model.id}: train.loss=ldl with ldl_source=votes, but dataset "
+        if t.loss in ("ldl", "sampled") and t.ldl_source == "votes" and loaded[key].splits["train"].targets is None:
+            raise FerbenchError(f"models.{j.model.id}: train.loss={t.loss} needs target distributions, but dataset "
                                 f"{j.dataset.id!r} has no annotator votes (use ldl_source: teacher with depends_on)")
     return loaded
 
@@ -103,6 +103,8 @@ def environment(device: Any) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        env["determinism_note"] = ("CUDA: grid_sample (STN, augmentation) and adaptive pooling have no deterministic "
+                                   "backward; results are repeatable on the CPU, close but not bitwise on CUDA")
     else:
         env["cpu"] = platform.processor() or platform.machine()
     return env

@@ -70,7 +70,10 @@ class TrainConfig(_Strict):
     step_size: int = Field(30, ge=1, description="epochs between lr drops (step schedule)")
     gamma: float = Field(0.1, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
-    loss: Literal["ce", "ldl"] = Field("ce", description="ldl: soft-target cross-entropy (ResFace module C)")
+    loss: Literal["ce", "ldl", "sampled"] = Field(
+        "ce", description="ldl: soft-target cross-entropy (ResFace module C); sampled: CE on a one-hot label drawn "
+        "from each sample's target distribution every step (FER+ 'probability' mode)"
+    )
     ldl_source: Literal["votes", "teacher"] = Field(
         "votes", description="votes: the dataset's annotator distributions; teacher: softmax of the depends_on job's model"
     )
@@ -148,6 +151,19 @@ class Claim(_Strict):
     source: str
 
 
+class LauncherConfig(_Strict):
+    """Where jobs run; never part of a job's identity."""
+
+    name: Literal["local", "submitit"] = "local"
+    workers: int = Field(1, ge=1, description="local: separate processes at a time")
+    executor: Literal["auto", "slurm", "local", "debug"] = Field("auto", description="submitit executor")
+    partition: str | None = None
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    timeout_min: int = Field(24 * 60, ge=1)
+
+
 class Spec(_Strict):
     name: str
     description: str = ""
@@ -159,6 +175,7 @@ class Spec(_Strict):
     eval: EvalConfig = EvalConfig()
     claims: list[Claim] = []
     profiles: dict[str, dict[str, Any]] = {}
+    launcher: LauncherConfig = LauncherConfig()
 
     @field_validator("name")
     @classmethod

@@ -24,6 +24,7 @@ from ferbench.data import DatasetKind, FerDataset, Split
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 SIZE = 48
+GENERATOR_VERSION = 1  # bump whenever generate() changes, so cached faces are rebuilt
 FER2013_PRIOR = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965], dtype=np.float64)
 
 # Expression prototypes. Columns: brow_raise, brow_inner (+ inner corners up, - V frown),
@@ -171,12 +172,20 @@ def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str
 
 
 def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
+    """Generated once per option set, then loaded from the prepared-array cache."""
+    from ferbench.data.cache import cached_arrays
+
     o = options if isinstance(options, Options) else Options.model_validate(options)
-    splits = {
-        "train": generate(o.n_train, o.seed * 1000 + 1, o),
-        "val": generate(o.n_val, o.seed * 1000 + 2, o),
-        "test": generate(o.n_test, o.seed * 1000 + 3, o),
-    }
+
+    def build() -> dict[str, np.ndarray]:
+        out = {}
+        for i, (name, n) in enumerate((("train", o.n_train), ("val", o.n_val), ("test", o.n_test)), 1):
+            s = generate(n, o.seed * 1000 + i, o)
+            out.update({f"{name}_images": s.images, f"{name}_labels": s.labels, f"{name}_targets": s.targets})
+        return out
+
+    a = cached_arrays("synthfer", f"generator-v{GENERATOR_VERSION}", o.model_dump(), build)
+    splits = {n: Split(a[f"{n}_images"], a[f"{n}_labels"], a[f"{n}_targets"]) for n in ("train", "val", "test")}
     return FerDataset(
         "synthfer", CLASSES, splits,
         notes={"generator": "ferbench.data.synthetic", "options": o.model_dump(), "targets": "annotator votes"},

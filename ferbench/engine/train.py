@@ -115,7 +115,7 @@ def fit(
     """Train with per-epoch checkpoints and validation; resume from `job_dir/checkpoint.pt` if present."""
     progress = progress or NoProgress()
     train = ds.splits["train"]
-    if cfg.loss == "ldl" and cfg.ldl_source == "votes" and train.targets is None:
+    if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and train.targets is None:
         raise FerbenchError(f"dataset {ds.name!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
     if cfg.loss == "ldl" and cfg.ldl_source == "teacher" and teacher is None:
         raise FerbenchError("train.ldl_source=teacher needs a model entry with depends_on: <teacher model id>")
@@ -177,6 +177,8 @@ def fit(
             x = augment_batch(to_unit(images[idx]), cfg.input_size, cfg.augment, aug_gen)
             x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
             y = labels[idx]
+            if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
+                y = torch.multinomial(targets[idx].float().cpu(), 1, generator=aug_gen).squeeze(1).to(device)
             with autocast_ctx(device, cfg.amp):
                 logits = model(x)
                 target = targets[idx] if targets is not None else None
