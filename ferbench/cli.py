@@ -84,20 +84,29 @@ def run(
     overrides = [("launcher." + k, v) for k, v in (("name", launcher), ("workers", workers), ("executor", executor),
                   ("partition", partition), ("gpus_per_node", gpus), ("cpus_per_task", cpus), ("mem_gb", mem_gb),
                   ("timeout_min", time_min)) if v is not None]
+    from ferbench.engine import dist
+
     try:
         s = load_spec(spec, profile, parse_set(set_) + overrides)
         jobs = expand(s)
         check_writable(runs_dir)
         datasets = prepare(jobs, data_root)
-        dev = pick_device(device)
+        ddp = dist.init_from_env()
+        dev = dist.local_device() if ddp and device == "auto" else pick_device(device)
+        if ddp and (s.launcher.name != "local" or s.launcher.workers > 1):
+            raise FerbenchError("under torchrun each job runs data-parallel in-process: drop --launcher/--workers")
     except FerbenchError as e:
         _fail(str(e))
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
+        run_jobs(jobs, runs_dir, datasets, dev)
+        return
     write_spec_snapshot(s, runs_dir)
-    console.print(f"[bold]{s.name}[/]: {len(jobs)} jobs on {dev} ({torch.get_num_threads()} threads) -> {runs_dir / s.name}")
+    procs = f", {dist.world()[1]} data-parallel processes" if ddp else ""
+    console.print(f"[bold]{s.name}[/]: {len(jobs)} jobs on {dev} ({torch.get_num_threads()} threads{procs}) -> {runs_dir / s.name}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         current: list[RichEpochs] = []

@@ -7,6 +7,7 @@ itself if complete, resumes from its checkpoint if one exists, and writes its ru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -159,21 +160,26 @@ def run_job(
     from ferbench.engine.train import fit
     from ferbench.metrics import classification_report
 
+    from ferbench.engine import dist
+
     job_dir = runs_dir / job.spec / job.id
     t0 = time.perf_counter()
-    with job_lock(job_dir, blocking) as got:
-        if not got:
+    main = dist.is_main()
+    lock = job_lock(job_dir, blocking or dist.world()[1] > 1) if main else contextlib.nullcontext(True)
+    with lock as got:
+        if not dist.broadcast(got):
             return Outcome(job, "locked", reason="another ferbench process holds this job")
-        if is_complete(job_dir):
-            return Outcome(job, "skipped", test_acc=_stored_acc(job_dir))
-        write_text_atomic(job_dir / "job.yaml", yaml.safe_dump({"id": job.id, "job": job.model_dump(mode="json")}, sort_keys=False))
+        if dist.broadcast(is_complete(job_dir) if main else None):
+            return Outcome(job, "skipped", test_acc=_stored_acc(job_dir) if main else None)
         manifest: dict[str, Any] = {
             "status": RUNNING, "job_id": job.id, "seed": job.seed, "started": _now(),
-            "environment": environment(device), "data_files": ds.files, "data_notes": ds.notes,
-            "classes": ds.classes, "class_counts": ds.counts(),
+            "environment": {**environment(device), "data_parallel_processes": dist.world()[1]},
+            "data_files": ds.files, "data_notes": ds.notes, "classes": ds.classes, "class_counts": ds.counts(),
             "fidelity": {"recipe": job.recipe, **job.model.options},
         }
-        write_json_atomic(job_dir / "manifest.json", manifest)
+        if main:
+            write_text_atomic(job_dir / "job.yaml", yaml.safe_dump({"id": job.id, "job": job.model_dump(mode="json")}, sort_keys=False))
+            write_json_atomic(job_dir / "manifest.json", manifest)
         try:
             torch.manual_seed(job.seed)
             np.random.seed(job.seed % 2**32)
@@ -183,7 +189,8 @@ def run_job(
 
                 info = load_pretrained(model, job.model.weights)
                 manifest["pretrained"] = {"file": job.model.weights, **info}
-                write_json_atomic(job_dir / "manifest.json", manifest)
+                if main:
+                    write_json_atomic(job_dir / "manifest.json", manifest)
                 if progress is not None and hasattr(progress, "note"):
                     progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                                   f"kept init for {len(info['kept_init'])}: {', '.join(info['kept_init'][:8])}"
@@ -194,7 +201,6 @@ def run_job(
             res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, stop_after_steps)
             arrays: dict[str, np.ndarray] = {}
             metrics: dict[str, Any] = {
-                "profile": _profile(job, ds.num_classes),
                 "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
                 "tta": job.eval.tta, "classes": ds.classes,
                 "selection": {"last": "model after the final epoch", "best": "model from the epoch with the best validation accuracy"},
@@ -214,9 +220,12 @@ def run_job(
                 for which, m in (("last", res.model), ("best", best_model)):
                     if m is None:
                         continue
-                    logits = predict(m, s.images, job.train, device, job.eval.tta, job.eval.tta_resize_ratio)
+                    logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), s.images)
                     arrays[f"{split}.{which}.logits"] = logits
                     metrics[split][which] = classification_report(logits, s.labels, ds.classes)
+            if not main:
+                return Outcome(job, "complete", time.perf_counter() - t0)
+            metrics["profile"] = _profile(job, ds.num_classes)
             write_npz_atomic(job_dir / "predictions.npz", arrays)
             write_json_atomic(job_dir / "metrics.json", metrics)
             manifest.update(status=COMPLETE, finished=_now(), seconds=time.perf_counter() - t0)
@@ -224,7 +233,8 @@ def run_job(
             return Outcome(job, "complete", time.perf_counter() - t0, _stored_acc(job_dir))
         except JobFailed as e:
             manifest.update(status=FAILED, finished=_now(), failure=str(e))
-            write_json_atomic(job_dir / "manifest.json", manifest)
+            if main:
+                write_json_atomic(job_dir / "manifest.json", manifest)
             return Outcome(job, "failed", time.perf_counter() - t0, reason=str(e))
 
 

@@ -48,9 +48,17 @@ def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Ten
     return theta.float()
 
 
-def augment_batch(x: torch.Tensor, out_size: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Apply per-sample random affine augmentation and resize to out_size in one warp."""
-    theta = random_affine(x.shape[0], cfg, gen).to(x.device, non_blocking=True)
+def augment_batch(
+    x: torch.Tensor, out_size: int, cfg: AugmentConfig, gen: torch.Generator, n_total: int | None = None,
+    part: slice = slice(None),
+) -> torch.Tensor:
+    """Apply per-sample random affine augmentation and resize to out_size in one warp.
+
+    In data-parallel training each rank holds rows `part` of a global batch of `n_total`: the matrices
+    are drawn for the whole global batch (same stream on every rank) and sliced, so the result equals
+    the single-process one.
+    """
+    theta = random_affine(n_total or x.shape[0], cfg, gen)[part].to(x.device, non_blocking=True)
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ferbench.data import FerDataset
 from ferbench.data.augment import augment_batch, finish, to_unit
+from ferbench.engine import dist
 from ferbench.engine.evaluate import autocast_ctx, predict
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
 from ferbench.errors import FerbenchError, JobFailed
@@ -120,16 +121,26 @@ def fit(
     if cfg.loss == "ldl" and cfg.ldl_source == "teacher" and teacher is None:
         raise FerbenchError("train.ldl_source=teacher needs a model entry with depends_on: <teacher model id>")
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device, memory_format=fmt)
+    rank, world = dist.world()
+    core = model.to(device, memory_format=fmt)  # the module whose weights are saved and evaluated
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on the CPU BatchNorm sees each rank's rows
+            core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
+        model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     targets = torch.from_numpy(train.targets).to(device) if train.targets is not None else None
     n = len(train)
     batch = min(cfg.batch_size, n)
+    if batch % world:
+        raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
+    mine = slice(rank, None, world)  # this rank's rows of each global batch
     steps_per_epoch = n // batch
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
-    ema = ModelEma(model, cfg.ema) if cfg.ema else None
+    ema = ModelEma(core, cfg.ema) if cfg.ema else None
     use_scaler = device.type == "cuda" and cfg.amp == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     val = ds.splits.get("val")
@@ -141,7 +152,7 @@ def fit(
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
         try:
-            model.load_state_dict(ck["model"])
+            core.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             if ema is not None:
@@ -158,7 +169,7 @@ def fit(
         history = ck["history"]
         best_state = ck.get("best_state")
 
-    eval_model = lambda: ema.module if (ema is not None and eval_cfg.use_ema) else model  # noqa: E731
+    eval_model = lambda: ema.module if (ema is not None and eval_cfg.use_ema) else core  # noqa: E731
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
@@ -173,49 +184,54 @@ def fit(
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch)
         for i in range(steps_per_epoch):
-            idx = order[i * batch : (i + 1) * batch]
-            x = augment_batch(to_unit(images[idx]), cfg.input_size, cfg.augment, aug_gen)
+            glob = order[i * batch : (i + 1) * batch]
+            idx = glob[mine]
+            x = augment_batch(to_unit(images[idx]), cfg.input_size, cfg.augment, aug_gen, len(glob), mine)
             x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
             y = labels[idx]
             if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
-                y = torch.multinomial(targets[idx].float().cpu(), 1, generator=aug_gen).squeeze(1).to(device)
+                y = torch.multinomial(targets[glob].float().cpu(), 1, generator=aug_gen).squeeze(1)[mine].to(device)
             with autocast_ctx(device, cfg.amp):
                 logits = model(x)
                 target = targets[idx] if targets is not None else None
                 if teacher is not None and cfg.loss == "ldl" and cfg.ldl_source == "teacher":
                     with torch.no_grad():
                         target = torch.softmax(teacher(x).float(), dim=1)
-                loss = compute_loss(model, logits, y, target, cfg)
+                loss = compute_loss(core, logits, y, target, cfg)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.clip_grad_norm:
                 if use_scaler and not cfg.clip_before_unscale:
                     scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.clip_grad_norm)
             scaler.step(opt)
             scaler.update()
             sched.step()
             step += 1
             if ema is not None:
-                ema.update(model, step)
+                ema.update(core, step)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
             loss_sum += loss.detach().float() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             progress.advance()
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
-                if int(bad_step) >= 0:
-                    raise JobFailed(f"non-finite loss at epoch {epoch + 1}, step {int(bad_step)}")
+                first_bad = int(dist.all_reduce(bad_step.clone(), "max"))  # one sync every CHECK_EVERY steps
+                if first_bad >= 0:
+                    raise JobFailed(f"non-finite loss at epoch {epoch + 1}, step {first_bad}")
             if stop_after_steps is not None and step >= stop_after_steps:
                 raise KeyboardInterrupt  # test hook: simulate a kill mid-epoch
         seen = steps_per_epoch * batch
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(correct)
         row: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
             "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
         }
         if val is not None and "val" in eval_cfg.splits:
             mode = "random_crop" if eval_cfg.val_mode == "random_crop" else "none"
-            vlogits = predict(eval_model(), val.images, cfg, device, mode, eval_cfg.tta_resize_ratio,
-                              epoch_generator(seed, epoch, 2))
+            vgen = epoch_generator(seed, epoch, 2)
+            vlogits = dist.sharded(lambda part: predict(eval_model(), part, cfg, device, mode, eval_cfg.tta_resize_ratio, vgen),
+                                   val.images)
             row["val_loss"] = float(F.cross_entropy(torch.from_numpy(vlogits), torch.from_numpy(val.labels)))
             row["val_acc"] = float((vlogits.argmax(1) == val.labels).mean())
             if row["val_acc"] > best_val:
@@ -226,8 +242,10 @@ def fit(
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         progress.end_epoch(row)
+        if rank != 0:
+            continue  # only rank 0 writes records
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
