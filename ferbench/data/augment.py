@@ -59,8 +59,12 @@ def augment_batch(
     the single-process one.
     """
     theta = random_affine(n_total or x.shape[0], cfg, gen)[part].to(x.device, non_blocking=True)
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
+    # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
+    warp = min(out_size, max(x.shape[-2:]))
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], warp, warp], align_corners=False)
+    y = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return y if warp == out_size else F.interpolate(y, size=(out_size, out_size), mode="bilinear", align_corners=False)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
