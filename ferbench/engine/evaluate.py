@@ -47,6 +47,8 @@ def predict(
     """Logits (N, K) float32 for uint8 images (N, H, W)."""
     model.eval()
     src = torch.from_numpy(images)
+    if device.type == "cuda":
+        src = src.pin_memory()  # so the per-batch copies below are truly asynchronous
     out = []
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for start in range(0, len(src), cfg.eval_batch_size):
