@@ -170,9 +170,18 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
     ds = FerDataset("ferplus", CLASSES, splits,
                     files={str(vpath): file_digest(vpath), str(ipath): file_digest(ipath)},
                     notes={"protocol": o.protocol, "eval_protocol": "majority", "soft_targets": o.soft_targets,
+                           "fer2013_vs_ferplus": _label_comparison(img["labels"], v["votes"]),
                            "exported_images": {n: int((v["exported"] & (v["split"] == c)).sum()) for c, n in enumerate(USAGE_TO_SPLIT.values())}})
     check_split_nonempty(ds, str(vpath))
     return ds
+
+
+def _label_comparison(fer_labels: np.ndarray, votes: np.ndarray) -> dict[str, dict[str, int]]:
+    """All-split counts: FER-2013's labels vs a plain argmax over FER+'s 10 vote columns (the overview
+    article's figure: fear 5,121 vs 819, and 177 non-faces)."""
+    fer_names = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+    return {"FER-2013 labels": dict(zip(fer_names, np.bincount(fer_labels, minlength=7).tolist())),
+            "FER+ plain vote argmax": dict(zip(VOTE_COLUMNS, np.bincount(votes.argmax(1), minlength=10).tolist()))}
 
 
 KIND = DatasetKind(Options, _locate, _load, "FER+ (FER-2013 images, Microsoft votes), 8 classes, 4 label protocols")

@@ -118,6 +118,14 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         name = fig_name("classes", d)
         figs[name] = figures.class_distribution_figure(counts, r.manifest["classes"], f"{d}: images per class and split")
         data_figs.append({"dataset": d, "figure": name})
+        cmp_counts = r.manifest.get("data_notes", {}).get("fer2013_vs_ferplus")
+        if cmp_counts:
+            (ln, left), (rn, right) = list(cmp_counts.items())[:2]
+            name = fig_name("fer_vs_ferplus", d)
+            figs[name] = figures.side_by_side_figure(
+                left, right, ln, rn, f"FER-2013 vs FER+ (fear {left.get('fear', 0):,} vs {right.get('fear', 0):,}; "
+                f"FER+ non-faces {right.get('NF', 0):,})")
+            data_figs.append({"dataset": f"{d}: FER-2013 vs FER+", "figure": name})
     curve_figs = []
     for d in seen_ds | {r.job["job"]["dataset"]["id"] for r in records if r.complete}:
         hist = {}

@@ -11,21 +11,10 @@ from ferbench.data import FerDataset, load_dataset
 from ferbench.report import figures
 from ferbench.runs import write_bytes_atomic
 
-FER_TO_FERPLUS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
-                  "surprise": "surprise", "neutral": "neutral"}
-
-
 def fer_vs_ferplus_counts(data_root: str | None) -> tuple[dict[str, int], dict[str, int]]:
     """All-split counts: FER-2013 labels vs a plain argmax over FER+'s 10 vote columns (no protocol)."""
-    from ferbench.data.fer2013 import find_csv, load_arrays
-    from ferbench.data.ferplus import VOTE_COLUMNS, find_votes, parse_votes
-    from ferbench.data import resolve_root
-
-    root = resolve_root(None, data_root)
-    fer = load_arrays(find_csv(root, None))
-    v = parse_votes(find_votes(root, None))
-    left = {FER_TO_FERPLUS[c]: int(n) for c, n in zip(FER_TO_FERPLUS, np.bincount(fer["labels"], minlength=7))}
-    right = dict(zip(VOTE_COLUMNS, np.bincount(v["votes"].argmax(1), minlength=10).tolist()))
+    ds = load_dataset("ferplus", {}, None, data_root)
+    left, right = ds.notes["fer2013_vs_ferplus"].values()
     return left, right
 
 

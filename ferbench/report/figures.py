@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -23,11 +23,11 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str) -> bytes:
     """Row-normalised confusion matrix; each cell shows the rate and the count."""
     cm = np.asarray(cm)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.75 * len(classes) + 2, 0.7 * len(classes) + 1.5))
+    fig, ax = plt.subplots(figsize=(0.6 * len(classes) + 1.4, 0.55 * len(classes) + 1.2))
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{rates[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, f"{rates[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=6,
                     color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
