@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferbench.profile import profile_model
-
 # (model, options, classes, input, claimed params in M, claimed GMACs, source)
 SIZE_CLAIMS: list[tuple[str, dict, int, int, float | None, float | None, str]] = [
     ("resface-r18", {}, 7, 224, 10.4, None, "ResFace paper (via overview article): ~10.4M params"),
@@ -29,7 +27,17 @@ SIZE_CLAIMS: list[tuple[str, dict, int, int, float | None, float | None, str]] =
 ]
 
 
+def size_claim(arch: str) -> dict[str, Any] | None:
+    """The published size figures for an architecture, if any (read by reports; no torch needed)."""
+    for name, _, k, size, p, g, source in SIZE_CLAIMS:
+        if name == arch:
+            return {"params_m": p, "gmacs": g, "input_size": size, "num_classes": k, "source": source}
+    return None
+
+
 def claims_table() -> list[dict[str, Any]]:
+    from ferbench.profile import profile_model
+
     rows = []
     for name, opts, k, size, p_claim, g_claim, source in SIZE_CLAIMS:
         m = profile_model(name, size, k, latency=False, **opts)
