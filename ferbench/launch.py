@@ -48,34 +48,43 @@ def _outcome(job: Job, r: dict[str, Any]) -> Outcome:
     return Outcome(job, r["status"], r.get("seconds", 0.0), r.get("test_acc"), r.get("reason", ""))
 
 
+def run_waves(jobs: list[Job], submit: Callable[[Job], Any], collect: Callable[[Job, Any], Outcome],
+              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Submit each wave, collect its outcomes, and fail the students of failed teachers."""
+    outcomes: list[Outcome] = []
+    failed: set[str] = set()
+    for wave in waves(jobs):
+        handles = []
+        for j in wave:
+            if j.depends_on in failed:
+                failed.add(j.id)
+                outcomes.append(Outcome(j, "failed", reason=f"teacher {j.depends_on} failed"))
+            else:
+                handles.append((j, submit(j)))
+        for j, h in handles:
+            o = collect(j, h)
+            if o.status == "failed":
+                failed.add(j.id)
+            outcomes.append(o)
+            if on_outcome:
+                on_outcome(o)
+    return outcomes
+
+
 def run_workers(jobs: list[Job], runs_dir: Path, data_root: str | None, device: str, workers: int,
                 threads: int | None, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    outcomes: list[Outcome] = []
-    failed: set[str] = set()
+    def collect(j: Job, fut: Any) -> Outcome:
+        try:
+            return _outcome(j, fut.result())
+        except FerbenchError as e:
+            return Outcome(j, "failed", reason=str(e))
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        for wave in waves(jobs):
-            futures = {}
-            for j in wave:
-                if j.depends_on in failed:
-                    o = Outcome(j, "failed", reason=f"teacher {j.depends_on} failed")
-                    outcomes.append(o)
-                    failed.add(j.id)
-                    continue
-                futures[j.id] = (j, pool.submit(execute_one, j.model_dump_json(), str(runs_dir), data_root, device, threads))
-            for j, fut in futures.values():
-                try:
-                    o = _outcome(j, fut.result())
-                except FerbenchError as e:
-                    o = Outcome(j, "failed", reason=str(e))
-                if o.status == "failed":
-                    failed.add(j.id)
-                outcomes.append(o)
-                if on_outcome:
-                    on_outcome(o)
-    return outcomes
+        submit = lambda j: pool.submit(execute_one, j.model_dump_json(), str(runs_dir), data_root, device, threads)  # noqa: E731
+        return run_waves(jobs, submit, collect, on_outcome)
 
 
 def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device: str, cfg: LauncherConfig,
@@ -85,32 +94,18 @@ def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device:
     except ImportError:
         raise FerbenchError("--launcher submitit needs the cluster extra: pip install 'ferbench[cluster]'") from None
     folder = runs_dir / ".submitit"
-    if cfg.executor == "auto":
-        ex = submitit.AutoExecutor(folder=folder)
-    else:
-        ex = submitit.AutoExecutor(folder=folder, cluster=cfg.executor)
+    ex = submitit.AutoExecutor(folder=folder) if cfg.executor == "auto" else submitit.AutoExecutor(folder=folder, cluster=cfg.executor)
     params: dict[str, Any] = {"timeout_min": cfg.timeout_min, "cpus_per_task": cfg.cpus_per_task, "name": "ferbench"}
     if ex.cluster == "slurm":
         params.update(slurm_partition=cfg.partition, gpus_per_node=cfg.gpus_per_node, mem_gb=cfg.mem_gb)
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    outcomes: list[Outcome] = []
-    failed: set[str] = set()
-    for wave in waves(jobs):
-        todo = [j for j in wave if j.depends_on not in failed]
-        for j in wave:
-            if j.depends_on in failed:
-                failed.add(j.id)
-                outcomes.append(Outcome(j, "failed", reason=f"teacher {j.depends_on} failed"))
-        handles = [(j, ex.submit(execute_one, j.model_dump_json(), str(runs_dir), data_root, device, threads)) for j in todo]
-        for j, h in handles:
-            try:
-                o = _outcome(j, h.result())
-            except Exception as e:  # noqa: BLE001  (a cluster job can die in many ways; record and go on)
-                msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-                o = Outcome(j, "failed", reason=f"cluster job {h.job_id}: {msg}")
-            if o.status == "failed":
-                failed.add(j.id)
-            outcomes.append(o)
-            if on_outcome:
-                on_outcome(o)
-    return outcomes
+
+    def collect(j: Job, h: Any) -> Outcome:
+        try:
+            return _outcome(j, h.result())
+        except Exception as e:  # noqa: BLE001  (a cluster job can die in many ways; record and go on)
+            msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            return Outcome(j, "failed", reason=f"cluster job {h.job_id}: {msg}")
+
+    submit = lambda j: ex.submit(execute_one, j.model_dump_json(), str(runs_dir), data_root, device, threads)  # noqa: E731
+    return run_waves(jobs, submit, collect, on_outcome)

@@ -105,21 +105,26 @@ def read_csv_frame(path: Path, columns: list[str]) -> pd.DataFrame:
     return df
 
 
-def parse_csv(path: Path) -> dict[str, np.ndarray]:
-    df = read_csv_frame(path, COLUMNS)
+def split_codes(df: pd.DataFrame, path: Path) -> np.ndarray:
+    """The Usage column as split codes 0 train, 1 val, 2 test; one-line error on an unknown value."""
     usage = df["Usage"].str.strip().to_numpy()
     known = np.isin(usage, list(USAGE_TO_SPLIT))
     if not known.all():
         i = int(np.argmax(~known))
         raise FerbenchError(f"{path}: line {i + 2}: Usage {usage[i]!r} is not one of Training, PublicTest, PrivateTest")
+    return np.select([usage == u for u in USAGE_TO_SPLIT], list(range(3))).astype(np.int8)
+
+
+def parse_csv(path: Path) -> dict[str, np.ndarray]:
+    df = read_csv_frame(path, COLUMNS)
+    split = split_codes(df, path)
     emo = pd.to_numeric(df["emotion"].str.strip(), errors="coerce").to_numpy()
     ok = ~np.isnan(emo) & (emo == np.round(emo)) & (emo >= 0) & (emo < len(CLASSES))
     if not ok.all():
         i = int(np.argmax(~ok))
         raise FerbenchError(f"{path}: line {i + 2}: emotion {df['emotion'].iloc[i]!r} is not an integer 0-6")
     images = parse_pixels(df["pixels"].str.strip().tolist(), str(path))
-    split_code = np.select([usage == u for u in USAGE_TO_SPLIT], list(range(3)))
-    return {"images": images, "labels": emo.astype(np.int64), "split": split_code.astype(np.int8)}
+    return {"images": images, "labels": emo.astype(np.int64), "split": split}
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:

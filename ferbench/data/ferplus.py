@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
-from ferbench.data.fer2013 import USAGE_TO_SPLIT, find_csv, load_arrays, read_csv_frame
+from ferbench.data.fer2013 import USAGE_TO_SPLIT, find_csv, load_arrays, read_csv_frame, split_codes
 from ferbench.errors import FerbenchError
 
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
@@ -104,11 +104,7 @@ def find_votes(root: Path | None, path: str | None) -> Path:
 def parse_votes(path: Path) -> dict[str, np.ndarray]:
     """Usage codes, names present, and the (N, 10) vote table, validated."""
     df = read_csv_frame(path, COLUMNS)
-    usage = df["Usage"].str.strip().to_numpy()
-    known = np.isin(usage, list(USAGE_TO_SPLIT))
-    if not known.all():
-        i = int(np.argmax(~known))
-        raise FerbenchError(f"{path}: line {i + 2}: Usage {usage[i]!r} is not one of Training, PublicTest, PrivateTest")
+    split = split_codes(df, path)
     votes = np.zeros((len(df), len(VOTE_COLUMNS)), dtype=np.int16)
     for j, col in enumerate(VOTE_COLUMNS):
         s = df[col].str.strip()
@@ -125,7 +121,6 @@ def parse_votes(path: Path) -> dict[str, np.ndarray]:
         last[names[i]] = i
     exported = np.zeros(len(df), bool)
     exported[list(last.values())] = True
-    split = np.select([usage == u for u in USAGE_TO_SPLIT], list(range(3))).astype(np.int8)
     return {"votes": votes, "exported": exported, "split": split}
 
 
