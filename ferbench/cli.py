@@ -88,7 +88,7 @@ def run(
 
     try:
         s = load_spec(spec, profile, parse_set(set_) + overrides)
-        jobs = expand(s)
+        jobs = expand(s, profile)
         check_writable(runs_dir)
         datasets = prepare(jobs, data_root)
         ddp = dist.init_from_env()

@@ -103,6 +103,19 @@ class RunRecord:
     path: Path
     job: dict[str, Any]
     manifest: dict[str, Any]
+    label: str = ""  # the model id, plus the profile/condition when one model ran under several
+
+    @property
+    def condition(self) -> str:
+        """Hash of the job without seed, data location and profile: equal for seeds of one experiment."""
+        import copy
+        import hashlib
+
+        d = copy.deepcopy(self.job.get("job", {}))
+        for k in ("seed", "data_root", "profile"):
+            d.pop(k, None)
+        d.get("dataset", {}).pop("path", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     @property
     def id(self) -> str:
@@ -171,4 +184,22 @@ def discover(root: Path) -> list[RunRecord]:
         except ValueError:
             manifest = {"status": "incomplete", "failure": "manifest.json unreadable"}
         out.append(RunRecord(d, job, manifest))
+    label_experiments(out)
     return out
+
+
+def label_experiments(records: list[RunRecord]) -> None:
+    """Label each record by its model id; where one (model, dataset) ran under several conditions
+    (a smoke and a cpu profile in one runs folder, say), add the profile or condition hash, so that
+    seeds of different experiments are never averaged together."""
+    groups: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        j = r.job.get("job", {})
+        groups.setdefault((j.get("model", {}).get("id", "?"), j.get("dataset", {}).get("id", "?")), set()).add(r.condition)
+    for r in records:
+        j = r.job.get("job", {})
+        mid = j.get("model", {}).get("id", "?")
+        if len(groups[(mid, j.get("dataset", {}).get("id", "?"))]) > 1:
+            r.label = f"{mid} [{j.get('profile') or 'default'} {r.condition[:6]}]"
+        else:
+            r.label = mid

@@ -240,10 +240,17 @@ class Job(_Strict):
     eval: EvalConfig
     depends_on: str | None = None  # job id
     data_root: str | None = None  # where the data was found; not part of the identity
+    profile: str | None = None  # the profile the spec was run with; recorded, not part of the identity
+
+    def condition(self) -> str:
+        """Hash of everything but the seed: runs with equal conditions are seeds of one experiment."""
+        d = self.identity()
+        d.pop("seed")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
 
     def identity(self) -> dict[str, Any]:
         """The content the job id hashes: everything that changes the result."""
-        d = self.model_dump(mode="json", exclude={"data_root"})
+        d = self.model_dump(mode="json", exclude={"data_root", "profile"})
         d["dataset"].pop("path", None)
         d["format"] = JOB_FORMAT
         return d
@@ -421,7 +428,7 @@ def resolve_eval(spec: Spec, model: ModelEntry) -> EvalConfig:
     return EvalConfig.model_validate(_merge(EVAL_PRESETS.get(recipe, {}), explicit))
 
 
-def expand(spec: Spec) -> list[Job]:
+def expand(spec: Spec, profile: str | None = None) -> list[Job]:
     """Every (model x dataset x seed) job, dependencies first."""
     jobs: list[Job] = []
     by_key: dict[tuple[str, str, int], Job] = {}
@@ -432,7 +439,7 @@ def expand(spec: Spec) -> list[Job]:
                 dep = by_key[(m.depends_on, d.id, seed)].id if m.depends_on else None
                 job = Job(
                     spec=spec.name, model=m, dataset=d, seed=seed, recipe=m.recipe or spec.recipe,
-                    train=resolve_train(spec, m), eval=resolve_eval(spec, m), depends_on=dep,
+                    train=resolve_train(spec, m), eval=resolve_eval(spec, m), depends_on=dep, profile=profile,
                 )
                 by_key[(m.id, d.id, seed)] = job
                 jobs.append(job)

@@ -59,7 +59,8 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
         env = r.manifest.get("environment", {})
         subset = j["dataset"].get("subset") or {}
         row = {
-            "model": j["model"]["id"], "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
+            "model": r.label, "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
+            "profile": j.get("profile") or "default",
             "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch",
             "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
@@ -132,7 +133,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         for r in records:
             j = r.job["job"]
             if j["dataset"]["id"] == d and r.complete:
-                hist.setdefault(j["model"]["id"], []).append(r.history())
+                hist.setdefault(r.label, []).append(r.history())
         if hist:
             name = fig_name("curves", d)
             figs[name] = figures.curves_figure(hist, f"{d}: accuracy per epoch (mean over seeds)")

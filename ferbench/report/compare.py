@@ -81,7 +81,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
         rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job["job"]["dataset"]["id"] == d])}
         variants = []
         for side, recs in (("A", ra_all), ("B", rb_all)):
-            for mid in dict.fromkeys(r.job["job"]["model"]["id"] for r in recs if r.job["job"]["dataset"]["id"] == d):
+            for mid in dict.fromkeys(r.label for r in recs if r.job["job"]["dataset"]["id"] == d):
                 g = rows[mid]
                 variants.append({"side": side, "model": mid, "n": g["n"], "accuracy": g["accuracy"],
                                  "balanced_accuracy": g["balanced_accuracy"], "macro_f1": g["macro_f1"],
@@ -90,8 +90,8 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
         pairs = []
         for va in [v for v in variants if v["side"] == "A"]:
             for vb in [v for v in variants if v["side"] == "B"]:
-                recs_a = [r for r in ra_all if r.job["job"]["model"]["id"] == va["model"] and r.job["job"]["dataset"]["id"] == d]
-                recs_b = [r for r in rb_all if r.job["job"]["model"]["id"] == vb["model"] and r.job["job"]["dataset"]["id"] == d]
+                recs_a = [r for r in ra_all if r.label == va["model"] and r.job["job"]["dataset"]["id"] == d]
+                recs_b = [r for r in rb_all if r.label == vb["model"] and r.job["job"]["dataset"]["id"] == d]
                 st = paired_stats(recs_a, recs_b, va["classes"])
                 pairs.append({"a": va["model"], "b": vb["model"], **(st or {"note": "nothing to pair: no common seed with identical test labels"})})
         out["datasets"][d] = {"variants": variants, "pairs": pairs}

@@ -20,7 +20,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
         test = m.get("test", {})
         prof = m.get("profile", {})
         row: dict[str, Any] = {
-            "run": r.id, "model": job["model"]["id"], "arch": job["model"]["arch"], "dataset": job["dataset"]["id"],
+            "run": r.id, "model": r.label, "arch": job["model"]["arch"], "dataset": job["dataset"]["id"],
             "seed": job["seed"], "input_size": job["train"]["input_size"], "epochs": job["train"]["epochs"],
             "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "recipe": job["recipe"],
             "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": prof.get("latency_ms_cpu"),
@@ -94,7 +94,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
     for r in records:
         if r.complete:
             j = r.job["job"]
-            groups.setdefault((j["model"]["id"], j["dataset"]["id"]), []).append(r)
+            groups.setdefault((r.label, j["dataset"]["id"]), []).append(r)
     for (model, dataset), recs in groups.items():
         ms = [r.metrics() for r in recs]
         tests = [m["test"][which] for m in ms if "test" in m and which in m["test"]]
