@@ -175,7 +175,7 @@ def compare(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="only this dataset id"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     as_json: bool = typer.Option(False, "--json"),
-    out: Optional[Path] = typer.Option(None, "--out", help="also write compare.md/.html and a figure here"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write index.html, report.md and a figure here (linked from OUT/../index.html if present)"),
 ) -> None:
     """Two families side by side: accuracy, cost, exact McNemar, bootstrap CI of the difference."""
     from ferbench.report.compare import compare as do_compare, write_compare

@@ -43,6 +43,18 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
     assert recs["student"].job["job"]["depends_on"] == recs["teacher"].id
     assert recs["votes"].manifest["fidelity"]["csa_fusion"] == "product"
 
+    cmp = subprocess.run([sys.executable, "-m", "ferbench", "compare", "resface", "resnet", "--json", "--out", "cmp"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stderr
+    res = json.loads(cmp.stdout)["datasets"]["synthfer"]
+    assert {v["model"] for v in res["variants"]} == {"student", "votes", "teacher"}
+    pair = res["pairs"][0]
+    assert pair["n_pairs"] == 32 and 0 <= pair["mcnemar"]["p_value"] <= 1 and pair["acc_diff_ci95"][0] <= pair["acc_diff"]
+    assert (tmp_path / "cmp" / "index.html").exists() and (tmp_path / "cmp" / "report.md").exists()
+    none = subprocess.run([sys.executable, "-m", "ferbench", "compare", "resface", "emonext"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert none.returncode == 2 and "no complete runs of 'emonext'" in none.stderr
+
 
 def test_divergence_fails_the_job_and_the_spec_continues(tmp_path):
     spec = {

@@ -101,7 +101,8 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
 
 
 def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
-    """compare.md, compare.html and an accuracy-vs-GMACs figure under `out`."""
+    """report.md, index.html (self-contained) and an accuracy-vs-GMACs figure under `out`; the
+    reports index links it like any report."""
     from ferbench.report import _env
     from ferbench.report.figures import scatter_figure
     from ferbench.runs import write_bytes_atomic, write_text_atomic
@@ -115,6 +116,10 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     md = _env(False).get_template("compare.md.j2").render(**ctx)
     html = _env(True).get_template("compare.html.j2").render(**ctx)
     write_bytes_atomic(out / "compare_acc_vs_gmacs.png", png)
-    write_text_atomic(out / "compare.md", md)
-    write_text_atomic(out / "compare.html", html)
-    return [out / "compare.md", out / "compare.html"]
+    write_text_atomic(out / "report.md", md)
+    write_text_atomic(out / "index.html", html)
+    from ferbench.report import write_index
+
+    if (out.parent / "index.html").exists():  # inside a reports folder: link it from the index
+        write_index(out.parent)
+    return [out / "report.md", out / "index.html"]
