@@ -76,7 +76,9 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
         missing = a if not ra_all else b
         raise FerbenchError(f"compare: no complete runs of {missing!r} under {runs_dir}"
                             + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext)")
-    out: dict[str, Any] = {"a": a, "b": b, "datasets": {}}
+    from ferbench.report import conditions
+
+    out: dict[str, Any] = {"a": a, "b": b, "datasets": {}, "conditions": conditions(ra_all + rb_all)}
     for d in sorted({r.job["job"]["dataset"]["id"] for r in ra_all} & {r.job["job"]["dataset"]["id"] for r in rb_all}):
         rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job["job"]["dataset"]["id"] == d])}
         variants = []
