@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
-from ferbench.data.cache import cached_arrays
+from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.errors import FerbenchError
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
@@ -94,7 +94,8 @@ def carve_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
     o = options if isinstance(options, Options) else Options.model_validate(options)
     entries = read_labels(files["labels"])
-    h = hashlib.sha256(files["labels"].read_bytes())
+    label_digest = file_digest(files["labels"])
+    h = hashlib.sha256(label_digest.encode())
     for name, _ in entries:
         p = _image_path(files["images"], name)
         st = p.stat() if p.exists() else None
@@ -110,7 +111,7 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
     val_mask = carve_val(a["labels"][train_rows], o.val_fraction, o.val_seed)
     pick = lambda rows: Split(a["images"][rows], a["labels"][rows])  # noqa: E731
     splits = {"train": pick(train_rows[~val_mask]), "val": pick(train_rows[val_mask]), "test": pick(np.flatnonzero(a["is_test"]))}
-    ds = FerDataset("rafdb", CLASSES, splits, files={str(files["labels"]): hashlib.sha256(files["labels"].read_bytes()).hexdigest()},
+    ds = FerDataset("rafdb", CLASSES, splits, files={str(files["labels"]): label_digest},
                     notes={"val_rule": f"stratified {o.val_fraction:g} of train per class, seed {o.val_seed}",
                            "color": "converted to grey (papers use RGB)", "size": o.size})
     check_split_nonempty(ds, str(files["labels"]))

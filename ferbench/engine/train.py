@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -257,6 +256,3 @@ def fit(
         stopped_early = True
     return FitResult(eval_model(), best_state, best_epoch, len(history), stopped_early, history)
 
-
-def numpy_split_logits(model: nn.Module, images: np.ndarray, cfg: TrainConfig, eval_cfg: EvalConfig, device: torch.device) -> np.ndarray:
-    return predict(model, images, cfg, device, eval_cfg.tta, eval_cfg.tta_resize_ratio)
