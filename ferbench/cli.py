@@ -268,20 +268,37 @@ def profile(
 
 @app.command()
 def bench(
-    which: str = typer.Argument("all", help="data, train, eval, csv or all"),
+    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows) or gpu"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)"),
     as_json: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("cuda", "--device", help="gpu: the device to measure"),
+    model: list[str] = typer.Option([], "--model", help="gpu: arch=recipe (repeatable; default emonext-tiny and resface-r18)"),
+    size: int = typer.Option(224, "--size", help="gpu: input size"),
+    batch: int = typer.Option(64, "--batch", help="gpu: batch size"),
+    images: int = typer.Option(12800, "--images", help="gpu: images per timed epoch"),
+    compile_: bool = typer.Option(False, "--compile", help="gpu: torch.compile both loops"),
 ) -> None:
     """Measure the harness against reference pipelines, side by side, and print the ratios."""
-    if which not in ("data", "train", "eval", "csv", "all"):
-        _fail(f"bench {which!r}: expected one of data, train, eval, csv, all")
-    from ferbench.bench import run_bench
+    if which not in ("data", "train", "eval", "csv", "all", "gpu"):
+        _fail(f"bench {which!r}: expected one of data, train, eval, csv, all, gpu")
+    if which == "gpu":
+        from ferbench.bench_gpu import parse_models, run_gpu_bench
+        from ferbench.runner import pick_device
 
-    rows = run_bench(which, data_root)
+        try:
+            rows = run_gpu_bench(pick_device(device), parse_models(model), size, batch, images, compile_)
+        except FerbenchError as e:
+            _fail(str(e))
+        where = f"{rows[0]['device']}, batch {batch}, {size}x{size}"
+    else:
+        from ferbench.bench import run_bench
+
+        rows = run_bench(which, data_root)
+        where = f"CPU, {rows[0].get('threads', '?')} threads"
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"ferbench bench {which} (CPU, {rows[0].get('threads', '?')} threads)")
+    t = Table(title=f"ferbench bench {which} ({where})")
     for c in ("name", "ours /s", "reference /s", "ratio", "conditions"):
         t.add_column(c)
     for r in rows:

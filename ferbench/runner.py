@@ -114,11 +114,12 @@ def environment(device: Any) -> dict[str, Any]:
 def pick_device(name: str = "auto") -> Any:
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FerbenchError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions; recorded in each manifest's environment
+    return device
 
 
 def _now() -> str:
@@ -195,8 +196,6 @@ def run_job(
                     progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                                   f"kept init for {len(info['kept_init'])}: {', '.join(info['kept_init'][:8])}"
                                   + (" ..." if len(info["kept_init"]) > 8 else ""))
-            if job.train.compile and device.type == "cuda":
-                model = torch.compile(model)
             teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
             res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, stop_after_steps)
             arrays: dict[str, np.ndarray] = {}

@@ -140,6 +140,8 @@ def fit(
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
     ema = ModelEma(core, cfg.ema) if cfg.ema else None
+    if cfg.compile and device.type == "cuda":
+        core.compile()  # in place: state-dict keys, attributes and the EMA copy stay those of the plain module
     use_scaler = device.type == "cuda" and cfg.amp == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     val = ds.splits.get("val")

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Everything ferbench does with one lent GPU session, in one call, inside a time budget:
+#   1. environment (nvidia-smi, torch), install (carried wheels for what the image lacks, then
+#      `pip install -e . --no-deps`), FER-2013 + FER+ rebuilt byte-exact from .gpudata/ (datapack.py);
+#   2. `ferbench bench gpu`: EmoNeXt-T and ResFace-R18 training throughput at 224 (bf16, channels_last,
+#      batch 64), harness vs bare loop, fraction of the measured and datasheet bf16 peak;
+#   3. `ferbench run benchmarks/table6.yaml --profile gpu --set name=table6-gpu`, epochs lowered from the
+#      measured throughput so the run ends inside the budget; run records (no checkpoints) tarred;
+#   4. if time is left: the ResFace-R18 bench row again with torch.compile.
+# Everything lands in $OUT (log, JSON, runs.tar.gz) as it is produced, so a cut-off call still returns it.
+#
+# On the device:  bash benchmarks/gpu/session.sh            (carry .gpudata and .whl)
+# Dry run here:   GPU_DRYRUN=1 OUT=/tmp/gpu-out bash benchmarks/gpu/session.sh
+# Prepare here:   python benchmarks/gpu/datapack.py pack "$FERBENCH_DATA" .gpudata  (and the wheels: README of the device tool)
+set -u
+START=$(date +%s)
+BUDGET=${BUDGET:-520}
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+: "${OUT:?OUT must name the folder results go to}"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg FERBENCH_CACHE=/tmp/ferbench-cache
+PY=python3
+
+echo "== environment ($(date -u +%FT%TZ))"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+$PY -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 \
+  || { echo "editable install failed ($(tail -n 1 /tmp/pip.log)); using PYTHONPATH"; export PYTHONPATH="$PWD:${PYTHONPATH:-}"; }
+$PY -c "import torch, ferbench, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'pydantic', pydantic.VERSION)" \
+  | tee "$OUT/env.txt" || exit 1
+
+if [ -n "${GPU_DRYRUN:-}" ]; then
+  DATA=${FERBENCH_DATA:-../shared/data}
+  BENCH=(--device cpu --size 32 --batch 8 --images 16)
+  SHRINK=(--device cpu --set 'datasets.*.subset={train: 128, val: 64, test: 64}' --set train.input_size=48 --set train.batch_size=32)
+else
+  DATA=/tmp/data
+  echo "== data ($(left) s left)"
+  $PY benchmarks/gpu/datapack.py unpack .gpudata "$DATA" || exit 1
+  BENCH=(--device cuda)
+  SHRINK=(--device cuda)
+fi
+
+echo "== bench gpu, eager ($(left) s left)"
+$PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/bench_gpu.json && cp /tmp/bench_gpu.json "$OUT/bench_gpu.json"
+$PY - <<'EOF' || true
+import json
+for r in json.load(open("/tmp/bench_gpu.json")):
+    print(f"{r['model']:14s} ours {r['ours_per_s']:8.1f} img/s  bare {r['reference_per_s']:8.1f}  ratio {r['ratio']:.3f}  "
+          f"{r['train_tflops']:.1f} TFLOP/s = {r['fraction_of_measured_peak']:.1%} of measured {r['matmul_peak_tflops']:.0f}")
+EOF
+
+echo "== table6 gpu profile ($(left) s left)"
+N=$($PY -m ferbench data info ferplus --protocol majority --data-root "$DATA" --json | $PY -c "import json,sys; print(json.load(sys.stdin)['splits']['train']['total'])")
+EPOCHS=$($PY - "$N" "$(left)" <<'EOF'
+import json, math, sys
+n, left = int(sys.argv[1]), float(sys.argv[2]) - 90  # keep 90 s for the tar and the slack
+ips = {r["model"]: r["ours_per_s"] for r in json.load(open("/tmp/bench_gpu.json"))}
+epoch_rf = n / ips["resface-r18"] * 1.1  # + validation and the checkpoint
+epoch_em = n / ips["emonext-tiny"] * 1.1
+e_r = max(1, min(12, math.floor((0.5 * left - 30) / (1.8 * epoch_rf))))  # ResFace-R18 + ResNet-18 (faster)
+e_e = max(1, min(8, math.floor((0.5 * left - 40) / epoch_em)))  # + TenCrop evaluation at the end
+step = max(1, round(0.3 * e_r))  # the paper's 30 of 100 epochs
+print(f"models.resface-r18.train.epochs={e_r} models.resface-r18.train.step_size={step} "
+      f"models.resnet18.train.epochs={e_r} models.resnet18.train.step_size={step} models.emonext-tiny.train.epochs={e_e}")
+EOF
+)
+echo "train images $N; overrides: $EPOCHS"
+SETS=()
+for kv in $EPOCHS; do SETS+=(--set "$kv"); done
+timeout $(($(left) - 45)) $PY -m ferbench run benchmarks/table6.yaml --profile gpu --set name=table6-gpu "${SETS[@]}" \
+  "${SHRINK[@]}" --data-root "$DATA" --runs-dir /tmp/runs
+echo "run exit $?"
+tar czf "$OUT/runs.tar.gz" --exclude checkpoint.pt -C /tmp/runs . && ls -la "$OUT"
+
+if [ "$(left)" -gt 80 ]; then
+  echo "== bench gpu, torch.compile, ResFace-R18 ($(left) s left)"
+  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --compile --model resface-r18=resface-paper --images 6400 \
+    "${BENCH[@]}" >/tmp/bench_gpu_compile.json \
+    && cp /tmp/bench_gpu_compile.json "$OUT/bench_gpu_compile.json"
+fi
+echo "== done ($(left) s left)"

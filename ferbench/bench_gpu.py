@@ -1,0 +1,166 @@
+"""`ferbench bench gpu`: training throughput of the paper models on an accelerator, and its cost in FLOPs.
+
+For each model (default EmoNeXt-T and ResFace-R18 at 224x224, the papers' batch 64, bf16 autocast,
+channels_last) two loops run over the same in-memory images, each timed over whole epochs after a
+warm-up epoch, with the device synchronised before every clock read:
+
+- ours: `ferbench`'s `fit` (batched augmentation on the device, on-device metrics, the divergence check,
+  the end-of-epoch checkpoint) with the model's paper recipe (its optimizer and loss; EMA off);
+- reference: a bare loop over pre-made 3x224x224 batches already on the device: forward, loss,
+  backward, optimizer step, nothing else.
+
+Training FLOPs per image are taken as 3x the counted forward FLOPs (backward ~ 2x forward), so
+achieved TFLOP/s = images/s x 6 x GMACs / 1000. The peak it is divided by is measured in the same
+process (median of 10 bf16 8192^3 matrix products on random data), and the datasheet's dense bf16
+peak is given beside it when the GPU is known.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ferbench.data import FerDataset, Split
+from ferbench.engine.evaluate import autocast_ctx
+from ferbench.engine.optim import build_optimizer
+from ferbench.engine.train import compute_loss, fit
+from ferbench.errors import FerbenchError
+from ferbench.models import create_model
+from ferbench.profile import count_flops
+from ferbench.spec import RECIPES, EvalConfig, TrainConfig
+
+DEFAULT_MODELS = {"emonext-tiny": "emonext-paper", "resface-r18": "resface-paper"}
+# dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), TFLOP/s
+DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def datasheet_peak(gpu_name: str) -> float | None:
+    for key, tflops in DATASHEET_BF16_TFLOPS.items():  # most specific keys first
+        if key in gpu_name:
+            return tflops
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """Median bf16 (CUDA) / fp32 (CPU) n^3 matrix-product rate in TFLOP/s, on random data."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(repeats + 3):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 2 * n**3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, batch: int = 64,
+                n_images: int = 12800, epochs: int = 2, compile: bool = False) -> dict[str, Any]:
+    """One row: images/s of `fit` vs a bare loop for `arch` under its paper recipe."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n_images, 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, 7, n_images)
+    targets = rng.dirichlet(np.ones(7), n_images).astype(np.float32)  # LDL recipes train on distributions
+    ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels, targets=targets)})
+    cfg = TrainConfig.model_validate({**RECIPES[recipe], "epochs": 1, "input_size": size, "batch_size": batch,
+                                      "ema": None, "early_stopping_patience": None, "compile": compile})
+    tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-gpu-"))
+
+    def ours_epoch() -> float:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.manual_seed(0)
+        model = create_model(arch, 7, size)
+        _sync(device)
+        t0 = time.perf_counter()
+        fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, tmp)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    torch.manual_seed(0)
+    bare_model = create_model(arch, 7, size).to(device, memory_format=torch.channels_last)
+    bare_opt = build_optimizer(bare_model, cfg)
+    call = torch.compile(bare_model) if compile and device.type == "cuda" else bare_model
+    steps = n_images // batch
+    if steps < 1:
+        raise FerbenchError(f"--images {n_images}: need at least one batch of {batch}")
+    k = min(8, steps)  # distinct pre-made batches, cycled
+    xs = torch.randn(k, batch, 3, size, size, device=device)
+    ys = torch.from_numpy(labels[: k * batch].reshape(k, batch)).to(device)
+    ts = torch.from_numpy(targets[: k * batch].reshape(k, batch, 7)).to(device)
+
+    def bare_epoch() -> float:
+        bare_model.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            x = xs[i % k].contiguous(memory_format=torch.channels_last)
+            with autocast_ctx(device, cfg.amp):
+                logits = call(x)
+                loss = compute_loss(bare_model, logits, ys[i % k], ts[i % k], cfg)
+            bare_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            bare_opt.step()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    bare_epoch(), ours_epoch()  # warm-up: cudnn autotuning, compilation, allocator
+    ref_t = min(bare_epoch() for _ in range(epochs))
+    our_t = min(ours_epoch() for _ in range(epochs))
+    shutil.rmtree(tmp, ignore_errors=True)
+    seen = steps * batch
+    gmacs = count_flops(create_model(arch, 7, size), size) / 2e9
+    ours, ref = seen / our_t, seen / ref_t
+    return {"name": f"gpu_train_{arch}_{size}", "ours_per_s": ours, "reference_per_s": ref, "ratio": ours / ref,
+            "model": arch, "recipe": recipe, "input_size": size, "batch": batch, "images_per_epoch": seen,
+            "amp": cfg.amp if device.type == "cuda" else "off", "compile": compile, "optimizer": cfg.optimizer,
+            "loss": cfg.loss, "gmacs_forward": gmacs, "train_tflops": ours * 6 * gmacs / 1e3,
+            "reference": "bare loop over pre-made device batches: forward, loss, backward, step"}
+
+
+def parse_models(items: list[str]) -> dict[str, str] | None:
+    """`arch=recipe` strings (`--model emonext-tiny=emonext-paper`); None for the default pair."""
+    from ferbench.models import variants
+
+    out = {}
+    for item in items:
+        arch, _, recipe = item.partition("=")
+        if arch not in variants():
+            raise FerbenchError(f"--model {item!r}: unknown arch {arch!r} (see `ferbench models`)")
+        if recipe not in RECIPES:
+            raise FerbenchError(f"--model {item!r}: expected arch=recipe with a recipe in {', '.join(RECIPES)}")
+        out[arch] = recipe
+    return out or None
+
+
+def run_gpu_bench(device: torch.device, models: dict[str, str] | None = None, size: int = 224, batch: int = 64,
+                  n_images: int = 12800, compile: bool = False, matmul_n: int = 8192) -> list[dict[str, Any]]:
+    """Rows for each model, each with the fraction of the measured (and datasheet) bf16 peak."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    peak = matmul_tflops(device, matmul_n if device.type == "cuda" else 512)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    sheet = datasheet_peak(gpu) if device.type == "cuda" else None
+    rows = []
+    for arch, recipe in (models or DEFAULT_MODELS).items():
+        r = bench_model(arch, recipe, device, size, batch, n_images, compile=compile)
+        r.update(device=gpu, matmul_peak_tflops=peak, fraction_of_measured_peak=r["train_tflops"] / peak,
+                 datasheet_peak_tflops=sheet,
+                 fraction_of_datasheet_peak=(r["train_tflops"] / sheet) if sheet else None,
+                 threads=torch.get_num_threads())
+        rows.append(r)
+    return rows
