@@ -1,9 +1,14 @@
 """Batched augmentation on the training device: one affine warp per batch, no per-sample PIL.
 
 Flip, rotation, zoom, shift and "resize by r then random-crop" are composed into one 2x3 matrix
-per sample and applied with a single `affine_grid` + `grid_sample`, which also resizes to the
-model's input size. Random numbers come from a seeded CPU `torch.Generator`, so the stream is the
-same on every device and can be saved and restored for exact resume.
+per sample and applied with one `grid_sample` at no more than the source resolution, then upsampled
+to the model's input size. Random numbers come from a seeded CPU `torch.Generator`, so the stream is
+the same on every device and can be saved and restored for exact resume.
+
+Upsampling on the CPU (48 -> 224) is memory-bound, so there the warped batch is rounded to uint8
+(what torchvision's PIL pipeline holds at every step) and upsampled by PyTorch's vectorised uint8
+bilinear kernel straight into the channels-last 3-channel layout the model reads; on CUDA it stays
+float. Either way the result is the model's input before normalisation, in [0, 1].
 """
 
 from __future__ import annotations
@@ -24,8 +29,26 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 def finish(x: torch.Tensor, in_chans: int, normalize: str) -> torch.Tensor:
     """Normalise and repeat grey to 3 channels when the model wants 3 (explicit, as the papers do)."""
     if normalize == "half":
-        x = (x - 0.5) / 0.5
-    return x.expand(-1, 3, -1, -1) if in_chans == 3 else x
+        x = x.mul(2.0).sub_(1.0)  # (x - 0.5) / 0.5 in one new tensor
+    return x.expand(-1, 3, -1, -1) if in_chans == 3 and x.shape[1] == 1 else x
+
+
+_BASE_GRIDS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _base_grid(size: int, device: torch.device) -> torch.Tensor:
+    """(size*size, 3) rows [x, y, 1] of output pixel centres (align_corners=False), cached."""
+    key = (size, str(device))
+    if key not in _BASE_GRIDS:
+        c = (torch.arange(size, dtype=torch.float32, device=device) * 2 + 1) / size - 1
+        gy, gx = torch.meshgrid(c, c, indexing="ij")
+        _BASE_GRIDS[key] = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones_like(gx).reshape(-1)], 1)
+    return _BASE_GRIDS[key]
+
+
+def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (N, C, size, size), align_corners=False)` from a cached base grid."""
+    return torch.matmul(_base_grid(size, theta.device), theta.transpose(1, 2)).view(theta.shape[0], size, size, 2)
 
 
 def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -50,21 +73,29 @@ def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Ten
 
 def augment_batch(
     x: torch.Tensor, out_size: int, cfg: AugmentConfig, gen: torch.Generator, n_total: int | None = None,
-    part: slice = slice(None),
+    part: slice = slice(None), out_chans: int = 1,
 ) -> torch.Tensor:
-    """Apply per-sample random affine augmentation and resize to out_size in one warp.
+    """Apply per-sample random affine augmentation and resize to out_size: (N, out_chans, S, S) in [0, 1].
 
     In data-parallel training each rank holds rows `part` of a global batch of `n_total`: the matrices
     are drawn for the whole global batch (same stream on every rank) and sliced, so the result equals
-    the single-process one.
+    the single-process one. With out_chans=3 the grey image is repeated (channels-last on the CPU).
     """
     theta = random_affine(n_total or x.shape[0], cfg, gen)[part].to(x.device, non_blocking=True)
     # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
     # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
     warp = min(out_size, max(x.shape[-2:]))
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], warp, warp], align_corners=False)
-    y = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    return y if warp == out_size else F.interpolate(y, size=(out_size, out_size), mode="bilinear", align_corners=False)
+    y = F.grid_sample(x, affine_grid(theta, warp).to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    if warp == out_size:
+        return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
+    if y.device.type != "cpu":
+        y = F.interpolate(y, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
+    q = y.mul(255.0).round_().to(torch.uint8)
+    if out_chans == 3:
+        q = q.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+    up = F.interpolate(q, size=(out_size, out_size), mode="bilinear", align_corners=False)
+    return up.float().mul_(1.0 / 255.0)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
