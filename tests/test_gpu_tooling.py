@@ -1,0 +1,83 @@
+"""The GPU-session tooling, checked on the CPU: the fast augmentation path, `ferbench bench gpu`, the data pack."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from ferbench.cli import app
+from ferbench.data.augment import affine_grid, augment_batch, random_affine, to_unit
+from ferbench.spec import AugmentConfig
+
+from conftest import REPO
+
+AUG = AugmentConfig(hflip=True, rotation=20.0, resize_ratio=236 / 224)
+
+
+@pytest.mark.parametrize("size", [7, 48, 224])
+def test_affine_grid_matches_torch(size):
+    theta = random_affine(6, AUG, torch.Generator().manual_seed(size))
+    ref = F.affine_grid(theta, [6, 1, size, size], align_corners=False)
+    assert torch.allclose(affine_grid(theta, size), ref, atol=1e-6)
+
+
+def test_cpu_upsample_path_matches_float_path_within_uint8_rounding():
+    x = to_unit(torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    out = augment_batch(x, 224, AUG, torch.Generator().manual_seed(1), out_chans=3)
+    theta = random_affine(5, AUG, torch.Generator().manual_seed(1))
+    warped = F.grid_sample(x, F.affine_grid(theta, [5, 1, 48, 48], align_corners=False), align_corners=False)
+    ref = F.interpolate(warped, size=(224, 224), mode="bilinear", align_corners=False)
+    assert out.shape == (5, 3, 224, 224) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max() <= 2 / 255  # one rounding to uint8 before and one after the upsample
+    assert torch.equal(out[:, 0], out[:, 2])
+    grey = augment_batch(x, 224, AUG, torch.Generator().manual_seed(1))
+    assert grey.shape == (5, 1, 224, 224) and torch.equal(grey[:, 0], out[:, 0])
+
+
+def test_bench_gpu_rows_on_cpu():
+    res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--model", "resnet18=resface-paper",
+                                   "--size", "32", "--batch", "4", "--images", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.output)
+    assert row["name"] == "gpu_train_resnet18_32" and row["loss"] == "ldl" and row["optimizer"] == "sgd"
+    assert row["ours_per_s"] > 0 and row["reference_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["ours_per_s"] / row["reference_per_s"])
+    assert row["train_tflops"] == pytest.approx(row["ours_per_s"] * 6 * row["gmacs_forward"] / 1e3)
+    assert 0 < row["fraction_of_measured_peak"] and row["datasheet_peak_tflops"] is None
+
+
+@pytest.mark.parametrize("bad, expected", [(["--model", "nope=resface-paper"], "unknown arch 'nope'"),
+                                           (["--model", "resnet18=fast"], "expected arch=recipe"),
+                                           (["--images", "2", "--batch", "4"], "need at least one batch")])
+def test_bench_gpu_bad_input(bad, expected):
+    res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--size", "32", "--model", "resnet18=resface-paper",
+                                   *bad])
+    assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output
+
+
+def test_datapack_round_trip_is_byte_exact(small_fer, tmp_path):
+    csv_gz, _ = small_fer
+    src = csv_gz.parents[1]
+    (src / "ferplus").mkdir()
+    votes = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\nTraining,fer0000000.png,10,0,0,0,0,0,0,0,0,0\n"
+    (src / "ferplus" / "fer2013new.csv").write_text(votes)
+    script = REPO / "benchmarks" / "gpu" / "datapack.py"
+    subprocess.run([sys.executable, str(script), "pack", str(src), str(tmp_path / "pack")], check=True)
+    subprocess.run([sys.executable, str(script), "unpack", str(tmp_path / "pack"), str(tmp_path / "root")], check=True)
+    assert (tmp_path / "root" / "fer2013" / "fer2013.csv").read_bytes() == gzip.decompress(csv_gz.read_bytes())
+    assert (tmp_path / "root" / "ferplus" / "fer2013new.csv").read_text() == votes
+    # a damaged pack is refused, not silently unpacked
+    np.save(tmp_path / "pack" / "labels.npy", (np.load(tmp_path / "pack" / "labels.npy") + 1) % 7)
+    bad = subprocess.run([sys.executable, str(script), "unpack", str(tmp_path / "pack"), str(tmp_path / "root2")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "does not match sha256" in bad.stderr
+    assert not (tmp_path / "root2" / "fer2013" / "fer2013.csv").exists()
