@@ -61,7 +61,7 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
         row = {
             "model": r.label, "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
             "profile": (j.get("profile") or "none") if "profile" in j else "not recorded",
-            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch",
+            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, pixels in {'[-1, 1]' if t.get('normalize', 'half') == 'half' else '[0, 1]'}",
             "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
             "pretraining": (f"{Path(j['model']['weights']).name} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
