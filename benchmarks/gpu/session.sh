@@ -11,7 +11,12 @@
 #
 # On the device:  bash benchmarks/gpu/session.sh            (carry .gpudata and .whl)
 # Dry run here:   GPU_DRYRUN=1 OUT=/tmp/gpu-out bash benchmarks/gpu/session.sh
-# Prepare here:   python benchmarks/gpu/datapack.py pack "$FERBENCH_DATA" .gpudata  (and the wheels: README of the device tool)
+# Prepare here (both folders ignored via .git/info/exclude; ~60 MiB together, under the 64 MiB a call carries):
+#   python benchmarks/gpu/datapack.py pack "$FERBENCH_DATA" .gpudata
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pydantic==2.13.4 \
+#     pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2 typing-extensions==4.16.0 \
+#     typer==0.29.2 annotated-doc shellingham==1.5.4      # what the GPU image lacks (pydantic) or has older
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET:-520}
