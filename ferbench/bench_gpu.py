@@ -25,16 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ferbench.bench import fit_epoch_seconds
 from ferbench.data import FerDataset, Split
 from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
-from ferbench.engine.train import compute_loss, fit
+from ferbench.engine.train import compute_loss
 from ferbench.errors import FerbenchError
 from ferbench.models import create_model
 from ferbench.profile import count_flops
-from ferbench.spec import RECIPES, EvalConfig, TrainConfig
+from ferbench.spec import RECIPES, TrainConfig
 
 DEFAULT_MODELS = {"emonext-tiny": "emonext-paper", "resface-r18": "resface-paper"}
 # dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), TFLOP/s
@@ -81,15 +81,7 @@ def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, b
     tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-gpu-"))
 
     def ours_epoch() -> float:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.manual_seed(0)
-        model = create_model(arch, 7, size)
-        _sync(device)
-        t0 = time.perf_counter()
-        fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, tmp)
-        _sync(device)
-        return time.perf_counter() - t0
+        return fit_epoch_seconds(arch, ds, cfg, device, tmp)
 
     torch.manual_seed(0)
     bare_model = create_model(arch, 7, size).to(device, memory_format=torch.channels_last)

@@ -1,11 +1,9 @@
 """Engine behaviour through real runs: LDL from votes and from a teacher job, divergence, concurrency."""
 
 import json
-import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from ferbench.runs import discover

@@ -1,6 +1,5 @@
 """Interrupted runs resume exactly: the same predictions, bit for bit, on the CPU."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -15,7 +15,6 @@ Ablation switches `stn`, `se`, `sa_reg` remove exactly their modules; all off is
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
