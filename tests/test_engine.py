@@ -88,3 +88,16 @@ def test_two_runners_on_one_spec_run_each_job_once(tmp_path):
         skipped = sum(f"skipped {r.id}" in out for out, _ in outs)
         assert (trained, skipped) == (1, 1), (r.id, outs)
         json.loads((r.path / "metrics.json").read_text())
+
+
+def test_lr_schedules_apply_warmup():
+    """warmup_steps ramps the lr linearly for every schedule (it was once ignored by `step`)."""
+    from ferbench.engine.optim import lr_factor
+    from ferbench.spec import TrainConfig
+
+    step = lr_factor(TrainConfig(schedule="step", epochs=9, step_size=3, gamma=0.1, warmup_steps=4), steps_per_epoch=10)
+    assert [round(step(i), 6) for i in (0, 1, 3, 4, 29, 30, 60)] == [0.25, 0.5, 1.0, 1.0, 1.0, 0.1, 0.01]
+    cos = lr_factor(TrainConfig(schedule="cosine", epochs=2, warmup_steps=4), steps_per_epoch=10)
+    assert cos(0) == 0.25 and cos(3) == 1.0 and cos(19) < 0.05
+    plain = lr_factor(TrainConfig(schedule="step", epochs=9, step_size=3, gamma=0.1), steps_per_epoch=10)
+    assert plain(0) == 1.0 and plain(30) == 0.1

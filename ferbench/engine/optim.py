@@ -25,8 +25,9 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     floor = cfg.min_lr / cfg.lr
 
     def factor(step: int) -> float:
-        if cfg.schedule == "step":
-            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        if cfg.schedule == "step":  # linear warm-up, then decay by gamma every step_size epochs
+            warm = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else 1.0
+            return warm * cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
         period = cfg.restart_steps or total
         pos = step % period if cfg.restart_steps else step
         if pos < cfg.warmup_steps:
