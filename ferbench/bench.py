@@ -100,18 +100,22 @@ def bench_data(size: int, batch: int = 64, seconds: float = 3.0) -> dict[str, An
                 reference="torchvision PIL per-sample transforms, DataLoader(num_workers=2)")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a host clock read after it times that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fit_epoch_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path) -> float:
     """Wall seconds of one `fit` epoch of a fresh model in a fresh job folder (so nothing resumes)."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
     torch.manual_seed(0)
     model = create_model(model_name, 7, cfg.input_size)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     t0 = time.perf_counter()
     fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, workdir)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - t0
 
 

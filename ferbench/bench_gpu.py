@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ferbench.bench import fit_epoch_seconds
+from ferbench.bench import fit_epoch_seconds, sync
 from ferbench.data import FerDataset, Split
 from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
@@ -48,21 +48,16 @@ def datasheet_peak(gpu_name: str) -> float | None:
     return None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
     """Median bf16 (CUDA) / fp32 (CPU) n^3 matrix-product rate in TFLOP/s, on random data."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     times = []
     for i in range(repeats + 3):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         if i >= 3:
             times.append(time.perf_counter() - t0)
     return 2 * n**3 / sorted(times)[len(times) // 2] / 1e12
@@ -97,7 +92,7 @@ def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, b
 
     def bare_epoch() -> float:
         bare_model.train()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for i in range(steps):
             x = xs[i % k].contiguous(memory_format=torch.channels_last)
@@ -107,7 +102,7 @@ def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, b
             bare_opt.zero_grad(set_to_none=True)
             loss.backward()
             bare_opt.step()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     bare_epoch(), ours_epoch()  # warm-up: cudnn autotuning, compilation, allocator

@@ -87,11 +87,15 @@ def augment_batch(
     # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
     warp = min(out_size, max(x.shape[-2:]))
     y = F.grid_sample(x, affine_grid(theta, warp).to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    if warp == out_size:
-        return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
-    if y.device.type != "cpu":
+    if warp != out_size and y.device.type == "cpu":
+        return _upsample_uint8(y, out_size, out_chans)
+    if warp != out_size:
         y = F.interpolate(y, size=(out_size, out_size), mode="bilinear", align_corners=False)
-        return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
+    return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
+
+
+def _upsample_uint8(y: torch.Tensor, out_size: int, out_chans: int) -> torch.Tensor:
+    """CPU upsample through PyTorch's uint8 bilinear kernel, channels-last when 3 channels are wanted."""
     q = y.mul(255.0).round_().to(torch.uint8)
     if out_chans == 3:
         q = q.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)

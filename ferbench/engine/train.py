@@ -288,7 +288,7 @@ def fit(
                 row["val_acc"] = float((vlogits.argmax(1) == val.labels).mean())
                 if row["val_acc"] > best_val:
                     best_val, best_epoch, since_best = row["val_acc"], epoch + 1, 0
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in eval_model().state_dict().items()}
+                    best_state = _cpu_copy(eval_model().state_dict())
                 else:
                     since_best += 1
             row["seconds"] = time.perf_counter() - t0
