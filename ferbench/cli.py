@@ -267,25 +267,47 @@ def profile(
 
 @app.command()
 def bench(
-    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows) or gpu"),
+    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows), gpu, or profile (an epoch under torch.profiler)"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)"),
     as_json: bool = typer.Option(False, "--json"),
     device: str = typer.Option("cuda", "--device", help="gpu: the device to measure"),
     model: list[str] = typer.Option([], "--model", help="gpu: arch=recipe (repeatable; default emonext-tiny and resface-r18)"),
     size: int = typer.Option(224, "--size", help="gpu: input size"),
     batch: int = typer.Option(64, "--batch", help="gpu: batch size"),
-    images: int = typer.Option(12800, "--images", help="gpu: images per timed epoch"),
+    images: int = typer.Option(6400, "--images", help="gpu/profile: images per epoch"),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="gpu: epochs per timed fit (and as many bare epochs)"),
     compile_: bool = typer.Option(False, "--compile", help="gpu: torch.compile both loops"),
 ) -> None:
     """Measure the harness against reference pipelines, side by side, and print the ratios."""
-    if which not in ("data", "train", "eval", "csv", "all", "gpu"):
-        _fail(f"bench {which!r}: expected one of data, train, eval, csv, all, gpu")
+    if which not in ("data", "train", "eval", "csv", "all", "gpu", "profile"):
+        _fail(f"bench {which!r}: expected one of data, train, eval, csv, all, gpu, profile")
+    if which == "profile":
+        from ferbench.bench_gpu import DEFAULT_MODELS, parse_models
+        from ferbench.bench_profile import profile_epoch
+        from ferbench.runner import pick_device
+
+        try:
+            rows = [profile_epoch(arch, recipe, pick_device(device), size, batch, images)
+                    for arch, recipe in (parse_models(model) or DEFAULT_MODELS).items()]
+        except FerbenchError as e:
+            _fail(str(e))
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            console.print(f"[bold]{r['name']}[/] on {r['device']}, batch {r['batch']}, {r['bare']['steps']} steps")
+            for loop in ("bare", "fit"):
+                p = r[loop]
+                busy = "" if p["device_busy_fraction"] is None else f", device busy {p['device_busy_fraction']:.0%}"
+                console.print(f"  {loop:4s} {p['wall_s']:.2f} s, host syncs {p['host_syncs']} ({p['host_syncs_by_op']}), "
+                              f"{p['launches_per_step']:.0f} {p['launches_counted']}/step{busy}")
+        return
     if which == "gpu":
         from ferbench.bench_gpu import parse_models, run_gpu_bench
         from ferbench.runner import pick_device
 
         try:
-            rows = run_gpu_bench(pick_device(device), parse_models(model), size, batch, images, compile_)
+            rows = run_gpu_bench(pick_device(device), parse_models(model), size, batch, images, compile_, epochs=epochs)
         except FerbenchError as e:
             _fail(str(e))
         where = f"{rows[0]['device']}, batch {batch}, {size}x{size}"

@@ -55,6 +55,27 @@ def test_bench_gpu_rows_on_cpu():
     assert 0 < row["fraction_of_measured_peak"] and row["datasheet_peak_tflops"] is None
 
 
+def test_bench_gpu_times_several_epochs_per_fit():
+    res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--model", "resnet18=resface-paper",
+                                   "--size", "32", "--batch", "4", "--images", "8", "--epochs", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.output)
+    assert row["epochs"] == 2 and row["images_per_epoch"] == 8
+
+
+def test_bench_profile_finds_no_per_step_host_syncs():
+    """A fit epoch reads the device three times (divergence flag, loss sum, correct count), not once per step."""
+    res = CliRunner().invoke(app, ["bench", "profile", "--device", "cpu", "--model", "resnet18=resface-paper",
+                                   "--size", "32", "--batch", "4", "--images", "24", "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.output)
+    assert row["bare"]["steps"] == row["fit"]["steps"] == 6
+    assert row["bare"]["host_syncs"] == 0
+    assert row["fit"]["host_syncs"] == 3 and row["fit"]["host_syncs_by_op"] == {"aten::_local_scalar_dense": 3}
+    assert row["fit"]["device_busy_fraction"] is None  # CPU: no device timeline
+    assert row["fit"]["top_host_ops"] and all(o["self_host_ms"] >= 0 for o in row["fit"]["top_host_ops"])
+
+
 @pytest.mark.parametrize("bad, expected", [(["--model", "nope=resface-paper"], "unknown arch 'nope'"),
                                            (["--model", "resnet18=fast"], "expected arch=recipe"),
                                            (["--images", "2", "--batch", "4"], "need at least one batch")])

@@ -9,6 +9,12 @@
 #   4. if time is left: the ResFace-R18 bench row again with torch.compile.
 # Everything lands in $OUT (log, JSON, runs.tar.gz) as it is produced, so a cut-off call still returns it.
 #
+# STAGES picks and orders what runs (default "bench table6 compile"; also "profile": `ferbench bench
+# profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
+# FIXED_EPOCHS=1 keeps the gpu profile's own epochs instead of fitting them to the time left, and a
+# carried .gpuruns/runs.tar.gz (records of an earlier session) is unpacked first, so its finished jobs
+# are skipped and only new ones run.
+#
 # On the device:  bash benchmarks/gpu/session.sh            (carry .gpudata and .whl)
 # Dry run here:   GPU_DRYRUN=1 OUT=/tmp/gpu-out bash benchmarks/gpu/session.sh
 # Prepare here (both folders ignored via .git/info/exclude; ~60 MiB together, under the 64 MiB a call carries):
@@ -41,27 +47,54 @@ $PY -c "import torch, ferbench, pydantic; print('torch', torch.__version__, 'cud
 if [ -n "${GPU_DRYRUN:-}" ]; then
   DATA=${FERBENCH_DATA:-../shared/data}
   BENCH=(--device cpu --size 32 --batch 8 --images 16)
+  PROFILE=(--device cpu --size 32 --batch 8 --images 16 --model resnet18=resface-paper)
+  B256=(--device cpu --size 32 --batch 16 --images 32)
   SHRINK=(--device cpu --set 'datasets.*.subset={train: 128, val: 64, test: 64}' --set train.input_size=48 --set train.batch_size=32)
 else
   DATA=/tmp/data
   echo "== data ($(left) s left)"
   $PY benchmarks/gpu/datapack.py unpack .gpudata "$DATA" || exit 1
   BENCH=(--device cuda)
+  PROFILE=(--device cuda --images 3200)
+  B256=(--device cuda --batch 256 --images 12800)
   SHRINK=(--device cuda)
 fi
+STAGES=${STAGES:-bench table6 compile}
+mkdir -p /tmp/runs
+[ -f .gpuruns/runs.tar.gz ] && tar xzf .gpuruns/runs.tar.gz -C /tmp/runs && echo "earlier records: $(ls /tmp/runs)"
 
-echo "== bench gpu, eager ($(left) s left)"
-$PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/bench_gpu.json && cp /tmp/bench_gpu.json "$OUT/bench_gpu.json"
-$PY - <<'EOF' || true
+stage_bench() {
+  echo "== bench gpu, eager ($(left) s left)"
+  $PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/bench_gpu.json && cp /tmp/bench_gpu.json "$OUT/bench_gpu.json"
+  $PY - <<'EOF' || true
 import json
 for r in json.load(open("/tmp/bench_gpu.json")):
     print(f"{r['model']:14s} ours {r['ours_per_s']:8.1f} img/s  bare {r['reference_per_s']:8.1f}  ratio {r['ratio']:.3f}  "
           f"{r['train_tflops']:.1f} TFLOP/s = {r['fraction_of_measured_peak']:.1%} of measured {r['matmul_peak_tflops']:.0f}")
 EOF
+}
 
-echo "== table6 gpu profile ($(left) s left)"
-N=$($PY -m ferbench data info ferplus --protocol majority --data-root "$DATA" --json | $PY -c "import json,sys; print(json.load(sys.stdin)['splits']['train']['total'])")
-EPOCHS=$($PY - "$N" "$(left)" <<'EOF'
+stage_profile() {
+  echo "== bench profile ($(left) s left)"
+  timeout $(($(left) - 20)) $PY -m ferbench bench profile --json "${PROFILE[@]}" >/tmp/bench_profile.json \
+    && cp /tmp/bench_profile.json "$OUT/bench_profile.json"
+  $PY - <<'EOF' || true
+import json
+for r in json.load(open("/tmp/bench_profile.json")):
+    for loop in ("bare", "fit"):
+        p = r[loop]
+        print(f"{r['model']:14s} {loop:4s} {p['wall_s']:.2f} s  syncs {p['host_syncs']} {p['host_syncs_by_op']}  "
+              f"{p['launches_per_step']:.0f} {p['launches_counted']}/step  busy {p['device_busy_fraction']}")
+        print("    top host ops:", ", ".join(f"{o['op']} {o['self_host_ms']:.0f} ms" for o in p["top_host_ops"][:6]))
+EOF
+}
+
+stage_table6() {
+  echo "== table6 gpu profile ($(left) s left)"
+  SETS=()
+  if [ -z "${FIXED_EPOCHS:-}" ]; then
+    N=$($PY -m ferbench data info ferplus --protocol majority --data-root "$DATA" --json | $PY -c "import json,sys; print(json.load(sys.stdin)['splits']['train']['total'])")
+    EPOCHS=$($PY - "$N" "$(left)" <<'EOF'
 import json, math, sys
 n, left = int(sys.argv[1]), float(sys.argv[2]) - 90  # keep 90 s for the tar and the slack
 ips = {r["model"]: r["ours_per_s"] for r in json.load(open("/tmp/bench_gpu.json"))}
@@ -74,18 +107,28 @@ print(f"models.resface-r18.train.epochs={e_r} models.resface-r18.train.step_size
       f"models.resnet18.train.epochs={e_r} models.resnet18.train.step_size={step} models.emonext-tiny.train.epochs={e_e}")
 EOF
 )
-echo "train images $N; overrides: $EPOCHS"
-SETS=()
-for kv in $EPOCHS; do SETS+=(--set "$kv"); done
-timeout $(($(left) - 45)) $PY -m ferbench run benchmarks/table6.yaml --profile gpu --set name=table6-gpu "${SETS[@]}" \
-  "${SHRINK[@]}" --data-root "$DATA" --runs-dir /tmp/runs
-echo "run exit $?"
-tar czf "$OUT/runs.tar.gz" --exclude checkpoint.pt -C /tmp/runs . && ls -la "$OUT"
+    echo "train images $N; overrides: $EPOCHS"
+    for kv in $EPOCHS; do SETS+=(--set "$kv"); done
+  fi
+  timeout $(($(left) - 45)) $PY -m ferbench run benchmarks/table6.yaml --profile gpu --set name=table6-gpu "${SETS[@]}" \
+    "${SHRINK[@]}" --data-root "$DATA" --runs-dir /tmp/runs
+  echo "run exit $?"
+  tar czf "$OUT/runs.tar.gz" --exclude checkpoint.pt -C /tmp/runs . && ls -la "$OUT"
+}
 
-if [ "$(left)" -gt 80 ]; then
+stage_compile() {
+  [ "$(left)" -gt 80 ] || { echo "== compile skipped ($(left) s left)"; return; }
   echo "== bench gpu, torch.compile, ResFace-R18 ($(left) s left)"
-  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --compile --model resface-r18=resface-paper --images 6400 \
-    "${BENCH[@]}" >/tmp/bench_gpu_compile.json \
-    && cp /tmp/bench_gpu_compile.json "$OUT/bench_gpu_compile.json"
-fi
+  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --compile --model resface-r18=resface-paper \
+    "${BENCH[@]}" >/tmp/bench_gpu_compile.json && cp /tmp/bench_gpu_compile.json "$OUT/bench_gpu_compile.json"
+}
+
+stage_batch256() {
+  [ "$(left)" -gt 45 ] || { echo "== batch 256 skipped ($(left) s left)"; return; }
+  echo "== bench gpu, ResFace-R18 at batch 256 ($(left) s left)"
+  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --model resface-r18=resface-paper --epochs 2 "${B256[@]}" \
+    >/tmp/bench_gpu_b256.json && cp /tmp/bench_gpu_b256.json "$OUT/bench_gpu_b256.json"
+}
+
+for s in $STAGES; do "stage_$s"; done
 echo "== done ($(left) s left)"
