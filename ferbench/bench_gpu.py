@@ -34,6 +34,7 @@ from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
 from ferbench.engine.train import compute_loss
 from ferbench.errors import FerbenchError
+from ferbench.hostmem import keep_freed_memory
 from ferbench.models import create_model
 from ferbench.profile import count_flops
 from ferbench.spec import RECIPES, TrainConfig
@@ -165,6 +166,7 @@ def run_gpu_bench(device: torch.device, models: dict[str, str] | None = None, si
     """Rows for each model, each with the fraction of the measured (and datasheet) bf16 peak."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    keep_freed_memory()
     peak = matmul_tflops(device, matmul_n if device.type == "cuda" else 512)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     sheet = datasheet_peak(gpu) if device.type == "cuda" else None

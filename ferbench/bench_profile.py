@@ -19,6 +19,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ferbench.bench_gpu import _Pair
+from ferbench.hostmem import keep_freed_memory
 
 SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 LAUNCH_OPS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
@@ -49,6 +50,7 @@ def profile_epoch(arch: str, recipe: str, device: torch.device, size: int = 224,
     The profiler wraps exactly what `ferbench bench gpu` times: for fit, everything from the call to
     its return (moving the model, optimizer set-up, the epoch, the checkpoint), not the model's init.
     """
+    keep_freed_memory()
     pair = _Pair(arch, recipe, device, size, batch, n_images, compile=False)
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -23,6 +23,7 @@ import numpy as np
 from ferbench import __version__
 from ferbench.data import FerDataset, load_dataset, parse_options
 from ferbench.errors import FerbenchError, JobFailed
+from ferbench.hostmem import keep_freed_memory
 from ferbench.models import check_options, create_model
 from ferbench.runs import COMPLETE, FAILED, RUNNING, is_complete, job_lock, write_json_atomic, write_npz_atomic, write_text_atomic
 from ferbench.spec import Job
@@ -99,6 +100,7 @@ def environment(device: Any) -> dict[str, Any]:
         "numpy": np.__version__, "device": str(device), "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "host_allocator": keep_freed_memory(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -156,11 +158,10 @@ def run_job(
     """Train and evaluate one job into runs_dir/<spec>/<job-id>/; resumable and idempotent."""
     import torch
 
-    from ferbench.engine.evaluate import predict
-    from ferbench.engine.train import fit
-    from ferbench.metrics import classification_report
+    keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
 
     from ferbench.engine import dist
+    from ferbench.engine.train import CheckpointWriter, fit
 
     job_dir = runs_dir / job.spec / job.id
     t0 = time.perf_counter()
@@ -196,31 +197,10 @@ def run_job(
                                   f"kept init for {len(info['kept_init'])}: {', '.join(info['kept_init'][:8])}"
                                   + (" ..." if len(info["kept_init"]) > 8 else ""))
             teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
-            res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, stop_after_steps)
-            arrays: dict[str, np.ndarray] = {}
-            metrics: dict[str, Any] = {
-                "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
-                "tta": job.eval.tta, "classes": ds.classes,
-                "selection": {"last": "model after the final epoch", "best": "model from the epoch with the best validation accuracy"},
-            }
-            best_model = None
-            if res.best_state is not None:
-                best_model = copy.deepcopy(res.model)
-                best_model.load_state_dict(res.best_state)
-            for split in job.eval.splits:
-                s = ds.splits.get(split)
-                if s is None:
-                    continue
-                arrays[f"{split}.labels"] = s.labels
-                if s.targets is not None:
-                    arrays[f"{split}.targets"] = s.targets
-                metrics[split] = {}
-                for which, m in (("last", res.model), ("best", best_model)):
-                    if m is None:
-                        continue
-                    logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), s.images)
-                    arrays[f"{split}.{which}.logits"] = logits
-                    metrics[split][which] = classification_report(logits, s.labels, ds.classes)
+            with CheckpointWriter() as writer:  # the last checkpoint is written while the test splits are evaluated
+                res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, stop_after_steps,
+                          writer)
+                arrays, metrics = _evaluate(job, ds, res, device)
             if not main:
                 return Outcome(job, "complete", time.perf_counter() - t0)
             metrics["profile"] = _profile(job, ds.num_classes)
@@ -234,6 +214,39 @@ def run_job(
             if main:
                 write_json_atomic(job_dir / "manifest.json", manifest)
             return Outcome(job, "failed", time.perf_counter() - t0, reason=str(e))
+
+
+def _evaluate(job: Job, ds: Any, res: Any, device: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Logits and classification reports on the job's eval splits, for the last and the best-validation model."""
+    from ferbench.engine import dist
+    from ferbench.engine.evaluate import predict
+    from ferbench.metrics import classification_report
+
+    arrays: dict[str, np.ndarray] = {}
+    metrics: dict[str, Any] = {
+        "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
+        "tta": job.eval.tta, "classes": ds.classes,
+        "selection": {"last": "model after the final epoch", "best": "model from the epoch with the best validation accuracy"},
+    }
+    best_model = None
+    if res.best_state is not None:
+        best_model = copy.deepcopy(res.model)
+        best_model.load_state_dict(res.best_state)
+    for split in job.eval.splits:
+        s = ds.splits.get(split)
+        if s is None:
+            continue
+        arrays[f"{split}.labels"] = s.labels
+        if s.targets is not None:
+            arrays[f"{split}.targets"] = s.targets
+        metrics[split] = {}
+        for which, m in (("last", res.model), ("best", best_model)):
+            if m is None:
+                continue
+            logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), s.images)
+            arrays[f"{split}.{which}.logits"] = logits
+            metrics[split][which] = classification_report(logits, s.labels, ds.classes)
+    return arrays, metrics
 
 
 def _profile(job: Job, num_classes: int) -> dict[str, Any]:

@@ -101,3 +101,43 @@ def test_lr_schedules_apply_warmup():
     assert cos(0) == 0.25 and cos(3) == 1.0 and cos(19) < 0.05
     plain = lr_factor(TrainConfig(schedule="step", epochs=9, step_size=3, gamma=0.1), steps_per_epoch=10)
     assert plain(0) == 1.0 and plain(30) == 0.1
+
+
+def test_checkpoint_writer_context_closes_and_lets_the_block_error_win(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from ferbench.engine import train as engine_train
+    from ferbench.engine.train import CheckpointWriter, load_checkpoint
+
+    state = {"model": {"w": torch.arange(6.0)}, "epoch": 3}
+    with CheckpointWriter() as w:
+        w.submit(tmp_path / "checkpoint.pt", state, tmp_path / "history.csv", [{"epoch": 3, "train_loss": 0.5}])
+    assert torch.equal(load_checkpoint(tmp_path / "checkpoint.pt")["model"]["w"], torch.arange(6.0))
+    assert (tmp_path / "history.csv").read_text() == "epoch,train_loss\n3,0.5\n"
+
+    def broken_save(path, state):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(engine_train, "save_checkpoint", broken_save)
+    with pytest.raises(OSError, match="disk full"):  # a failed write surfaces when the writer closes
+        with CheckpointWriter() as w:
+            w.submit(tmp_path / "other.pt", state, tmp_path / "h.csv", [])
+    with pytest.raises(KeyError):  # the block's own error is not replaced by the writer's
+        with CheckpointWriter() as w:
+            w.submit(tmp_path / "other.pt", state, tmp_path / "h.csv", [])
+            raise KeyError("from the block")
+    assert not (tmp_path / "other.pt").exists() and not list(tmp_path.glob(".other.pt.*"))
+
+
+def test_host_allocator_setting_is_applied_recorded_and_can_be_declined(tmp_path):
+    code = "from ferbench.hostmem import keep_freed_memory as k; a = k(); assert k() == a; print(a)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert on.startswith("glibc, mmap and trim thresholds 1 GiB") or on.startswith("system defaults (no glibc")
+    env = {**__import__("os").environ, "FERBENCH_MALLOC": "system"}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert off.strip() == "system defaults (FERBENCH_MALLOC=system)"
+    spec = {"name": "alloc", "datasets": DATA, "models": [{"id": "m", "arch": "resnet18"}], "seeds": [0], "train": TRAIN}
+    assert run(spec, tmp_path).returncode == 0
+    (rec,) = discover(tmp_path / "runs" / "alloc")
+    assert rec.manifest["environment"]["host_allocator"] == on.strip()

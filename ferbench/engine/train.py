@@ -9,7 +9,7 @@ divergence check reads one flag every `CHECK_EVERY` steps.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from ferbench.engine import dist
 from ferbench.engine.evaluate import autocast_ctx, predict
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
 from ferbench.errors import FerbenchError, JobFailed
-from ferbench.runs import write_bytes_atomic, write_text_atomic
+from ferbench.runs import write_atomic, write_text_atomic
 from ferbench.spec import EvalConfig, TrainConfig
 
 CHECK_EVERY = 50
@@ -79,9 +79,7 @@ def compute_loss(
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    write_atomic(path, lambda f: torch.save(state, f))  # straight to the file: no second in-memory copy
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -103,7 +101,21 @@ class CheckpointWriter:
     flight at most: `submit` and `close` wait for the previous one and re-raise its error. A run killed
     mid-write keeps the previous checkpoint (writes are atomic) and resumes one epoch earlier, which the
     (seed, epoch)-seeded data and augmentation streams make exact.
+
+    As a context manager it closes on exit; when the block raises, that error wins over the writer's.
+    `run_job` holds one around `fit` and the test evaluation, so the last epoch's write overlaps with
+    evaluation and is on disk before the record is marked complete.
     """
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            with contextlib.suppress(Exception):
+                self.close()
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -160,8 +172,13 @@ def fit(
     teacher: nn.Module | None = None,
     progress: Progress | None = None,
     stop_after_steps: int | None = None,
+    writer: CheckpointWriter | None = None,
 ) -> FitResult:
-    """Train with per-epoch checkpoints and validation; resume from `job_dir/checkpoint.pt` if present."""
+    """Train with per-epoch checkpoints and validation; resume from `job_dir/checkpoint.pt` if present.
+
+    Checkpoints go through `writer` when given (the caller closes it, and may overlap the last write
+    with its own work); else through a writer of fit's own, closed before fit returns.
+    """
     progress = progress or NoProgress()
     train = ds.splits["train"]
     if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and train.targets is None:
@@ -221,7 +238,8 @@ def fit(
 
     eval_model = lambda: ema.module if (ema is not None and eval_cfg.use_ema) else core  # noqa: E731
     stopped_early = False
-    writer = CheckpointWriter()
+    own_writer = writer is None
+    writer = writer or CheckpointWriter()
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
@@ -305,7 +323,8 @@ def fit(
                 "since_best": since_best, "history": history, "best_state": best_state,
             }, job_dir / "history.csv", history)
     finally:
-        writer.close()  # the last checkpoint is on disk before fit returns or raises
+        if own_writer:
+            writer.close()  # the last checkpoint is on disk before fit returns or raises
     if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience and len(history) < cfg.epochs:
         stopped_early = True
     return FitResult(eval_model(), best_state, best_epoch, len(history), stopped_early, history)
