@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import yaml
@@ -26,17 +26,20 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Let `write` fill a temporary file beside `path`, fsync it and rename it over `path`, so
-    readers see the old file or the new one, never a part."""
+def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
+    """Let `fill` write a temporary file (given by path) beside `path`, fsync it and rename it over
+    `path`, so readers see the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,7 +48,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda f: f.write(data))
+    write_atomic(path, lambda p: p.write_bytes(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -57,7 +60,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    def fill(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: given a path, numpy would append ".npz" to it
+            np.savez_compressed(f, **arrays)
+
+    write_atomic(path, fill)
 
 
 def _json_default(o: Any) -> Any:
