@@ -53,6 +53,15 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
                           capture_output=True, text=True)
     assert none.returncode == 2 and "no complete runs of 'emonext'" in none.stderr
 
+    # a run of another spec (another experiment's conditions) is listed but never paired
+    other = {"name": "other", "datasets": DATA, "train": {**TRAIN, "input_size": 24}, "models": [{"id": "base24", "arch": "resnet18"}]}
+    assert run(other, tmp_path).returncode == 0
+    cmp = subprocess.run([sys.executable, "-m", "ferbench", "compare", "resface", "resnet", "--json"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    res = json.loads(cmp.stdout)["datasets"]["synthfer"]
+    assert "base24" in {v["model"] for v in res["variants"]}
+    assert {(p["a"], p["b"]) for p in res["pairs"]} == {("student", "teacher"), ("votes", "teacher")}
+
 
 def test_divergence_fails_the_job_and_the_spec_continues(tmp_path):
     spec = {

@@ -1,6 +1,8 @@
 """`ferbench compare A B`: two model families (or model ids) side by side with paired statistics.
 
-Pairs are runs of A and B on the same dataset and seed whose test labels are identical; the exact
+Pairs are runs of A and B from the same spec (so under one experiment's conditions: a 48x48 CPU
+run is never paired with a 224x224 GPU run) on the same dataset and seed whose test labels are
+identical; the exact
 McNemar test and a paired bootstrap CI of the accuracy difference use the saved per-sample test
 predictions (last-epoch model), pooled over the paired seeds.
 """
@@ -94,6 +96,8 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
             for vb in [v for v in variants if v["side"] == "B"]:
                 recs_a = [r for r in ra_all if r.label == va["model"] and r.job["job"]["dataset"]["id"] == d]
                 recs_b = [r for r in rb_all if r.label == vb["model"] and r.job["job"]["dataset"]["id"] == d]
+                if {r.job["job"]["spec"] for r in recs_a} != {r.job["job"]["spec"] for r in recs_b}:
+                    continue  # different experiments: listed side by side above, never paired
                 st = paired_stats(recs_a, recs_b, va["classes"])
                 pairs.append({"a": va["model"], "b": vb["model"], **(st or {"note": "nothing to pair: no common seed with identical test labels"})})
         out["datasets"][d] = {"variants": variants, "pairs": pairs}
