@@ -4,9 +4,9 @@ Rows (each: name, ours_per_s, reference_per_s, ratio, plus the conditions):
 - data_{224,48}: training-batch production (flip, rotation 20, resize 236/224, random crop, grey to
   3 channels) by ferbench's batched tensor warp vs torchvision's PIL per-sample transforms in a
   DataLoader (2 workers).
-- train_epoch: a 3-epoch `fit` (augmentation, metrics, every end-of-epoch checkpoint included) vs 3
-  epochs of a bare hand-written loop over the same in-memory data (no augmentation), same
-  model/batch/optimizer/threads.
+- train_epoch: a 2-epoch `fit` of 2,944 images an epoch (augmentation, metrics, every end-of-epoch
+  checkpoint included) vs 2 epochs of a bare hand-written loop over the same in-memory data (no
+  augmentation), same model/batch/optimizer/threads.
 - eval_tencrop: batched TenCrop TTA (`predict`) vs the same forwards done crop by crop, and vs one bare
   forward over the already expanded batch.
 - fer2013_csv: first parse and cached load of the real CSV (needs --data-root or FERBENCH_DATA).
@@ -128,13 +128,14 @@ def fit_epoch_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device:
         return time.perf_counter() - t0
 
 
-def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 1536,
-                epochs: int = 3) -> dict[str, Any]:
+def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 2944,
+                epochs: int = 2) -> dict[str, Any]:
     """`fit` for `epochs` epochs against as many bare epochs; best of two interleaved pairs after a warm-up.
 
-    Several epochs per fit, as in a real run: each epoch's checkpoint is written while the next one
-    trains, and the wait for the last one is paid once (in `ferbench run` it overlaps with the test
-    evaluation; here it is inside the timed fit).
+    Epochs of the cpu profiles' size (3,000 training images; 23 batches of 128 here) and more than
+    one per fit, as in a real run: each epoch's checkpoint is written while the next one trains, and
+    the wait for the last one is paid once (in `ferbench run` it overlaps with the test evaluation;
+    here it is inside the timed fit).
     """
     images, labels = _faces(n), np.random.default_rng(1).integers(0, 7, n)
     cfg = TrainConfig(epochs=epochs, batch_size=batch, input_size=size, optimizer="sgd", lr=0.01, schedule="constant",
