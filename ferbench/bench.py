@@ -109,7 +109,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fit_epoch_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
+def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
                       around: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
     """Wall seconds of a `fit` of a fresh model in a fresh job folder (so nothing resumes).
 
@@ -145,7 +145,7 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
 
     def ours(e: int) -> float:
-        return fit_epoch_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), device, tmp)
+        return fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), device, tmp)
 
     def bare(e: int) -> float:
         torch.manual_seed(0)
@@ -206,11 +206,9 @@ def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch
             model(x)
         return n
 
-    rates: dict[str, list[float]] = {"ours": [], "crop": [], "raw": []}
-    for _ in range(3):  # interleaved windows, best of each: load drifts hit all three alike
-        for key, fn in (("ours", ours), ("crop", cropwise), ("raw", bare)):
-            rates[key].append(_rate(fn, 1.5))
-    mine, crop, raw = max(rates["ours"]), max(rates["crop"]), max(rates["raw"])
+    # interleaved windows, best of each: load drifts hit all three alike
+    rounds = [(_rate(ours, 1.5), _rate(cropwise, 1.5), _rate(bare, 1.5)) for _ in range(3)]
+    mine, crop, raw = (max(col) for col in zip(*rounds))
     common = {"model": model_name, "input_size": size, "batch": batch, "views": 10}
     return [_row("eval_tencrop_vs_cropwise", mine, crop, reference="10 separate forwards per batch", **common),
             _row("eval_tencrop_vs_bare", mine, raw, reference="one bare forward over the pre-expanded batch", **common)]

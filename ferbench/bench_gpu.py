@@ -28,7 +28,7 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 import torch
 
-from ferbench.bench import fit_epoch_seconds, sync
+from ferbench.bench import fit_seconds, sync
 from ferbench.data import FerDataset, Split
 from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
@@ -99,7 +99,7 @@ class _Pair:
 
     def fit_seconds(self, epochs: int, around: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
         cfg = self.cfg.model_copy(update={"epochs": epochs})
-        return fit_epoch_seconds(self.arch, self.ds, cfg, self.device, self.tmp, around)
+        return fit_seconds(self.arch, self.ds, cfg, self.device, self.tmp, around)
 
     def bare_seconds(self, epochs: int, around: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
         self.model.train()

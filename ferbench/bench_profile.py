@@ -30,12 +30,13 @@ def summarise(prof: profile, wall_s: float, steps: int, cuda: bool) -> dict[str,
     avgs = prof.key_averages()
     count = {e.key: e.count for e in avgs}
     syncs = {k: count[k] for k in SYNC_OPS if count.get(k)}
+    n_syncs = sum(syncs.values())
     busy_us = sum(e.self_device_time_total for e in avgs
                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
     host = sorted((e for e in avgs if e.device_type == DeviceType.CPU), key=lambda e: -e.self_cpu_time_total)
     launches = sum(count.get(k, 0) for k in LAUNCH_OPS) if cuda else sum(c for k, c in count.items() if k.startswith("aten::"))
     return {
-        "wall_s": wall_s, "steps": steps, "host_syncs": sum(syncs.values()), "host_syncs_per_step": sum(syncs.values()) / steps,
+        "wall_s": wall_s, "steps": steps, "host_syncs": n_syncs, "host_syncs_per_step": n_syncs / steps,
         "host_syncs_by_op": syncs, "launches_per_step": launches / steps,
         "launches_counted": "CUDA kernel launches" if cuda else "aten ops",
         "device_busy_s": busy_us / 1e6 if cuda else None, "device_busy_fraction": busy_us / 1e6 / wall_s if cuda else None,

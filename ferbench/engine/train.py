@@ -108,6 +108,10 @@ class CheckpointWriter:
     evaluation and is on disk before the record is marked complete.
     """
 
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
     def __enter__(self) -> "CheckpointWriter":
         return self
 
@@ -117,10 +121,6 @@ class CheckpointWriter:
         else:
             with contextlib.suppress(Exception):
                 self.close()
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def _run(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
         try:
