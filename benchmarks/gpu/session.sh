@@ -10,7 +10,9 @@
 # Everything lands in $OUT (log, JSON, runs.tar.gz) as it is produced, so a cut-off call still returns it.
 #
 # STAGES picks and orders what runs (default "bench table6 compile"; also "profile": `ferbench bench
-# profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
+# profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256;
+# "writers": the bench rows with checkpoints written by a thread, then by a forked process, twice over,
+# FERBENCH_CKPT_WRITER=thread|process). Only "table6" needs the datasets; they are unpacked for it.
 # FIXED_EPOCHS=1 keeps the gpu profile's own epochs instead of fitting them to the time left, and a
 # carried .gpuruns/runs.tar.gz (records of an earlier session) is unpacked first, so its finished jobs
 # are skipped and only new ones run.
@@ -52,8 +54,6 @@ if [ -n "${GPU_DRYRUN:-}" ]; then
   SHRINK=(--device cpu --set 'datasets.*.subset={train: 128, val: 64, test: 64}' --set train.input_size=48 --set train.batch_size=32)
 else
   DATA=/tmp/data
-  echo "== data ($(left) s left)"
-  $PY benchmarks/gpu/datapack.py unpack .gpudata "$DATA" || exit 1
   BENCH=(--device cuda)
   PROFILE=(--device cuda --images 1600)  # 3,200 did not finish in the 100 s it had on 2026-11-28
   B256=(--device cuda --batch 256 --images 12800)
@@ -63,15 +63,31 @@ STAGES=${STAGES:-bench table6 compile}
 mkdir -p /tmp/runs
 [ -f .gpuruns/runs.tar.gz ] && tar xzf .gpuruns/runs.tar.gz -C /tmp/runs && echo "earlier records: $(ls /tmp/runs)"
 
-stage_bench() {
-  echo "== bench gpu, eager ($(left) s left)"
-  $PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/bench_gpu.json && cp /tmp/bench_gpu.json "$OUT/bench_gpu.json"
-  $PY - <<'EOF' || true
-import json
-for r in json.load(open("/tmp/bench_gpu.json")):
+summarise_bench() {
+  $PY - "$1" <<'EOF' || true
+import json, sys
+for r in json.load(open(sys.argv[1])):
     print(f"{r['model']:14s} ours {r['ours_per_s']:8.1f} img/s  bare {r['reference_per_s']:8.1f}  ratio {r['ratio']:.3f}  "
           f"{r['train_tflops']:.1f} TFLOP/s = {r['fraction_of_measured_peak']:.1%} of measured {r['matmul_peak_tflops']:.0f}")
 EOF
+}
+
+stage_bench() {
+  echo "== bench gpu, eager ($(left) s left)"
+  $PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/bench_gpu.json && cp /tmp/bench_gpu.json "$OUT/bench_gpu.json"
+  summarise_bench /tmp/bench_gpu.json
+}
+
+stage_writers() {
+  for round in 1 2; do
+    for w in thread process; do
+      [ "$(left)" -gt 70 ] || { echo "== writer $w round $round skipped ($(left) s left)"; continue; }
+      echo "== bench gpu, checkpoints by a $w, round $round ($(left) s left)"
+      FERBENCH_CKPT_WRITER=$w timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json "${BENCH[@]}" \
+        >/tmp/bench_gpu_$w$round.json && cp /tmp/bench_gpu_$w$round.json "$OUT/bench_gpu_$w$round.json" \
+        && summarise_bench /tmp/bench_gpu_$w$round.json
+    done
+  done
 }
 
 stage_profile() {
@@ -90,6 +106,10 @@ EOF
 }
 
 stage_table6() {
+  if [ -z "${GPU_DRYRUN:-}" ]; then
+    echo "== data ($(left) s left)"
+    $PY benchmarks/gpu/datapack.py unpack .gpudata "$DATA" || return 1
+  fi
   echo "== table6 gpu profile ($(left) s left)"
   SETS=()
   if [ -z "${FIXED_EPOCHS:-}" ]; then
