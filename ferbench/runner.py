@@ -94,7 +94,7 @@ def environment(device: Any) -> dict[str, Any]:
     import timm
     import torch
 
-    from ferbench.engine.train import writer_kind
+    from ferbench.engine.optim import implementation
 
     env = {
         "ferbench": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
@@ -102,7 +102,7 @@ def environment(device: Any) -> dict[str, Any]:
         "numpy": np.__version__, "device": str(device), "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "host_allocator": keep_freed_memory(), "checkpoint_writer": writer_kind(device),
+        "host_allocator": keep_freed_memory(), "optimizer_implementation": implementation(device.type),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -163,7 +163,7 @@ def run_job(
     keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
 
     from ferbench.engine import dist
-    from ferbench.engine.train import CheckpointWriter, fit, writer_kind
+    from ferbench.engine.train import CheckpointWriter, fit
 
     job_dir = runs_dir / job.spec / job.id
     t0 = time.perf_counter()
@@ -199,7 +199,7 @@ def run_job(
                                   f"kept init for {len(info['kept_init'])}: {', '.join(info['kept_init'][:8])}"
                                   + (" ..." if len(info["kept_init"]) > 8 else ""))
             teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
-            with CheckpointWriter(writer_kind(device)) as writer:  # the last checkpoint is written while the test splits are evaluated
+            with CheckpointWriter() as writer:  # the last checkpoint is written while the test splits are evaluated
                 res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, stop_after_steps,
                           writer)
                 arrays, metrics = _evaluate(job, ds, res, device)

@@ -10,9 +10,9 @@
 # Everything lands in $OUT (log, JSON, runs.tar.gz) as it is produced, so a cut-off call still returns it.
 #
 # STAGES picks and orders what runs (default "bench table6 compile"; also "profile": `ferbench bench
-# profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256;
-# "writers": the bench rows with checkpoints written by a thread, then by a forked process, twice over,
-# FERBENCH_CKPT_WRITER=thread|process). Only "table6" needs the datasets; they are unpacked for it.
+# profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
+# BENCH_ROUNDS=n repeats the bench stage (rounds 2.. go to bench_gpu_round<k>.json): rows swing ~5 %
+# between rounds on one machine. Only "table6" needs the datasets; they are unpacked for it.
 # FIXED_EPOCHS=1 keeps the gpu profile's own epochs instead of fitting them to the time left, and a
 # carried .gpuruns/runs.tar.gz (records of an earlier session) is unpacked first, so its finished jobs
 # are skipped and only new ones run.
@@ -73,20 +73,12 @@ EOF
 }
 
 stage_bench() {
-  echo "== bench gpu, eager ($(left) s left)"
-  $PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/bench_gpu.json && cp /tmp/bench_gpu.json "$OUT/bench_gpu.json"
-  summarise_bench /tmp/bench_gpu.json
-}
-
-stage_writers() {
-  for round in 1 2; do
-    for w in thread process; do
-      [ "$(left)" -gt 70 ] || { echo "== writer $w round $round skipped ($(left) s left)"; continue; }
-      echo "== bench gpu, checkpoints by a $w, round $round ($(left) s left)"
-      FERBENCH_CKPT_WRITER=$w timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json "${BENCH[@]}" \
-        >/tmp/bench_gpu_$w$round.json && cp /tmp/bench_gpu_$w$round.json "$OUT/bench_gpu_$w$round.json" \
-        && summarise_bench /tmp/bench_gpu_$w$round.json
-    done
+  for round in $(seq "${BENCH_ROUNDS:-1}"); do
+    [ "$round" = 1 ] && name=bench_gpu || name=bench_gpu_round$round
+    [ "$round" = 1 ] || [ "$(left)" -gt 80 ] || { echo "== bench round $round skipped ($(left) s left)"; continue; }
+    echo "== bench gpu, eager, round $round ($(left) s left)"
+    timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/$name.json \
+      && cp /tmp/$name.json "$OUT/$name.json" && summarise_bench /tmp/$name.json
   done
 }
 

@@ -10,11 +10,8 @@ divergence check reads one flag every `CHECK_EVERY` steps.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,86 +83,53 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomic(path, lambda p: torch.save(state, str(p)))
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """A snapshot of a (nested) state: every tensor copied to the CPU, so training can go on changing the originals."""
+def _map_tensors(obj: Any, fn: Any) -> Any:
+    """`obj` (nested dicts, lists, tuples) with every tensor replaced by fn(tensor)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
+        return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
 
 
-WRITER_KINDS = ("thread", "process")
+def _cpu_copy(obj: Any) -> Any:
+    """A snapshot of a (nested) state: every tensor copied to the CPU, so training can go on changing the originals."""
+    return _map_tensors(obj, lambda t: t.detach().to("cpu", copy=True))
 
 
-def writer_kind(device: torch.device) -> str:
-    """How checkpoints are written on `device`: `FERBENCH_CKPT_WRITER` if set, else "process" on CUDA, "thread" elsewhere.
+def _snapshot(obj: Any) -> Any:
+    """A copy of a (nested) state that training cannot change, each tensor cloned on its own device.
 
-    torch.save holds the GIL while it copies and checksums tensor bytes (its C++ zip writer does not
-    release it), so a writer *thread* stalls a GPU run's training thread, which does little but launch
-    kernels and needs the GIL all the time: measured here, a thread launching small ops ran at 0.17x
-    while a 360 MB checkpoint was saved beside it. A forked writer *process* shares no GIL. On the CPU
-    a thread stays the default: there the cores, not the GIL, are the limit, and a fork would make
-    the training process copy every heap page it writes while the child lives.
+    On CUDA the clones are queued on the stream like any kernel: no host wait. Copying to the CPU here
+    instead cost EmoNeXt-T's training thread 850 synchronous copies (model + AdamW state, 360 MB) and
+    ~0.25 s of host time an epoch on an H200 (`ferbench bench profile`, 2026-11-28); now the writer
+    thread makes them (`_on_cpu`), and the device holds a second copy of the state meanwhile.
     """
-    kind = os.environ.get("FERBENCH_CKPT_WRITER", "").strip().lower()
-    if kind and kind not in WRITER_KINDS:
-        raise FerbenchError(f"FERBENCH_CKPT_WRITER={kind!r}: expected one of {', '.join(WRITER_KINDS)}")
-    if kind == "process" or (not kind and device.type == "cuda"):
-        return "process" if hasattr(os, "fork") and sys.platform == "linux" else "thread"
-    return "thread"
+    return _map_tensors(obj, lambda t: t.detach().clone())
 
 
-def _save_in_child(path: Path, state: dict[str, Any]) -> None:
-    """`save_checkpoint` in a forked child process; the calling thread waits without holding the GIL.
-
-    The child only serialises CPU tensors (the snapshot) and leaves with os._exit, so it touches no
-    CUDA state, runs no exit handlers and flushes no inherited buffers. Its error comes back through a
-    pipe and is raised here; a child killed mid-write leaves no temporary file behind (write_atomic).
-    """
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():  # "multi-threaded process, fork() may deadlock": the child takes no lock of theirs
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        code = 0
-        try:
-            save_checkpoint(path, state)
-        except BaseException as e:  # noqa: BLE001  (reported to the parent)
-            os.write(write_end, f"{type(e).__name__}: {e}".encode(errors="replace")[:2000])
-            code = 1
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode(errors="replace")  # returns when the child exits
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise OSError(f"{path}: checkpoint write failed in the writer process ({message or f'exit status {code}'})")
+def _on_cpu(obj: Any) -> Any:
+    """`obj` with device tensors copied to the CPU (stream-ordered after the clones); CPU tensors as they are."""
+    return _map_tensors(obj, lambda t: t if t.device.type == "cpu" else t.to("cpu"))
 
 
 class CheckpointWriter:
-    """Writes end-of-epoch checkpoints in the background while the next epoch trains.
+    """Writes end-of-epoch checkpoints in a background thread while the next epoch trains.
 
-    `submit` snapshots the state (a memory copy, milliseconds) and returns; serialising, writing and
-    fsync-ing (about a second for ResNet-18's 130 MB here) overlap with training, in a thread of this
-    process or, with kind="process" (see `writer_kind`), in a forked child that a thread waits for.
-    One write is in flight at most: `submit` and `close` wait for the previous one and re-raise its
-    error. A run killed mid-write keeps the previous checkpoint (writes are atomic) and resumes one
-    epoch earlier, which the (seed, epoch)-seeded data and augmentation streams make exact.
+    `submit` snapshots the state (a copy on its device, milliseconds) and returns; moving it to the CPU, serialising, writing and
+    fsync-ing (about a second for ResNet-18's 130 MB here) overlap with training. One write is in
+    flight at most: `submit` and `close` wait for the previous one and re-raise its error. A run killed
+    mid-write keeps the previous checkpoint (writes are atomic) and resumes one epoch earlier, which the
+    (seed, epoch)-seeded data and augmentation streams make exact.
 
     As a context manager it closes on exit; when the block raises, that error wins over the writer's.
     `run_job` holds one around `fit` and the test evaluation, so the last epoch's write overlaps with
     evaluation and is on disk before the record is marked complete.
     """
 
-    def __init__(self, kind: str = "thread") -> None:
-        if kind not in WRITER_KINDS:
-            raise ValueError(f"kind {kind!r}: expected one of {WRITER_KINDS}")
-        self.kind = kind
+    def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -181,17 +145,14 @@ class CheckpointWriter:
 
     def _run(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
         try:
-            if self.kind == "process":
-                _save_in_child(path, state)
-            else:
-                save_checkpoint(path, state)
+            save_checkpoint(path, _on_cpu(state))
             _write_history(history_path, history)
         except BaseException as e:  # noqa: BLE001  (re-raised in the training thread)
             self._error = e
 
     def submit(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
         self.close()
-        snapshot = _cpu_copy(state)
+        snapshot = _snapshot(state)
         self._thread = threading.Thread(target=self._run, args=(path, snapshot, history_path, [dict(r) for r in history]),
                                         name="ferbench-checkpoint", daemon=False)
         self._thread.start()
@@ -300,7 +261,7 @@ def fit(
     eval_model = lambda: ema.module if (ema is not None and eval_cfg.use_ema) else core  # noqa: E731
     stopped_early = False
     own_writer = writer is None
-    writer = writer or CheckpointWriter(writer_kind(device))
+    writer = writer or CheckpointWriter()
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
