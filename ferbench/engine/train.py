@@ -83,42 +83,21 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomic(path, lambda p: torch.save(state, str(p)))
 
 
-def _map_tensors(obj: Any, fn: Any) -> Any:
-    """`obj` (nested dicts, lists, tuples) with every tensor replaced by fn(tensor)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
 def _cpu_copy(obj: Any) -> Any:
     """A snapshot of a (nested) state: every tensor copied to the CPU, so training can go on changing the originals."""
-    return _map_tensors(obj, lambda t: t.detach().to("cpu", copy=True))
-
-
-def _snapshot(obj: Any) -> Any:
-    """A copy of a (nested) state that training cannot change, each tensor cloned on its own device.
-
-    On CUDA the clones are queued on the stream like any kernel: no host wait. Copying to the CPU here
-    instead cost EmoNeXt-T's training thread 850 synchronous copies (model + AdamW state, 360 MB) and
-    ~0.25 s of host time an epoch on an H200 (`ferbench bench profile`, 2026-11-28); now the writer
-    thread makes them (`_on_cpu`), and the device holds a second copy of the state meanwhile.
-    """
-    return _map_tensors(obj, lambda t: t.detach().clone())
-
-
-def _on_cpu(obj: Any) -> Any:
-    """`obj` with device tensors copied to the CPU (stream-ordered after the clones); CPU tensors as they are."""
-    return _map_tensors(obj, lambda t: t if t.device.type == "cpu" else t.to("cpu"))
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 class CheckpointWriter:
     """Writes end-of-epoch checkpoints in a background thread while the next epoch trains.
 
-    `submit` snapshots the state (a copy on its device, milliseconds) and returns; moving it to the CPU, serialising, writing and
+    `submit` snapshots the state (a memory copy, milliseconds) and returns; serialising, writing and
     fsync-ing (about a second for ResNet-18's 130 MB here) overlap with training. One write is in
     flight at most: `submit` and `close` wait for the previous one and re-raise its error. A run killed
     mid-write keeps the previous checkpoint (writes are atomic) and resumes one epoch earlier, which the
@@ -145,14 +124,14 @@ class CheckpointWriter:
 
     def _run(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
         try:
-            save_checkpoint(path, _on_cpu(state))
+            save_checkpoint(path, state)
             _write_history(history_path, history)
         except BaseException as e:  # noqa: BLE001  (re-raised in the training thread)
             self._error = e
 
     def submit(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
         self.close()
-        snapshot = _snapshot(state)
+        snapshot = _cpu_copy(state)
         self._thread = threading.Thread(target=self._run, args=(path, snapshot, history_path, [dict(r) for r in history]),
                                         name="ferbench-checkpoint", daemon=False)
         self._thread.start()
