@@ -115,3 +115,13 @@ def test_datapack_round_trip_is_byte_exact(small_fer, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "does not match sha256" in bad.stderr
     assert not (tmp_path / "root2" / "fer2013" / "fer2013.csv").exists()
+
+
+def test_bench_data_row_reports_interleaved_windows_and_the_best_of_each():
+    from ferbench.bench import bench_data
+
+    row = bench_data(48, batch=8, seconds=0.05, windows=2)
+    assert row["name"] == "data_48" and row["batch"] == 8 and len(row["all_windows"]) == 2
+    assert row["ours_per_s"] == max(w["ours_per_s"] for w in row["all_windows"])
+    assert row["reference_per_s"] == max(w["reference_per_s"] for w in row["all_windows"])
+    assert row["ratio"] == pytest.approx(row["ours_per_s"] / row["reference_per_s"])
