@@ -176,7 +176,8 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     shutil.rmtree(tmp, ignore_errors=True)
     return _row("train_epoch", seen / our_t, seen / ref_t, model=model_name, input_size=size, batch=batch,
                 images_per_epoch=(n // batch) * batch, epochs=epochs,
-                reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint")
+                reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint",
+                all_pairs=[{"ours_per_s": seen / o, "reference_per_s": seen / r} for r, o in pairs])
 
 
 def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch: int = 64) -> list[dict[str, Any]]:
