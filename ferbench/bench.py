@@ -113,7 +113,7 @@ def sync(device: torch.device) -> None:
 
 
 def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
-                      around: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
+                around: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
     """Wall seconds of a `fit` of a fresh model in a fresh job folder (so nothing resumes).
 
     The model is made before the clock starts (its random init is not the harness); `around` wraps

@@ -96,18 +96,6 @@ def augment_batch(
     return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
 
 
-def bilinear_weights(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) float64 matrix M with M @ v = F.interpolate(v, n_out, "linear", align_corners=False) for n_out >= n_in."""
-    o = torch.arange(n_out, dtype=torch.float64)
-    src = ((o + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    i0 = src.floor().long()
-    lam = src - i0
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    m.index_put_((o.long(), i0), 1 - lam, accumulate=True)
-    m.index_put_((o.long(), (i0 + 1).clamp(max=n_in - 1)), lam, accumulate=True)
-    return m
-
-
 @lru_cache(maxsize=16)
 def _upsample_plan(n_in: int, n_out: int, chans: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Matrices of the separable upsample n_in -> n_out (see `upsample_bilinear`), cached per size.
@@ -121,14 +109,11 @@ def _upsample_plan(n_in: int, n_out: int, chans: int) -> tuple[torch.Tensor, tor
     """
     g = math.gcd(n_in, n_out)
     p_in, p_out, window = n_in // g, n_out // g, n_in // g + 2
-    vertical = bilinear_weights(n_in, n_out)
-    gather = torch.zeros(n_in, g * window, dtype=torch.float64)
-    for b in range(g):
-        for k in range(window):
-            gather[min(max(b * p_in - 1 + k, 0), n_in - 1), b * window + k] = 1.0  # edge-replicated window
-    # one block's weights without edge clamping: output r reads window columns i0 + 1 and i0 + 2
-    # (window column 0 is input column -1); at the image edges the replicated window gives what
-    # PyTorch's clamped indices give
+    cols = torch.arange(g * window)
+    gather = torch.zeros(n_in, g * window, dtype=torch.float64)  # edge-replicated windows, column -1 first
+    gather[((cols // window) * p_in - 1 + cols % window).clamp(0, n_in - 1), cols] = 1.0
+    # one block's weights without edge clamping: output r reads window columns i0 + 1 and i0 + 2;
+    # at the image edges the replicated window gives what PyTorch's clamped indices give
     r = torch.arange(p_out, dtype=torch.float64)
     src = (r + 0.5) * (p_in / p_out) - 0.5
     i0 = src.floor()
@@ -136,6 +121,8 @@ def _upsample_plan(n_in: int, n_out: int, chans: int) -> tuple[torch.Tensor, tor
     block = torch.zeros(window, p_out, dtype=torch.float64)
     block[(i0 + 1).long(), r.long()] = 1 - lam
     block[(i0 + 2).long(), r.long()] += lam
+    # the same weights as a dense (n_out, n_in) matrix for the vertical pass
+    vertical = torch.einsum("jbk,kr->brj", gather.view(n_in, g, window), block).reshape(n_out, n_in)
     # stored transposed (a column-major right operand): MKL's product is ~15 % faster that way here
     return (vertical.float(), gather.float(), block.repeat_interleave(chans, dim=1).float().T.contiguous().T, window)
 

@@ -2,9 +2,8 @@
 
 Pairs are runs of A and B from the same spec (so under one experiment's conditions: a 48x48 CPU
 run is never paired with a 224x224 GPU run) on the same dataset and seed whose test labels are
-identical; the exact
-McNemar test and a paired bootstrap CI of the accuracy difference use the saved per-sample test
-predictions (last-epoch model), pooled over the paired seeds.
+identical; the exact McNemar test and a paired bootstrap CI of the accuracy difference use the saved
+per-sample test predictions (last-epoch model), pooled over the paired seeds.
 """
 
 from __future__ import annotations
