@@ -386,6 +386,9 @@ def data_plot(
 
 
 def main() -> None:
+    from ferbench.hostmem import keep_freed_memory
+
+    keep_freed_memory()  # before PyTorch's first allocation: huge pages are decided there
     try:
         app()
     except KeyboardInterrupt:

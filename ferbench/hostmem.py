@@ -8,6 +8,13 @@ blocks in the heap, which is what preloading jemalloc or tcmalloc buys PyTorch C
 the preload. Measured here (1 thread): the uint8 -> float conversion of a 64 x 3 x 224 x 224 batch
 took 24.7 ms with glibc's defaults and 2.5 ms with this setting. The price: a process keeps its
 peak heap size until it exits. `FERBENCH_MALLOC=system` leaves glibc's defaults alone.
+
+With freed blocks kept, transparent huge pages pay off too: PyTorch's CPU allocator aligns
+allocations of 2 MiB and more to 2 MiB and madvises them huge when `THP_MEM_ALLOC_ENABLE` is set at
+its first allocation (so the CLI applies this setting before anything else). Measured here: the
+32-image 224 batch's upsample (19 MB written) took 1.3-1.8 ms instead of 1.6-2.1 ms. Without the
+kept heap, huge pages are a loss (every fresh mapping is faulted in 2 MiB at a time: 5 ms), so the
+two go together and `FERBENCH_MALLOC=system` declines both.
 """
 
 from __future__ import annotations
@@ -21,12 +28,42 @@ THRESHOLD = 1 << 30  # 1 GiB: allocations below it come from the heap, freed mem
 _applied: str | None = None
 
 
+HUGE = 2 << 20  # a transparent huge page; PyTorch madvises CPU tensors from this size on
+
+
 def keep_freed_memory() -> str:
-    """Apply once per process; returns what was done, for the run record's environment."""
+    """Apply once per process; returns what was done, for the run record's environment.
+
+    Huge pages take effect only if this runs before the process's first PyTorch allocation (the CLI
+    calls it first thing; spawned workers inherit the environment); the record says whether they did.
+    """
     global _applied
     if _applied is None:
         _applied = _apply()
+        if _applied.startswith("glibc"):
+            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+            if huge_pages_in_effect():
+                _applied += "; tensors >= 2 MiB on transparent huge pages"
     return _applied
+
+
+def huge_pages_in_effect() -> bool:
+    """Whether a freshly written 8 MiB tensor landed on transparent huge pages (Linux's own count)."""
+    import torch
+
+    before = _anon_huge_kib()
+    probe = torch.empty(4 * HUGE, dtype=torch.uint8).fill_(0)
+    gained = _anon_huge_kib() - before
+    del probe
+    return gained >= HUGE // 1024
+
+
+def _anon_huge_kib() -> int:
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")), 0)
+    except OSError:
+        return 0
 
 
 def _apply() -> str:

@@ -130,7 +130,7 @@ def test_bench_data_row_reports_interleaved_windows_and_the_best_of_each():
 def test_bench_train_row_keeps_every_pair_and_reports_the_fastest_of_each():
     from ferbench.bench import bench_train
 
-    row = bench_train(size=16, batch=8, n=16, epochs=1)
-    assert row["name"] == "train_epoch" and len(row["all_pairs"]) == 2 and row["images_per_epoch"] == 16
+    row = bench_train(size=16, batch=8, n=16, epochs=1, pairs=3)
+    assert row["name"] == "train_epoch" and len(row["all_pairs"]) == 3 and row["images_per_epoch"] == 16
     assert row["ours_per_s"] == pytest.approx(max(p["ours_per_s"] for p in row["all_pairs"]))
     assert row["reference_per_s"] == pytest.approx(max(p["reference_per_s"] for p in row["all_pairs"]))

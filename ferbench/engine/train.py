@@ -257,7 +257,7 @@ def fit(
             for i in range(steps_per_epoch):
                 glob = order[i * batch : (i + 1) * batch]
                 idx = glob[mine]
-                x = augment_batch(to_unit(images[idx]), cfg.input_size, cfg.augment, aug_gen, len(glob), mine, cfg.in_chans)
+                x = augment_batch(to_unit(images.index_select(0, idx)), cfg.input_size, cfg.augment, aug_gen, len(glob), mine, cfg.in_chans)
                 x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
                 y = labels[idx]
                 if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
