@@ -127,6 +127,18 @@ def test_bench_data_row_reports_interleaved_windows_and_the_best_of_each():
     assert row["ratio"] == pytest.approx(row["ours_per_s"] / row["reference_per_s"])
 
 
+def test_bench_eval_rows_share_our_windows_and_report_the_best_of_each():
+    from ferbench.bench import bench_eval
+
+    crop, bare = bench_eval(size=16, n=8, batch=4, windows=2, seconds=0.05)
+    assert (crop["name"], bare["name"]) == ("eval_tencrop_vs_cropwise", "eval_tencrop_vs_bare")
+    for row in (crop, bare):
+        assert len(row["all_windows"]) == 2 and row["views"] == 10
+        assert row["ours_per_s"] == max(w["ours_per_s"] for w in row["all_windows"])
+        assert row["reference_per_s"] == max(w["reference_per_s"] for w in row["all_windows"])
+    assert [w["ours_per_s"] for w in crop["all_windows"]] == [w["ours_per_s"] for w in bare["all_windows"]]
+
+
 def test_bench_train_row_keeps_every_pair_and_reports_the_fastest_of_each():
     from ferbench.bench import bench_train
 
