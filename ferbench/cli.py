@@ -386,9 +386,9 @@ def data_plot(
 
 
 def main() -> None:
-    from ferbench.hostmem import keep_freed_memory
+    from ferbench.hostmem import apply_policy
 
-    keep_freed_memory()  # before PyTorch's first allocation: huge pages are decided there
+    apply_policy()  # before PyTorch's first allocation: huge pages are decided there
     try:
         app()
     except KeyboardInterrupt:

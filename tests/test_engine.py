@@ -146,6 +146,15 @@ def test_host_allocator_setting_is_applied_recorded_and_can_be_declined(tmp_path
     env = {**__import__("os").environ, "FERBENCH_MALLOC": "system"}
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert off.strip() == "system defaults (FERBENCH_MALLOC=system)"
+    # the CLI's first step: no torch import, and the huge-page switch set only with the kept heap
+    probe = ("import os, sys; from ferbench.hostmem import apply_policy as a; a(); "
+             "assert 'torch' not in sys.modules; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+    clean = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    thp_on = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=clean).stdout.strip()
+    assert thp_on == ("1" if on.startswith("glibc") else "None")
+    thp_off = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                             env={**clean, "FERBENCH_MALLOC": "system"}).stdout
+    assert thp_off.strip() == "None"
     spec = {"name": "alloc", "datasets": DATA, "models": [{"id": "m", "arch": "resnet18"}], "seeds": [0], "train": TRAIN}
     assert run(spec, tmp_path).returncode == 0
     (rec,) = discover(tmp_path / "runs" / "alloc")
