@@ -112,12 +112,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepClock:
+    """A `fit` progress sink that keeps the host-clock duration of every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self._last = 0.0
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        self._last = time.perf_counter()
+
+    def advance(self) -> None:
+        now = time.perf_counter()
+        self.steps.append(now - self._last)
+        self._last = now
+
+    def end_epoch(self, row: dict[str, Any]) -> None: ...
+
+
 def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
-                around: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
+                around: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+                clock: StepClock | None = None) -> float:
     """Wall seconds of a `fit` of a fresh model in a fresh job folder (so nothing resumes).
 
     The model is made before the clock starts (its random init is not the harness); `around` wraps
-    the timed part (a profiler, say).
+    the timed part (a profiler, say); `clock` collects per-step times (host clock: on CUDA a step
+    is queued work, so only the CPU's are step times).
     """
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
@@ -126,7 +146,7 @@ def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch
     with around():
         sync(device)
         t0 = time.perf_counter()
-        fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, workdir)
+        fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, workdir, progress=clock)
         sync(device)
         return time.perf_counter() - t0
 
@@ -147,8 +167,16 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     device = torch.device("cpu")
     tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
 
+    fit_steps: list[float] = []  # every timed step of every pair, and the time outside them
+    bare_steps: list[float] = []
+    fit_outside: list[float] = []
+
     def ours(e: int) -> float:
-        return fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), device, tmp)
+        clock = StepClock()
+        total = fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), device, tmp, clock=clock)
+        fit_steps.extend(clock.steps)
+        fit_outside.append(total - sum(clock.steps))
+        return total
 
     def bare(e: int) -> float:
         torch.manual_seed(0)
@@ -157,7 +185,7 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
         x_all = torch.from_numpy(images).unsqueeze(1).float().div(255).sub(0.5).div(0.5)
         y_all = torch.from_numpy(labels)
         model.train()
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         for _ in range(e):
             order = torch.randperm(n)
             for i in range(n // batch):
@@ -167,10 +195,14 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                now = time.perf_counter()
+                bare_steps.append(now - last)
+                last = now
         return time.perf_counter() - t0
 
     seen = epochs * (n // batch) * batch
     bare(1), ours(1)  # warm-up
+    fit_steps.clear(), bare_steps.clear(), fit_outside.clear()
     # Interleaved, so drifts in machine load hit both; best of each side, as the same work's step time
     # swings by 10-15 % from one 40-second window to the next on this VM (bare ResNet-18 steps: 856-969 ms).
     times = [(bare(epochs), ours(epochs)) for _ in range(pairs)]
@@ -179,7 +211,11 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     return _row("train_epoch", seen / our_t, seen / ref_t, model=model_name, input_size=size, batch=batch,
                 images_per_epoch=(n // batch) * batch, epochs=epochs, pairs=pairs,
                 reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint",
-                all_pairs=[{"ours_per_s": seen / o, "reference_per_s": seen / r} for r, o in times])
+                all_pairs=[{"ours_per_s": seen / o, "reference_per_s": seen / r} for r, o in times],
+                # the same comparison step by step: medians shrug off the VM's bursts, and what fit does
+                # outside its steps (start, epoch ends, the wait for the last checkpoint) is shown apart
+                step_ms_median={"ours": 1e3 * float(np.median(fit_steps)), "reference": 1e3 * float(np.median(bare_steps))},
+                ours_outside_steps_s=fit_outside)
 
 
 def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch: int = 64,

@@ -146,3 +146,5 @@ def test_bench_train_row_keeps_every_pair_and_reports_the_fastest_of_each():
     assert row["name"] == "train_epoch" and len(row["all_pairs"]) == 3 and row["images_per_epoch"] == 16
     assert row["ours_per_s"] == pytest.approx(max(p["ours_per_s"] for p in row["all_pairs"]))
     assert row["reference_per_s"] == pytest.approx(max(p["reference_per_s"] for p in row["all_pairs"]))
+    assert row["step_ms_median"]["ours"] > 0 and row["step_ms_median"]["reference"] > 0
+    assert len(row["ours_outside_steps_s"]) == 3 and all(t >= 0 for t in row["ours_outside_steps_s"])
