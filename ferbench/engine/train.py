@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -83,6 +83,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomic(path, lambda p: torch.save(state, str(p)))
 
 
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`obj` (nested dicts, lists, tuples) with every tensor replaced by fn(tensor)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
 def _cpu_copy(obj: Any) -> Any:
     """A snapshot of a (nested) state: every tensor copied to the CPU, so training can go on changing the originals.
 
@@ -91,24 +102,18 @@ def _cpu_copy(obj: Any) -> Any:
     `ferbench bench profile --device cuda` counted ~850 for EmoNeXt-T's model and AdamW state).
     """
     devices: set[torch.device] = set()
-    snapshot = _copy_tree(obj, devices)
-    for device in devices:
-        torch.cuda.current_stream(device).synchronize()
-    return snapshot
 
-
-def _copy_tree(obj: Any, devices: set[torch.device]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
         if t.device.type != "cuda":
             return t.to("cpu", copy=True)
         devices.add(t.device)
         return torch.empty_like(t, device="cpu", pin_memory=True).copy_(t, non_blocking=True)  # same strides
-    if isinstance(obj, dict):
-        return {k: _copy_tree(v, devices) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_copy_tree(v, devices) for v in obj)
-    return obj
+
+    snapshot = _map_tensors(obj, copy)
+    for device in devices:
+        torch.cuda.current_stream(device).synchronize()
+    return snapshot
 
 
 class CheckpointWriter:
