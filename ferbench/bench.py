@@ -4,9 +4,9 @@ Rows (each: name, ours_per_s, reference_per_s, ratio, plus the conditions):
 - data_{224,48}: training-batch production (flip, rotation 20, resize 236/224, random crop, grey to
   3 channels) by ferbench's batched tensor warp vs torchvision's PIL per-sample transforms in a
   DataLoader (2 workers).
-- train_epoch: a 2-epoch `fit` of 2,944 images an epoch (augmentation, metrics, every end-of-epoch
-  checkpoint included) vs 2 epochs of a bare hand-written loop over the same in-memory data (no
-  augmentation), same model/batch/optimizer/threads.
+- train_epoch: 2-epoch `fit`s of 2,944 images an epoch (augmentation, metrics, every end-of-epoch
+  checkpoint included) vs a bare hand-written loop over the same in-memory data (no augmentation),
+  same model/batch/optimizer/threads, the two alternating step by step.
 - eval_tencrop: batched TenCrop TTA (`predict`) vs the same forwards done crop by crop, and vs one bare
   forward over the already expanded batch.
 - fer2013_csv: first parse and cached load of the real CSV (needs --data-root or FERBENCH_DATA).
@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ferbench.data import FerDataset, Split
 from ferbench.data.augment import augment_batch, finish, to_unit
 from ferbench.engine.evaluate import predict
-from ferbench.engine.train import fit
+from ferbench.engine.train import CheckpointWriter, Progress, fit
 from ferbench.hostmem import keep_freed_memory
 from ferbench.models import create_model
 from ferbench.spec import AugmentConfig, EvalConfig, TrainConfig
@@ -68,7 +68,7 @@ class _PilFaces(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i], mode="L")), 0
 
 
-def bench_data(size: int, batch: int = 64, seconds: float = 3.0, windows: int = 3) -> dict[str, Any]:
+def bench_data(size: int, batch: int = 64, seconds: float = 3.0, windows: int = 5) -> dict[str, Any]:
     import torchvision.transforms as T
 
     images = _faces(2048)
@@ -112,32 +112,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class StepClock:
-    """A `fit` progress sink that keeps the host-clock duration of every training step."""
-
-    def __init__(self) -> None:
-        self.steps: list[float] = []
-        self._last = 0.0
-
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
-        self._last = time.perf_counter()
-
-    def advance(self) -> None:
-        now = time.perf_counter()
-        self.steps.append(now - self._last)
-        self._last = now
-
-    def end_epoch(self, row: dict[str, Any]) -> None: ...
-
-
 def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
                 around: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
-                clock: StepClock | None = None) -> float:
+                progress: Progress | None = None, writer: CheckpointWriter | None = None) -> float:
     """Wall seconds of a `fit` of a fresh model in a fresh job folder (so nothing resumes).
 
     The model is made before the clock starts (its random init is not the harness); `around` wraps
-    the timed part (a profiler, say); `clock` collects per-step times (host clock: on CUDA a step
-    is queued work, so only the CPU's are step times).
+    the timed part (a profiler, say); `progress` is fit's progress sink; the wait for the last
+    checkpoint write is inside the timed part (through `writer` when given).
     """
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
@@ -146,50 +128,29 @@ def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch
     with around():
         sync(device)
         t0 = time.perf_counter()
-        fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, workdir, progress=clock)
+        with writer or contextlib.nullcontext():
+            fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, workdir, progress=progress, writer=writer)
         sync(device)
         return time.perf_counter() - t0
 
 
-def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 2944,
-                epochs: int = 2, pairs: int = 3) -> dict[str, Any]:
-    """`fit` for `epochs` epochs against as many bare epochs; best of `pairs` interleaved pairs after a warm-up.
+def bare_steps(model_name: str, images: np.ndarray, labels: np.ndarray, size: int, batch: int) -> Iterator[None]:
+    """A bare hand-written training loop over in-memory data, one step per `next()`.
 
-    Epochs of the cpu profiles' size (3,000 training images; 23 batches of 128 here) and more than
-    one per fit, as in a real run: each epoch's checkpoint is written while the next one trains, and
-    the wait for the last one is paid once (in `ferbench run` it overlaps with the test evaluation;
-    here it is inside the timed fit).
+    Same model, optimizer and batch as the bench's `fit`; no augmentation, no metrics, no checkpoint.
+    The model and optimizer are built before the first `next()`, so only steps are timed.
     """
-    images, labels = _faces(n), np.random.default_rng(1).integers(0, 7, n)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, input_size=size, optimizer="sgd", lr=0.01, schedule="constant",
-                      augment=AugmentConfig(hflip=True, rotation=10.0))
-    ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels)})
-    device = torch.device("cpu")
-    tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
+    torch.manual_seed(0)
+    model = create_model(model_name, 7, size).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x_all = torch.from_numpy(images).unsqueeze(1).float().div(255).sub(0.5).div(0.5)
+    y_all = torch.from_numpy(labels)
+    n = len(labels)
+    model.train()
 
-    fit_steps: list[float] = []  # every timed step of every pair, and the time outside them
-    bare_steps: list[float] = []
-    fit_outside: list[float] = []
-
-    def ours(e: int) -> float:
-        clock = StepClock()
-        total = fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), device, tmp, clock=clock)
-        fit_steps.extend(clock.steps)
-        fit_outside.append(total - sum(clock.steps))
-        return total
-
-    def bare(e: int) -> float:
-        torch.manual_seed(0)
-        model = create_model(model_name, 7, size).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        x_all = torch.from_numpy(images).unsqueeze(1).float().div(255).sub(0.5).div(0.5)
-        y_all = torch.from_numpy(labels)
-        model.train()
-        clock = StepClock()  # timed as fit's steps are: from the epoch's start, then step to step
-        t0 = time.perf_counter()
-        for epoch in range(e):
+    def loop() -> Iterator[None]:
+        while True:
             order = torch.randperm(n)
-            clock.start_epoch(epoch, e, n // batch)
             for i in range(n // batch):
                 idx = order[i * batch:(i + 1) * batch]
                 x = x_all[idx].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
@@ -197,27 +158,78 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                clock.advance()
-        total = time.perf_counter() - t0
-        bare_steps.extend(clock.steps)
-        return total
+                yield
 
-    seen = epochs * (n // batch) * batch
-    bare(1), ours(1)  # warm-up
-    fit_steps.clear(), bare_steps.clear(), fit_outside.clear()
-    # Interleaved, so drifts in machine load hit both; best of each side, as the same work's step time
-    # swings by 10-15 % from one 40-second window to the next on this VM (bare ResNet-18 steps: 856-969 ms).
-    times = [(bare(epochs), ours(epochs)) for _ in range(pairs)]
-    ref_t, our_t = min(p[0] for p in times), min(p[1] for p in times)
+    return loop()
+
+
+class Interleaved:
+    """A `fit` progress sink that runs one bare step after each of fit's steps and times both apart.
+
+    So the two loops alternate second by second and the VM's load swings (10-15 % between 40-second
+    windows here) hit both alike. Before each bare step it waits for fit's checkpoint write in
+    flight, if any, and that wait counts as fit's: the write never borrows the bare step's time.
+    """
+
+    def __init__(self, bare: Iterator[None], writer: CheckpointWriter) -> None:
+        self.bare, self.writer = bare, writer
+        self.fit_steps: list[float] = []  # from the epoch's start, then step to step, bare steps excluded
+        self.bare_steps: list[float] = []
+        self._last = 0.0
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        self._last = time.perf_counter()
+
+    def advance(self) -> None:
+        self.writer.close()
+        t = time.perf_counter()
+        self.fit_steps.append(t - self._last)
+        next(self.bare)
+        self._last = time.perf_counter()
+        self.bare_steps.append(self._last - t)
+
+    def end_epoch(self, row: dict[str, Any]) -> None: ...
+
+
+def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 2944,
+                epochs: int = 2, repeats: int = 3) -> dict[str, Any]:
+    """`fit` against a bare loop, step by step interleaved, over `repeats` fits of `epochs` epochs after a warm-up.
+
+    Epochs of the cpu profiles' size (3,000 training images; 23 batches of 128 here) and more than
+    one per fit, as in a real run: each epoch's checkpoint is written while the next one trains, and
+    the wait for the last one is paid once (in `ferbench run` it overlaps with the test evaluation;
+    here it is inside fit's time). Fit's time is its whole wall time (start-up, augmentation, metrics,
+    epoch ends, checkpoints) less the bare steps run inside it; the bare loop's is the sum of its steps.
+    """
+    images, labels = _faces(n), np.random.default_rng(1).integers(0, 7, n)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, input_size=size, optimizer="sgd", lr=0.01, schedule="constant",
+                      augment=AugmentConfig(hflip=True, rotation=10.0))
+    ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels)})
+    tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
+
+    def interleaved(e: int) -> tuple[float, float, Interleaved]:
+        """(fit seconds, bare seconds, the sink with both loops' step times) of one e-epoch fit."""
+        writer = CheckpointWriter()
+        sink = Interleaved(bare_steps(model_name, images, labels, size, batch), writer)
+        wall = fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), torch.device("cpu"), tmp,
+                           progress=sink, writer=writer)
+        return wall - sum(sink.bare_steps), sum(sink.bare_steps), sink
+
+    interleaved(1)  # warm-up
+    runs = [interleaved(epochs) for _ in range(repeats)]
     shutil.rmtree(tmp, ignore_errors=True)
-    return _row("train_epoch", seen / our_t, seen / ref_t, model=model_name, input_size=size, batch=batch,
-                images_per_epoch=(n // batch) * batch, epochs=epochs, pairs=pairs,
+    seen = epochs * (n // batch) * batch
+    our_t, ref_t = sum(r[0] for r in runs), sum(r[1] for r in runs)
+    fit_steps = [t for r in runs for t in r[2].fit_steps]
+    ref_steps = [t for r in runs for t in r[2].bare_steps]
+    return _row("train_epoch", repeats * seen / our_t, repeats * seen / ref_t, model=model_name, input_size=size,
+                batch=batch, images_per_epoch=(n // batch) * batch, epochs=epochs, repeats=repeats,
                 reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint",
-                all_pairs=[{"ours_per_s": seen / o, "reference_per_s": seen / r} for r, o in times],
-                # the same comparison step by step: medians shrug off the VM's bursts, and what fit does
-                # outside its steps (start, epoch ends, the wait for the last checkpoint) is shown apart
-                step_ms_median={"ours": 1e3 * float(np.median(fit_steps)), "reference": 1e3 * float(np.median(bare_steps))},
-                ours_outside_steps_s=fit_outside)
+                method="one bare step after each fit step; totals over all repeats",
+                all_repeats=[{"ours_per_s": seen / o, "reference_per_s": seen / r} for o, r, _ in runs],
+                step_ms_median={"ours": 1e3 * float(np.median(fit_steps)), "reference": 1e3 * float(np.median(ref_steps))},
+                # fit's time outside its steps: start-up, epoch ends, the wait for the last checkpoint
+                ours_outside_steps_s=[o - sum(r.fit_steps) for o, _, r in runs])
 
 
 def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch: int = 64,

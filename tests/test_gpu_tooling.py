@@ -139,12 +139,37 @@ def test_bench_eval_rows_share_our_windows_and_report_the_best_of_each():
     assert [w["ours_per_s"] for w in crop["all_windows"]] == [w["ours_per_s"] for w in bare["all_windows"]]
 
 
-def test_bench_train_row_keeps_every_pair_and_reports_the_fastest_of_each():
+def test_bench_train_row_interleaves_the_loops_step_by_step_and_pools_the_repeats():
     from ferbench.bench import bench_train
 
-    row = bench_train(size=16, batch=8, n=16, epochs=1, pairs=3)
-    assert row["name"] == "train_epoch" and len(row["all_pairs"]) == 3 and row["images_per_epoch"] == 16
-    assert row["ours_per_s"] == pytest.approx(max(p["ours_per_s"] for p in row["all_pairs"]))
-    assert row["reference_per_s"] == pytest.approx(max(p["reference_per_s"] for p in row["all_pairs"]))
+    row = bench_train(size=16, batch=8, n=16, epochs=2, repeats=3)
+    assert row["name"] == "train_epoch" and len(row["all_repeats"]) == 3 and row["images_per_epoch"] == 16
+    # pooled: the row's rates are the harmonic means of the repeats' (same images in each)
+    for side in ("ours_per_s", "reference_per_s"):
+        hmean = 3 / sum(1 / r[side] for r in row["all_repeats"])
+        assert row[side] == pytest.approx(hmean)
     assert row["step_ms_median"]["ours"] > 0 and row["step_ms_median"]["reference"] > 0
     assert len(row["ours_outside_steps_s"]) == 3 and all(t >= 0 for t in row["ours_outside_steps_s"])
+
+
+def test_interleaved_sink_runs_one_bare_step_per_fit_step_after_the_checkpoint_write():
+    from ferbench.bench import Interleaved
+    from ferbench.engine.train import CheckpointWriter
+
+    events: list[str] = []
+
+    class Writer(CheckpointWriter):
+        def close(self) -> None:
+            events.append("wait")
+
+    def bare():
+        while True:
+            events.append("bare")
+            yield
+
+    sink = Interleaved(bare(), Writer())
+    sink.start_epoch(0, 1, 2)
+    sink.advance()
+    sink.advance()
+    assert events == ["wait", "bare", "wait", "bare"]
+    assert len(sink.fit_steps) == len(sink.bare_steps) == 2
