@@ -153,6 +153,8 @@ def test_bench_train_row_interleaves_the_loops_step_by_step_and_pools_the_repeat
 
 
 def test_interleaved_sink_runs_one_bare_step_per_fit_step_after_the_checkpoint_write():
+    import time
+
     from ferbench.bench import Interleaved
     from ferbench.engine.train import CheckpointWriter
 
@@ -161,15 +163,38 @@ def test_interleaved_sink_runs_one_bare_step_per_fit_step_after_the_checkpoint_w
     class Writer(CheckpointWriter):
         def close(self) -> None:
             events.append("wait")
+            time.sleep(0.05)  # a write in flight: fit's time, not the bare loop's
 
     def bare():
         while True:
             events.append("bare")
+            time.sleep(0.5)
             yield
 
     sink = Interleaved(bare(), Writer())
     sink.start_epoch(0, 1, 2)
-    sink.advance()
-    sink.advance()
+    for _ in range(2):
+        time.sleep(0.1)  # fit's step
+        sink.advance()
     assert events == ["wait", "bare", "wait", "bare"]
     assert len(sink.fit_steps) == len(sink.bare_steps) == 2
+    assert all(0.15 <= t < 0.45 for t in sink.fit_steps)  # step + wait, no bare step in it
+    assert all(t >= 0.5 for t in sink.bare_steps)
+
+
+def test_bench_train_charges_a_cost_added_to_fits_steps_to_fit_alone(monkeypatch):
+    import time
+
+    import ferbench.engine.train as train
+    from ferbench.bench import bench_train
+
+    real = train.augment_batch
+
+    def slow_augment(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "augment_batch", slow_augment)
+    row = bench_train(size=16, batch=8, n=32, epochs=1, repeats=1)
+    # a tiny model's step swings by tens of ms here; the added 400 ms stands out on fit's side only
+    assert row["step_ms_median"]["ours"] - row["step_ms_median"]["reference"] >= 300
