@@ -74,6 +74,11 @@ def test_bench_gpu_times_several_epochs_per_fit():
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.output)
     assert row["epochs"] == 2 and row["images_per_epoch"] == 8
+    # fit's time split: its two epochs (as fit timed them) and the rest, which is start-up and checkpoints
+    assert row["ours_in_epochs_per_s"] >= row["ours_per_s"] and row["ours_outside_epochs_s"] > 0
+    in_epochs = 2 * 8 / row["ours_in_epochs_per_s"]
+    assert in_epochs + row["ours_outside_epochs_s"] == pytest.approx(2 * 8 / row["ours_per_s"])
+    assert row["in_epochs_ratio"] == pytest.approx(row["ours_in_epochs_per_s"] / row["reference_per_s"])
 
 
 def test_bench_profile_finds_no_per_step_host_syncs():

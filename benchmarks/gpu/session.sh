@@ -68,6 +68,7 @@ summarise_bench() {
 import json, sys
 for r in json.load(open(sys.argv[1])):
     print(f"{r['model']:14s} ours {r['ours_per_s']:8.1f} img/s  bare {r['reference_per_s']:8.1f}  ratio {r['ratio']:.3f}  "
+          f"(in epochs {r['in_epochs_ratio']:.3f}, {r['ours_outside_epochs_s']:.2f} s outside)  "
           f"{r['train_tflops']:.1f} TFLOP/s = {r['fraction_of_measured_peak']:.1%} of measured {r['matmul_peak_tflops']:.0f}")
 EOF
 }
