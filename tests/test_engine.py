@@ -182,3 +182,28 @@ def test_optimizer_implementation_is_fused_on_cuda_only():
     assert implementation("cuda") == "fused" and implementation("cpu") == "default"
     opt = build_optimizer(torch.nn.Linear(3, 2), TrainConfig(optimizer="adamw"))
     assert not opt.param_groups[0].get("fused")  # CPU: torch's default, as CPU runs have always used
+
+
+def test_sampled_loss_trains_on_labels_drawn_from_the_targets(tmp_path):
+    """FER+ "probability": each step draws a one-hot label from the vote distribution, not the majority label."""
+    import numpy as np
+    import torch
+
+    from ferbench.data import FerDataset, Split
+    from ferbench.engine.evaluate import predict
+    from ferbench.engine.train import fit
+    from ferbench.models import create_model
+    from ferbench.spec import EvalConfig, TrainConfig
+
+    rng = np.random.default_rng(0)
+    n = 64
+    images = rng.integers(0, 256, (n, 16, 16), dtype=np.uint8)
+    labels = np.zeros(n, dtype=np.int64)  # the majority labels say class 0 ...
+    targets = np.zeros((n, 7), dtype=np.float32)
+    targets[:, 2], targets[:, 5] = 0.5, 0.5  # ... the votes say classes 2 and 5, half each
+    ds = FerDataset("votes", [str(i) for i in range(7)], {"train": Split(images, labels, targets=targets)})
+    cfg = TrainConfig(epochs=3, batch_size=16, input_size=16, optimizer="sgd", lr=0.05, loss="sampled")
+    torch.manual_seed(0)
+    res = fit(create_model("resnet18", 7, 16), ds, cfg, EvalConfig(splits=["test"]), 0, torch.device("cpu"), tmp_path)
+    probs = torch.softmax(torch.from_numpy(predict(res.model, images, cfg, torch.device("cpu"))), 1).mean(0)
+    assert probs[2] + probs[5] > 0.8 and probs[0] < 0.1

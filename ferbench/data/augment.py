@@ -30,6 +30,14 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`, queued without waiting: to CUDA through pinned memory (from pageable
+    memory the driver may first wait for the stream's queued work, a host sync in every step)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def finish(x: torch.Tensor, in_chans: int, normalize: str) -> torch.Tensor:
     """Normalise and repeat grey to 3 channels when the model wants 3 (explicit, as the papers do)."""
     if normalize == "half":
@@ -91,7 +99,7 @@ def augment_batch(
     are drawn for the whole global batch (same stream on every rank) and sliced, so the result equals
     the single-process one. With out_chans=3 the grey image is repeated (channels-last on the CPU).
     """
-    theta = random_affine(n_total or x.shape[0], cfg, gen)[part].to(x.device, non_blocking=True)
+    theta = to_device(random_affine(n_total or x.shape[0], cfg, gen)[part], x.device)
     # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
     # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
     warp = min(out_size, max(x.shape[-2:]))

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ferbench.data import FerDataset
-from ferbench.data.augment import augment_batch, finish, to_unit
+from ferbench.data.augment import augment_batch, finish, to_device, to_unit
 from ferbench.engine import dist
 from ferbench.engine.evaluate import autocast_ctx, predict
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
@@ -220,6 +220,7 @@ def fit(
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     targets = torch.from_numpy(train.targets).to(device) if train.targets is not None else None
+    host_targets = torch.from_numpy(train.targets) if cfg.loss == "sampled" else None  # drawn from on the host
     n = len(train)
     batch = min(cfg.batch_size, n)
     if batch % world:
@@ -270,7 +271,8 @@ def fit(
                 break
             t0 = time.perf_counter()
             model.train()
-            order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0)).to(device)
+            host_order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0))
+            order = to_device(host_order, device)
             aug_gen = epoch_generator(seed, epoch, 1)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -283,7 +285,8 @@ def fit(
                 x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
                 y = labels[idx]
                 if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
-                    y = torch.multinomial(targets[glob].float().cpu(), 1, generator=aug_gen).squeeze(1)[mine].to(device)
+                    drawn = torch.multinomial(host_targets[host_order[i * batch : (i + 1) * batch]].float(), 1, generator=aug_gen)
+                    y = to_device(drawn.squeeze(1)[mine], device)
                 with autocast_ctx(device, cfg.amp):
                     logits = model(x)
                     target = targets[idx] if targets is not None else None
