@@ -207,29 +207,29 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels)})
     tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
 
-    def interleaved(e: int) -> tuple[float, float, Interleaved]:
-        """(fit seconds, bare seconds, the sink with both loops' step times) of one e-epoch fit."""
+    def interleaved(e: int) -> tuple[float, Interleaved]:
+        """(fit's seconds, the sink with both loops' step times) of one e-epoch fit."""
         writer = CheckpointWriter()
         sink = Interleaved(bare_steps(model_name, images, labels, size, batch), writer)
         wall = fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), torch.device("cpu"), tmp,
                            progress=sink, writer=writer)
-        return wall - sum(sink.bare_steps), sum(sink.bare_steps), sink
+        return wall - sum(sink.bare_steps), sink
 
     interleaved(1)  # warm-up
     runs = [interleaved(epochs) for _ in range(repeats)]
     shutil.rmtree(tmp, ignore_errors=True)
     seen = epochs * (n // batch) * batch
-    our_t, ref_t = sum(r[0] for r in runs), sum(r[1] for r in runs)
-    fit_steps = [t for r in runs for t in r[2].fit_steps]
-    ref_steps = [t for r in runs for t in r[2].bare_steps]
+    fit_steps = [t for _, sink in runs for t in sink.fit_steps]
+    ref_steps = [t for _, sink in runs for t in sink.bare_steps]
+    our_t, ref_t = sum(o for o, _ in runs), sum(ref_steps)
     return _row("train_epoch", repeats * seen / our_t, repeats * seen / ref_t, model=model_name, input_size=size,
                 batch=batch, images_per_epoch=(n // batch) * batch, epochs=epochs, repeats=repeats,
                 reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint",
                 method="one bare step after each fit step; totals over all repeats",
-                all_repeats=[{"ours_per_s": seen / o, "reference_per_s": seen / r} for o, r, _ in runs],
+                all_repeats=[{"ours_per_s": seen / o, "reference_per_s": seen / sum(sink.bare_steps)} for o, sink in runs],
                 step_ms_median={"ours": 1e3 * float(np.median(fit_steps)), "reference": 1e3 * float(np.median(ref_steps))},
                 # fit's time outside its steps: start-up, epoch ends, the wait for the last checkpoint
-                ours_outside_steps_s=[o - sum(r.fit_steps) for o, _, r in runs])
+                ours_outside_steps_s=[o - sum(sink.fit_steps) for o, sink in runs])
 
 
 def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch: int = 64,
