@@ -79,6 +79,55 @@ def test_bench_gpu_times_several_epochs_per_fit():
     in_epochs = 2 * 8 / row["ours_in_epochs_per_s"]
     assert in_epochs + row["ours_outside_epochs_s"] == pytest.approx(2 * 8 / row["ours_per_s"])
     assert row["in_epochs_ratio"] == pytest.approx(row["ours_in_epochs_per_s"] / row["reference_per_s"])
+    # the bare loop ran one epoch after each of fit's: the reference rate is over exactly those
+    assert row["method"].startswith("one bare epoch after each") and len(row["all_epochs"]) == 2
+    assert sum(e["ours_s"] for e in row["all_epochs"]) == pytest.approx(in_epochs)
+    assert 2 * 8 / sum(e["reference_s"] for e in row["all_epochs"]) == pytest.approx(row["reference_per_s"])
+
+
+def test_epoch_interleaved_sink_runs_a_bare_epoch_after_each_fit_epoch_and_the_checkpoint_write():
+    import time
+
+    from ferbench.bench_gpu import EpochInterleaved
+    from ferbench.engine.train import CheckpointWriter
+
+    events: list[str] = []
+
+    class Writer(CheckpointWriter):
+        def close(self) -> None:
+            events.append("wait")
+
+    def bare_epoch() -> float:
+        events.append("bare")
+        return 0.25
+
+    sink = EpochInterleaved(bare_epoch, Writer())
+    for epoch in range(2):
+        sink.start_epoch(epoch, 2, 3)
+        for _ in range(3):
+            sink.advance()
+        sink.end_epoch({"epoch": epoch + 1, "seconds": 1.0})
+    assert events == ["wait", "bare", "wait", "bare"]
+    assert sink.bare_epochs == [0.25, 0.25] and [r["epoch"] for r in sink.rows] == [1, 2]
+
+
+def test_bench_gpu_takes_the_bare_epochs_out_of_fits_time(monkeypatch):
+    """Bare epochs made 1.5 s slower run inside fit's wall time; none of it may count as fit's."""
+    import time
+
+    from ferbench.bench_gpu import _Pair, bench_model
+
+    real = _Pair.bare_seconds
+
+    def slow_bare(self, epochs, around=None):
+        time.sleep(1.5)
+        return real(self, epochs) + 1.5
+
+    monkeypatch.setattr(_Pair, "bare_seconds", slow_bare)
+    row = bench_model("resnet18", "resface-paper", torch.device("cpu"), size=32, batch=4, n_images=8, epochs=2)
+    assert all(e["reference_s"] >= 1.5 for e in row["all_epochs"])
+    assert row["ours_outside_epochs_s"] < 1.0  # start-up and checkpoints only: no bare epoch in it
+    assert row["ratio"] > 1  # a tiny model's 2-step epochs take well under the added 1.5 s
 
 
 def test_bench_profile_finds_no_per_step_host_syncs():

@@ -11,8 +11,9 @@
 #
 # STAGES picks and orders what runs (default "bench table6 compile"; also "profile": `ferbench bench
 # profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
-# BENCH_ROUNDS=n repeats the bench stage (rounds 2.. go to bench_gpu_round<k>.json): rows swing ~5 %
-# between rounds on one machine. Only "table6" needs the datasets; they are unpacked for it.
+# BENCH_ROUNDS=n repeats the bench stage (rounds 2.. go to bench_gpu_round<k>.json): rows swung 5-10 %
+# between rounds on one machine before the loops alternated epoch by epoch. Only "table6" needs the
+# datasets; they are unpacked for it.
 # FIXED_EPOCHS=1 keeps the gpu profile's own epochs instead of fitting them to the time left, and a
 # carried .gpuruns/runs.tar.gz (records of an earlier session) is unpacked first, so its finished jobs
 # are skipped and only new ones run.
@@ -70,6 +71,7 @@ for r in json.load(open(sys.argv[1])):
     print(f"{r['model']:14s} ours {r['ours_per_s']:8.1f} img/s  bare {r['reference_per_s']:8.1f}  ratio {r['ratio']:.3f}  "
           f"(in epochs {r['in_epochs_ratio']:.3f}, {r['ours_outside_epochs_s']:.2f} s outside)  "
           f"{r['train_tflops']:.1f} TFLOP/s = {r['fraction_of_measured_peak']:.1%} of measured {r['matmul_peak_tflops']:.0f}")
+    print(" " * 15 + "epoch by epoch, bare s / fit s: " + ", ".join(f"{e['reference_s'] / e['ours_s']:.3f}" for e in r["all_epochs"]))
 EOF
 }
 
