@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from ferbench.runs import discover
@@ -207,3 +208,32 @@ def test_sampled_loss_trains_on_labels_drawn_from_the_targets(tmp_path):
     res = fit(create_model("resnet18", 7, 16), ds, cfg, EvalConfig(splits=["test"]), 0, torch.device("cpu"), tmp_path)
     probs = torch.softmax(torch.from_numpy(predict(res.model, images, cfg, torch.device("cpu"))), 1).mean(0)
     assert probs[2] + probs[5] > 0.8 and probs[0] < 0.1
+
+
+@pytest.mark.parametrize("bad_call, where", [(57, "epoch 1, step 57"), (70, "epoch 2, step 70"), (3, "epoch 1, step 3")])
+def test_divergence_names_the_first_non_finite_step(tmp_path, monkeypatch, bad_call, where):
+    """65 steps an epoch: the check after step 50 and the one at the epoch end each see only their own steps."""
+    import numpy as np
+    import torch
+
+    import ferbench.engine.train as train
+    from ferbench.data import FerDataset, Split
+    from ferbench.errors import JobFailed
+    from ferbench.models import create_model
+    from ferbench.spec import EvalConfig, TrainConfig
+
+    calls = {"n": 0}
+    real = train.compute_loss
+
+    def loss_going_bad(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] >= bad_call else loss  # and stays bad, as a diverged run does
+
+    monkeypatch.setattr(train, "compute_loss", loss_going_bad)
+    rng = np.random.default_rng(0)
+    ds = FerDataset("t", [str(i) for i in range(7)],
+                    {"train": Split(rng.integers(0, 256, (130, 8, 8), dtype=np.uint8), rng.integers(0, 7, 130))})
+    cfg = TrainConfig(epochs=2, batch_size=2, input_size=8, optimizer="sgd", lr=0.01)
+    with pytest.raises(JobFailed, match=f"non-finite loss at {where}$"):
+        train.fit(create_model("resnet18", 7, 8), ds, cfg, EvalConfig(splits=["test"]), 0, torch.device("cpu"), tmp_path)

@@ -3,8 +3,9 @@
 Exact resume: the data order and the augmentation stream of epoch e come from generators seeded by
 (seed, e), and the global RNG state is saved with every end-of-epoch checkpoint, so a run killed at
 any moment and restarted repeats the interrupted epoch bit for bit (on the CPU).
-No per-step host syncs: loss and accuracy are summed on the device and read once per epoch; the
-divergence check reads one flag every `CHECK_EVERY` steps.
+No per-step host syncs: each step's loss and correct count go into per-epoch buffers on the device
+(one copy and one sum a step, few kernel launches for a GPU's host to issue), summed and read once
+per epoch; the divergence check reads one flag for the last `CHECK_EVERY` steps' losses.
 """
 
 from __future__ import annotations
@@ -226,6 +227,7 @@ def fit(
     if batch % world:
         raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
     mine = slice(rank, None, world)  # this rank's rows of each global batch
+    rows = len(range(batch)[mine])
     steps_per_epoch = n // batch
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
@@ -274,9 +276,8 @@ def fit(
             host_order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0))
             order = to_device(host_order, device)
             aug_gen = epoch_generator(seed, epoch, 1)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            bad_step = torch.full((), -1, device=device, dtype=torch.long)
+            step_loss = torch.empty(steps_per_epoch, device=device)  # each step's mean loss
+            step_correct = torch.empty(steps_per_epoch, device=device, dtype=torch.long)
             progress.start_epoch(epoch, cfg.epochs, steps_per_epoch)
             for i in range(steps_per_epoch):
                 glob = order[i * batch : (i + 1) * batch]
@@ -306,19 +307,21 @@ def fit(
                 step += 1
                 if ema is not None:
                     ema.update(core, step)
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
-                loss_sum += loss.detach().float() * y.shape[0]
-                correct += (logits.detach().argmax(1) == y).sum()
+                step_loss[i] = loss.detach()
+                torch.sum(logits.detach().argmax(1) == y, dim=0, out=step_correct[i])
                 progress.advance()
                 if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
-                    first_bad = int(dist.all_reduce(bad_step.clone(), "max"))  # one sync every CHECK_EVERY steps
+                    lo = i // CHECK_EVERY * CHECK_EVERY  # the steps since the last check
+                    bad = ~torch.isfinite(step_loss[lo : i + 1])
+                    first = torch.where(bad.any(), bad.int().argmax() + (step - i + lo), -1)  # its global step
+                    first_bad = int(dist.all_reduce(first, "max"))  # one sync every CHECK_EVERY steps
                     if first_bad >= 0:
                         raise JobFailed(f"non-finite loss at epoch {epoch + 1}, step {first_bad}")
                 if stop_after_steps is not None and step >= stop_after_steps:
                     raise KeyboardInterrupt  # test hook: simulate a kill mid-epoch
             seen = steps_per_epoch * batch
-            dist.all_reduce(loss_sum)
-            dist.all_reduce(correct)
+            loss_sum = dist.all_reduce(step_loss.sum() * rows)
+            correct = dist.all_reduce(step_correct.sum())
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
                 "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
