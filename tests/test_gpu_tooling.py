@@ -86,8 +86,6 @@ def test_bench_gpu_times_several_epochs_per_fit():
 
 
 def test_epoch_interleaved_sink_runs_a_bare_epoch_after_each_fit_epoch_and_the_checkpoint_write():
-    import time
-
     from ferbench.bench_gpu import EpochInterleaved
     from ferbench.engine.train import CheckpointWriter
 

@@ -227,7 +227,7 @@ def fit(
     if batch % world:
         raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
     mine = slice(rank, None, world)  # this rank's rows of each global batch
-    rows = len(range(batch)[mine])
+    rows_per_step = len(range(batch)[mine])
     steps_per_epoch = n // batch
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
@@ -320,7 +320,7 @@ def fit(
                 if stop_after_steps is not None and step >= stop_after_steps:
                     raise KeyboardInterrupt  # test hook: simulate a kill mid-epoch
             seen = steps_per_epoch * batch
-            loss_sum = dist.all_reduce(step_loss.sum() * rows)
+            loss_sum = dist.all_reduce(step_loss.sum() * rows_per_step)
             correct = dist.all_reduce(step_correct.sum())
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
