@@ -1,3 +1,34 @@
-"""ferbench: a reproducibility benchmark harness for facial-emotion-recognition papers."""
+"""ferbench: a reproducibility benchmark harness for facial-emotion-recognition papers.
+
+Architecture: one direction, spec -> jobs -> run records -> reports; each step has one owner.
+
+    spec.yaml --spec.load_spec--> Spec --spec.expand--> [Job]           (validated; a job id hashes its content)
+    [Job] --runner.prepare--> datasets loaded once, every job checked   (nothing written before this passes)
+    [Job] --launch.run_local / run_workers / run_submitit--> runner.run_job
+    run_job: claim -> build (models/) -> fit (engine/train) -> evaluate (engine/evaluate) -> record
+             = runs/<spec>/<job-id>/ {job.yaml, manifest.json, history.csv, metrics.json, predictions.npz, checkpoint.pt}
+    runs/ --records.discover--> [RunRecord] --report/--> reports/<spec>/index.html, report.md
+                                            --report.compare--> paired statistics of two families
+
+| module | owns |
+| --- | --- |
+| `api` | the Python API the CLI calls: `plan_spec`, `run_spec`, `report_spec`, `compare`, `list_models`, `data_info` |
+| `cli` | Typer commands: parse -> api -> print, exit codes |
+| `spec` | spec schema, profiles, `--set` overrides, recipes, expansion into `Job`s, job ids and condition hashes |
+| `data/` | one module per dataset, the prepared-array cache, batched augmentation (arrays in, never files out) |
+| `models/` | the registry and one module per family (its variants, options and checkpoint filter) |
+| `engine/` | `train` (the loop), `losses`, `checkpoint` (state, background writer, resume), `evaluate` (TTA), `optim`, `dist`, `weights` |
+| `runner` | `run_job` and its phases, `prepare`, the manifest |
+| `launch` | where jobs run (in-process, worker processes, submitit) and the one dependency rule they share |
+| `records` | the run-record format: atomic writes, locks, status, discovery |
+| `metrics` | every statistic computed from saved predictions (the one bootstrap lives here) |
+| `cost` | params, GMACs, latency of a model |
+| `estimate` | a job's time on a device from a short probe (`ferbench plan`) |
+| `machine` | the device choice and the environment recorded in each manifest |
+| `report/` | tables, figures, rendering, compare; reads records only, never imports `engine` |
+| `bench/` | the harness's own cost against reference pipelines (`ferbench bench`) |
+| `claims` | the papers' published size figures |
+| `hostmem` | the host allocator policy every process applies first |
+"""
 
 __version__ = "0.1.0"

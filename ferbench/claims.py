@@ -36,11 +36,11 @@ def size_claim(arch: str) -> dict[str, Any] | None:
 
 
 def claims_table() -> list[dict[str, Any]]:
-    from ferbench.profile import profile_model
+    from ferbench.cost import model_cost
 
     rows = []
     for name, opts, k, size, p_claim, g_claim, source in SIZE_CLAIMS:
-        m = profile_model(name, size, k, latency=False, **opts)
+        m = model_cost(name, size, k, latency=False, **opts)
         p = m["params"] / 1e6
         rows.append({
             "model": name, "input_size": size, "num_classes": k, "params_m": p, "claimed_params_m": p_claim,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,15 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets: counts per 
 app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
+
+# the options `plan` and `run` share
+SpecArg = Annotated[Path, typer.Argument(help="benchmark spec (YAML)")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="shrink the spec, e.g. smoke or cpu")]
+SetOpt = Annotated[list[str], typer.Option("--set", "-s", help="override a spec value: key=value (repeatable)")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="where run records go")]
+DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="folder holding the datasets (else FERBENCH_DATA)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
+EstimateOpt = Annotated[bool, typer.Option("--estimate/--no-estimate", help="time a short probe of each model first")]
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -57,14 +66,113 @@ class RichEpochs:
         self.bar.remove_task(self.batches)
 
 
+def _overrides(set_: list[str], **launcher: Any) -> list[tuple[str, Any]]:
+    """`--set key=value` items, then the launcher flags as `launcher.<field>` overrides."""
+    from ferbench.spec import parse_set
+
+    return parse_set(set_) + [(f"launcher.{k}", v) for k, v in launcher.items() if v is not None]
+
+
+def _plan_table(plan: Any) -> Table:
+    from ferbench.estimate import format_seconds
+
+    t = Table(title=f"{plan.spec.name}: {len(plan.jobs)} jobs on {plan.device}")
+    for col in ("job id", "model", "dataset", "seed", "status", "estimated time left"):
+        t.add_column(col)
+    for p in plan.jobs:
+        status = f"resume after epoch {p.epochs_done}" if p.status == "resume" else p.status
+        est = "-" if p.estimate_s is None else format_seconds(p.estimate_s)
+        t.add_row(p.job.id, p.job.model.id, p.job.dataset.id, str(p.job.seed), status, est)
+    return t
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    return {"spec": plan.spec.name, "profile": plan.profile, "device": str(plan.device), "estimate_s": plan.estimate_s,
+            "jobs": [{"id": p.job.id, "model": p.job.model.id, "dataset": p.job.dataset.id, "seed": p.job.seed,
+                      "depends_on": p.job.depends_on, "status": p.status, "epochs_done": p.epochs_done,
+                      "estimate_s": p.estimate_s} for p in plan.jobs]}
+
+
+@app.command()
+def plan(
+    spec: SpecArg,
+    profile: ProfileOpt = None,
+    set_: SetOpt = [],
+    runs_dir: RunsDirOpt = Path("runs"),
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    estimate: EstimateOpt = True,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A dry run: SPEC's jobs, their ids, which are finished, and each one's estimated time on DEVICE."""
+    from ferbench import api
+
+    try:
+        p = api.plan_spec(spec, profile, _overrides(set_), runs_dir, data_root, device, estimate)
+    except FerbenchError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(_plan_json(p), indent=2))
+        return
+    console.print(_plan_table(p))
+    if p.estimate_s is not None:
+        from ferbench.estimate import format_seconds
+
+        console.print(f"left to run: {format_seconds(p.estimate_s)} on {p.device} (a probe of a few images per model; "
+                      "rough)", highlight=False)
+    if p.warning():
+        err.print(f"[bold yellow]warning:[/] {p.warning()}", highlight=False)
+
+
+class RichRun:
+    """The run command's hooks: a header, progress bars per job, a line per finished job."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=console, transient=True)
+        self.current: RichEpochs | None = None
+        self.started = False
+
+    def start(self, plan: Any, launcher: str) -> None:
+        import torch
+
+        from ferbench.estimate import format_seconds
+
+        est = "" if plan.estimate_s is None else f", estimated {format_seconds(plan.estimate_s)}"
+        console.print(f"[bold]{plan.spec.name}[/]: {len(plan.jobs)} jobs on {plan.device} ({torch.get_num_threads()} "
+                      f"threads, {launcher}{est}) -> {plan.runs_dir / plan.spec.name}", highlight=False)
+        if plan.warning():
+            err.print(f"[bold yellow]warning:[/] {plan.warning()}", highlight=False)
+        self.started = True
+        self.bar.start()
+
+    def progress_for(self, job: Any) -> RichEpochs:
+        if self.current is not None:
+            self.current.close()
+        self.current = RichEpochs(self.bar, f"{job.model.id}/{job.dataset.id}/s{job.seed}")
+        return self.current
+
+    def outcome(self, o: Any) -> None:
+        acc = "" if o.test_acc is None else f" test acc {o.test_acc:.4f}"
+        why = f" ({o.reason})" if o.reason else ""
+        self.bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False)
+
+    def done(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+        self.bar.stop()
+
+
 @app.command()
 def run(
-    spec: Path = typer.Argument(..., help="benchmark spec (YAML)"),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="shrink the spec, e.g. smoke or cpu"),
-    set_: list[str] = typer.Option([], "--set", "-s", help="override a spec value: key=value (repeatable)"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run records go"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets (else FERBENCH_DATA)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    spec: SpecArg,
+    profile: ProfileOpt = None,
+    set_: SetOpt = [],
+    runs_dir: RunsDirOpt = Path("runs"),
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    estimate: EstimateOpt = True,
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default) or submitit; else the spec's launcher block"),
     workers: Optional[int] = typer.Option(None, "--workers", help="local launcher: jobs in N separate processes"),
@@ -77,69 +185,18 @@ def run(
 ) -> None:
     """Train and evaluate every (model x dataset x seed) job of SPEC; finished jobs are skipped,
     interrupted ones resume from their last checkpoint."""
-    from ferbench.runner import check_writable, pick_device, prepare, run_jobs, write_spec_snapshot
-    from ferbench.spec import expand, load_spec, parse_set
+    from ferbench import api
 
-    overrides = [("launcher." + k, v) for k, v in (("name", launcher), ("workers", workers), ("executor", executor),
-                  ("partition", partition), ("gpus_per_node", gpus), ("cpus_per_task", cpus), ("mem_gb", mem_gb),
-                  ("timeout_min", time_min)) if v is not None]
-    from ferbench.engine import dist
-
+    hooks = RichRun()
     try:
-        s = load_spec(spec, profile, parse_set(set_) + overrides)
-        jobs = expand(s, profile)
-        check_writable(runs_dir)
-        datasets = prepare(jobs, data_root)
-        ddp = dist.init_from_env()
-        dev = dist.local_device() if ddp and device == "auto" else pick_device(device)
-        if ddp and (s.launcher.name != "local" or s.launcher.workers > 1):
-            raise FerbenchError("under torchrun each job runs data-parallel in-process: drop --launcher/--workers")
+        overrides = _overrides(set_, name=launcher, workers=workers, executor=executor, partition=partition,
+                               gpus_per_node=gpus, cpus_per_task=cpus, mem_gb=mem_gb, timeout_min=time_min)
+        outcomes = api.run_spec(spec, profile, overrides, runs_dir, data_root, device, threads, hooks, estimate)
     except FerbenchError as e:
         _fail(str(e))
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
-        run_jobs(jobs, runs_dir, datasets, dev)
+    if not hooks.started:  # a data-parallel rank > 0: rank 0 reports
         return
-    write_spec_snapshot(s, runs_dir)
-    procs = f", {dist.world()[1]} data-parallel processes" if ddp else ""
-    console.print(f"[bold]{s.name}[/]: {len(jobs)} jobs on {dev} ({torch.get_num_threads()} threads{procs}) -> {runs_dir / s.name}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
-        current: list[RichEpochs] = []
-
-        def progress_for(job):
-            if current:
-                current.pop().close()
-            current.append(RichEpochs(bar, f"{job.model.id}/{job.dataset.id}/s{job.seed}"))
-            return current[-1]
-
-        def on_outcome(o) -> None:
-            acc = "" if o.test_acc is None else f" test acc {o.test_acc:.4f}"
-            why = f" ({o.reason})" if o.reason else ""
-            bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False)
-
-        try:
-            lc = s.launcher
-            if lc.name == "submitit":
-                from ferbench.launch import run_submitit
-
-                console.print(f"submitting to submitit ({lc.executor} executor), records under {runs_dir}")
-                outcomes = run_submitit(jobs, runs_dir, data_root, str(dev), lc, threads, on_outcome)
-            elif lc.workers > 1:
-                from ferbench.launch import run_workers
-
-                console.print(f"running jobs in {lc.workers} worker processes")
-                outcomes = run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, on_outcome)
-            else:
-                outcomes = run_jobs(jobs, runs_dir, datasets, dev, progress_for, on_outcome)
-        except FerbenchError as e:
-            _fail(str(e))
-        if current:
-            current.pop().close()
-    table = Table(title=f"{s.name}: test accuracy (last epoch)")
+    table = Table(title=f"{outcomes[0].job.spec}: test accuracy (last epoch)")
     for col in ("model", "dataset", "seed", "status", "test acc", "seconds"):
         table.add_column(col)
     for o in outcomes:
@@ -157,10 +214,10 @@ def report(
     out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
 ) -> None:
     """Render Markdown and self-contained HTML reports from run records (never trains)."""
-    from ferbench.report import render_reports
+    from ferbench import api
 
     try:
-        written = render_reports(target, runs_dir, out)
+        written = api.report_spec(target, runs_dir, out)
     except FerbenchError as e:
         _fail(str(e))
     for p in written:
@@ -177,15 +234,14 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="also write index.html, report.md and a figure here (linked from OUT/../index.html if present)"),
 ) -> None:
     """Two families side by side: accuracy, cost, exact McNemar, bootstrap CI of the difference."""
-    from ferbench.report.compare import compare as do_compare, write_compare
+    from ferbench import api
 
     try:
-        res = do_compare(a, b, runs_dir, dataset)
+        res, written = api.compare(a, b, runs_dir, dataset, out)
     except FerbenchError as e:
         _fail(str(e))
-    if out is not None:
-        for p in write_compare(res, out):
-            err.print(f"wrote {p}")
+    for p in written:
+        err.print(f"wrote {p}")
     if as_json:
         print(json.dumps(res, indent=2))
         return
@@ -214,8 +270,7 @@ def models(
     claims: bool = typer.Option(False, "--claims", help="measured params/GMACs beside the papers' claims (Markdown)"),
 ) -> None:
     """List every registered model variant with its parameter count (7 classes, 224 input)."""
-    from ferbench.profile import count_params
-    from ferbench.models import create_model, variants
+    from ferbench import api
 
     if claims:
         from ferbench.claims import claims_markdown, claims_table
@@ -223,12 +278,7 @@ def models(
         rows = claims_table()
         print(json.dumps(rows, indent=2) if as_json else claims_markdown(rows))
         return
-
-    rows = []
-    for name, v in sorted(variants().items()):
-        m = create_model(name, 7, 224)
-        rows.append({"name": name, "family": v.family, "params": count_params(m), "paper": v.paper,
-                     "options": list(v.options), "description": v.description})
+    rows = api.list_models()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -241,7 +291,7 @@ def models(
 
 
 @app.command()
-def profile(
+def cost(
     model: str = typer.Argument(..., help="model variant, e.g. emonext-tiny"),
     input_size: int = typer.Option(224, "--input-size"),
     num_classes: int = typer.Option(7, "--num-classes"),
@@ -249,13 +299,13 @@ def profile(
     option: list[str] = typer.Option([], "--option", "-o", help="model option key=value (repeatable)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Params, GMACs, GFLOPs (= 2 x GMACs) and CPU latency at batch 1, eval mode."""
-    from ferbench.profile import profile_model
+    """A model's cost: params, GMACs, GFLOPs (= 2 x GMACs) and CPU latency at batch 1, eval mode."""
+    from ferbench.cost import model_cost
     from ferbench.spec import parse_set
 
     try:
         opts = dict(parse_set(option))
-        res = profile_model(model, input_size, num_classes, in_chans, **opts)
+        res = model_cost(model, input_size, num_classes, in_chans, **opts)
     except FerbenchError as e:
         _fail(str(e))
     if as_json:
@@ -263,6 +313,9 @@ def profile(
         return
     console.print(f"{model} at {input_size}x{input_size}, {num_classes} classes: {res['params'] / 1e6:.2f}M params, "
                   f"{res['gmacs']:.3f} GMACs ({res['gflops']:.3f} GFLOPs), {res['latency_ms']:.1f} ms CPU latency")
+
+
+app.command("profile", hidden=True, help="Old name of `ferbench cost`.")(cost)
 
 
 @app.command()
@@ -282,9 +335,9 @@ def bench(
     if which not in ("data", "train", "eval", "csv", "all", "gpu", "profile"):
         _fail(f"bench {which!r}: expected one of data, train, eval, csv, all, gpu, profile")
     if which == "profile":
-        from ferbench.bench_gpu import DEFAULT_MODELS, parse_models
-        from ferbench.bench_profile import profile_epoch
-        from ferbench.runner import pick_device
+        from ferbench.bench.gpu import DEFAULT_MODELS, parse_models
+        from ferbench.bench.torchprof import profile_epoch
+        from ferbench.machine import pick_device
 
         try:
             rows = [profile_epoch(arch, recipe, pick_device(device), size, batch, images)
@@ -303,8 +356,8 @@ def bench(
                               f"{p['launches_per_step']:.0f} {p['launches_counted']}/step{busy}")
         return
     if which == "gpu":
-        from ferbench.bench_gpu import parse_models, run_gpu_bench
-        from ferbench.runner import pick_device
+        from ferbench.bench.gpu import parse_models, run_gpu_bench
+        from ferbench.machine import pick_device
 
         try:
             rows = run_gpu_bench(pick_device(device), parse_models(model), size, batch, images, compile_, epochs=epochs)
@@ -312,7 +365,7 @@ def bench(
             _fail(str(e))
         where = f"{rows[0]['device']}, batch {batch}, {size}x{size}"
     else:
-        from ferbench.bench import run_bench
+        from ferbench.bench.cpu import run_bench
 
         rows = run_bench(which, data_root)
         where = f"CPU, {rows[0].get('threads', '?')} threads"
@@ -342,24 +395,23 @@ def data_info(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Per split: total and per-class counts (what survives the label protocol)."""
-    from ferbench.data import load_dataset
+    from ferbench import api
     from ferbench.spec import parse_set
 
     try:
         opts = dict(parse_set(option))
         if protocol is not None:
             opts["protocol"] = protocol
-        ds = load_dataset(name, opts, path, data_root)
+        info = api.data_info(name, opts, path, data_root)
     except FerbenchError as e:
         _fail(str(e))
-    info = {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    t = Table(title=f"{ds.name}")
+    t = Table(title=info["name"])
     t.add_column("split")
     t.add_column("total", justify="right")
-    for c in ds.classes:
+    for c in info["classes"]:
         t.add_column(c, justify="right")
     for split, c in info["splits"].items():
         t.add_row(split, f"{c['total']:,}", *[f"{n:,}" for n in c["per_class"].values()])

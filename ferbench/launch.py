@@ -1,12 +1,12 @@
 """Launchers decide where `run_job` executes; they never change what a job computes.
 
-- local (default): in-process, one job after another (`runner.run_jobs`).
-- local with workers > 1: separate processes (spawn), at most `workers` at a time.
+- local (default): in-process, one job after another (`run_local`).
+- local with workers > 1: separate processes (spawn), at most `workers` at a time (`run_workers`).
 - submitit: one SLURM job per ferbench job through submitit's AutoExecutor (or its `local` and
   `debug` executors, which the tests use). Optional extra: `pip install ferbench[cluster]`.
-Dependencies are honoured the same way everywhere: jobs run in waves, a job's wave starts after its
-teacher's finished. Finished jobs are skipped inside `run_job`, so re-running a spec after some
-cluster jobs failed runs only those.
+Every launcher applies the same dependency rule (`Teachers`): a job runs after its teacher, and
+fails without running when its teacher failed. Finished jobs are skipped inside `run_job`, so
+re-running a spec after some cluster jobs failed runs only those.
 """
 
 from __future__ import annotations
@@ -14,9 +14,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ferbench.errors import FerbenchError
-from ferbench.runner import Outcome
+from ferbench.data import FerDataset
+from ferbench.errors import FerbenchError, first_line
+from ferbench.runner import Outcome, dataset_key, run_job
 from ferbench.spec import Job, LauncherConfig
+
+OnOutcome = Callable[[Outcome], None]
+
+
+class Teachers:
+    """The dependency rule every launcher shares: the students of failed teachers fail, unrun."""
+
+    def __init__(self) -> None:
+        self.failed: set[str] = set()
+
+    def blocked(self, job: Job) -> Outcome | None:
+        """The failed outcome of `job` if its teacher failed, else None (run it)."""
+        if job.depends_on in self.failed:
+            self.failed.add(job.id)
+            return Outcome(job, "failed", reason=f"teacher {job.depends_on} failed")
+        return None
+
+    def seen(self, outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            self.failed.add(outcome.job.id)
 
 
 def waves(jobs: list[Job]) -> list[list[Job]]:
@@ -30,11 +51,33 @@ def waves(jobs: list[Job]) -> list[list[Job]]:
     return out
 
 
+def run_local(jobs: list[Job], runs_dir: Path, datasets: dict[str, FerDataset], device: Any,
+              progress_for: Callable[[Job], Any] | None = None, on_outcome: OnOutcome | None = None) -> list[Outcome]:
+    """The in-process launcher: jobs in dependency order; jobs held by another process are
+    revisited at the end with a blocking lock (so both processes finish with complete records)."""
+    outcomes: dict[str, Outcome] = {}
+    deferred: list[Job] = []
+    teachers = Teachers()
+    for blocking, todo in ((False, jobs), (True, deferred)):
+        for job in list(todo):
+            o = teachers.blocked(job) or run_job(job, runs_dir, datasets[dataset_key(job)], device,
+                                                 progress_for(job) if progress_for else None, blocking)
+            if o.status == "locked":
+                deferred.append(job)
+                continue
+            teachers.seen(o)
+            outcomes[job.id] = o
+            if on_outcome:
+                on_outcome(o)
+    return [outcomes[j.id] for j in jobs if j.id in outcomes]
+
+
 def execute_one(job_json: str, runs_dir: str, data_root: str | None, device: str, threads: int | None) -> dict[str, Any]:
     """Run one job in this process (the function a worker or a SLURM job calls)."""
     import torch
 
-    from ferbench.runner import pick_device, prepare, run_job
+    from ferbench.machine import pick_device
+    from ferbench.runner import prepare
 
     if threads:
         torch.set_num_threads(threads)
@@ -49,22 +92,23 @@ def _outcome(job: Job, r: dict[str, Any]) -> Outcome:
 
 
 def run_waves(jobs: list[Job], submit: Callable[[Job], Any], collect: Callable[[Job, Any], Outcome],
-              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Submit each wave, collect its outcomes, and fail the students of failed teachers."""
+              on_outcome: OnOutcome | None = None) -> list[Outcome]:
+    """Submit each wave, then collect its outcomes; a wave starts when the one before it has ended."""
     outcomes: list[Outcome] = []
-    failed: set[str] = set()
+    teachers = Teachers()
     for wave in waves(jobs):
         handles = []
         for j in wave:
-            if j.depends_on in failed:
-                failed.add(j.id)
-                outcomes.append(Outcome(j, "failed", reason=f"teacher {j.depends_on} failed"))
+            o = teachers.blocked(j)
+            if o is not None:
+                outcomes.append(o)
+                if on_outcome:
+                    on_outcome(o)
             else:
                 handles.append((j, submit(j)))
         for j, h in handles:
             o = collect(j, h)
-            if o.status == "failed":
-                failed.add(j.id)
+            teachers.seen(o)
             outcomes.append(o)
             if on_outcome:
                 on_outcome(o)
@@ -72,7 +116,8 @@ def run_waves(jobs: list[Job], submit: Callable[[Job], Any], collect: Callable[[
 
 
 def run_workers(jobs: list[Job], runs_dir: Path, data_root: str | None, device: str, workers: int,
-                threads: int | None, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+                threads: int | None, on_outcome: OnOutcome | None = None) -> list[Outcome]:
+    """Jobs in `workers` spawned processes at a time, wave by wave."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -88,7 +133,8 @@ def run_workers(jobs: list[Job], runs_dir: Path, data_root: str | None, device: 
 
 
 def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device: str, cfg: LauncherConfig,
-                 threads: int | None, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+                 threads: int | None, on_outcome: OnOutcome | None = None) -> list[Outcome]:
+    """One cluster job per ferbench job through submitit, wave by wave."""
     try:
         import submitit
     except ImportError:
@@ -104,8 +150,7 @@ def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device:
         try:
             return _outcome(j, h.result())
         except Exception as e:  # noqa: BLE001  (a cluster job can die in many ways; record and go on)
-            msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-            return Outcome(j, "failed", reason=f"cluster job {h.job_id}: {msg}")
+            return Outcome(j, "failed", reason=f"cluster job {h.job_id}: {first_line(e, 300, last=True)}")
 
     submit = lambda j: ex.submit(execute_one, j.model_dump_json(), str(runs_dir), data_root, device, threads)  # noqa: E731
     return run_waves(jobs, submit, collect, on_outcome)

@@ -6,7 +6,7 @@ Conventions: `y_true` and `y_pred` are int arrays of class indices in [0, K); `l
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -77,21 +77,25 @@ def expected_calibration_error(logits: np.ndarray, y_true: np.ndarray, bins: int
     return float(ece)
 
 
-def bootstrap_ci(
-    stat: Callable[[np.ndarray], float], n: int, reps: int = 1000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of stat(indices) over n paired samples, resampled with replacement."""
+def bootstrap_mean_ci(values: np.ndarray, reps: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of a mean over test images: the one resampling every CI here uses.
+
+    `values` is (N,) or (S, N): one row per seed (or per run), one column per test image, e.g. 0/1
+    correctness or a paired difference of correctness. Each of `reps` replicates draws N image indices
+    with replacement (a numpy Generator seeded with `seed`), takes each row's mean over the drawn
+    images and averages the rows, so an image's values across seeds stay together. The CI is the
+    (alpha/2, 1 - alpha/2) quantiles of the replicates (numpy's linear interpolation).
+    """
+    v = np.atleast_2d(np.asarray(values))
     rng = np.random.default_rng(seed)
-    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)])
-    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+    idx = rng.integers(0, v.shape[1], (reps, v.shape[1]))
+    means = v[:, idx].mean(2).mean(0)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
 def accuracy_ci(y_true: np.ndarray, y_pred: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap 95 % CI of the accuracy over test samples."""
-    hit = (np.asarray(y_true) == np.asarray(y_pred)).astype(float)
-    rng = np.random.default_rng(seed)
-    means = hit[rng.integers(0, hit.size, (reps, hit.size))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    """Bootstrap 95 % CI of the accuracy, resampling test samples (`bootstrap_mean_ci`)."""
+    return bootstrap_mean_ci((np.asarray(y_true) == np.asarray(y_pred)).astype(float), reps, seed=seed)
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:

@@ -1,8 +1,15 @@
 """`run_job`: the only place where data, model and engine meet. Launchers decide where it runs.
 
-Flow: `prepare` validates every job (model names and options, dataset options, data files) and
-loads each dataset once, before anything is written; then each job takes its folder's lock, skips
-itself if complete, resumes from its checkpoint if one exists, and writes its run record.
+`prepare` validates every job (model names and options, dataset options, data files) and loads each
+dataset once, before anything is written. Then `run_job` goes through named phases:
+
+1. claim: take the job folder's lock; a finished job is skipped, a held one reported as locked;
+2. build: the seeded model, its pretrained weights, the frozen teacher;
+3. fit: train, resuming from the folder's checkpoint if there is one;
+4. evaluate: logits and metrics on the eval splits, for the last and the best-validation model;
+5. record: predictions, metrics, and the manifest marked complete (or failed, with the reason).
+
+One `Manifest` object owns `manifest.json` from the claim to the end.
 """
 
 from __future__ import annotations
@@ -10,25 +17,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import numpy as np
+import yaml
 
-from ferbench import __version__
 from ferbench.data import FerDataset, load_dataset, parse_options
 from ferbench.errors import FerbenchError, JobFailed
 from ferbench.hostmem import keep_freed_memory
-from ferbench.models import check_options, create_model
-from ferbench.runs import COMPLETE, FAILED, RUNNING, is_complete, job_lock, write_json_atomic, write_npz_atomic, write_text_atomic
+from ferbench.machine import environment
+from ferbench.models import check_options, create_model, get_variant
+from ferbench.records import COMPLETE, FAILED, RUNNING, is_complete, job_lock, write_json_atomic, write_npz_atomic, write_text_atomic
 from ferbench.spec import Job
-
-import yaml
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Outcome:
 
 
 def dataset_key(job: Job) -> str:
+    """Jobs with equal keys share one loaded dataset."""
     d = job.dataset
     return json.dumps([d.name, d.options, d.path, d.subset.model_dump() if d.subset else None], sort_keys=True)
 
@@ -63,75 +68,110 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
     return loaded
 
 
-def check_writable(runs_dir: Path) -> None:
-    """Fail before any work if runs_dir cannot hold records: try a temporary file where it will go."""
-    import tempfile
-
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise FerbenchError(f"{runs_dir}: runs directory path exists and is not a folder")
-    probe = runs_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise FerbenchError(f"{runs_dir}: cannot create the runs directory ({probe} is not a folder)")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise FerbenchError(f"{runs_dir}: runs directory is not writable ({e.strerror})") from None
-
-
-def _git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: Any) -> dict[str, Any]:
-    import timm
-    import torch
-
-    from ferbench.engine.optim import implementation
-
-    env = {
-        "ferbench": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
-        "platform": platform.platform(), "torch": torch.__version__, "timm": timm.__version__,
-        "numpy": np.__version__, "device": str(device), "threads": torch.get_num_threads(),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "host_allocator": keep_freed_memory(), "optimizer_implementation": implementation(device.type),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-        env["determinism_note"] = ("CUDA: grid_sample (STN, augmentation) and adaptive pooling have no deterministic "
-                                   "backward; results are repeatable on the CPU, close but not bitwise on CUDA")
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
-
-
-def pick_device(name: str = "auto") -> Any:
-    import torch
-
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FerbenchError(f"--device {name}: CUDA is not available on this machine")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # autotuned convolutions; recorded in each manifest's environment
-    return device
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class Manifest:
+    """A job's `manifest.json`: created `running` at the claim, written whole (atomically) at each
+    change of status; only the writing rank (rank 0 under torchrun) touches the file."""
+
+    def __init__(self, job_dir: Path, writes: bool, **fields: Any) -> None:
+        self.path, self.writes = job_dir / "manifest.json", writes
+        self.data: dict[str, Any] = {"status": RUNNING, **fields, "started": _now()}
+        self._save()
+
+    def note(self, **fields: Any) -> None:
+        """Add fields, written with the next change of status."""
+        self.data.update(fields)
+
+    def finish(self, status: str, seconds: float, **fields: Any) -> None:
+        self.data.update(status=status, finished=_now(), seconds=seconds, **fields)
+        self._save()
+
+    def _save(self) -> None:
+        if self.writes:
+            write_json_atomic(self.path, self.data)
+
+
+@contextlib.contextmanager
+def claim(job_dir: Path, blocking: bool) -> Iterator[str | None]:
+    """Phase 1: hold the job folder's lock; yields None to go ahead, or `locked` / `skipped`.
+    Under torchrun rank 0 takes the lock and every rank gets its answer."""
+    from ferbench.engine import dist
+
+    main = dist.is_main()
+    lock = job_lock(job_dir, blocking or dist.world()[1] > 1) if main else contextlib.nullcontext(True)
+    with lock as got:
+        if not dist.broadcast(got):
+            yield "locked"
+        elif dist.broadcast(is_complete(job_dir) if main else None):
+            yield "skipped"
+        else:
+            yield None
+
+
+def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any = None, blocking: bool = False) -> Outcome:
+    """Train and evaluate one job into runs_dir/<spec>/<job-id>/; resumable and idempotent."""
+    from ferbench.engine import dist
+    from ferbench.engine.checkpoint import CheckpointWriter
+    from ferbench.engine.train import NoProgress, fit
+
+    keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
+    progress = progress or NoProgress()
+    job_dir = runs_dir / job.spec / job.id
+    t0 = time.perf_counter()
+    with claim(job_dir, blocking) as held:
+        if held == "locked":
+            return Outcome(job, "locked", reason="another ferbench process holds this job")
+        if held == "skipped":
+            return Outcome(job, "skipped", test_acc=stored_test_accuracy(job_dir) if dist.is_main() else None)
+        if dist.is_main():
+            write_text_atomic(job_dir / "job.yaml", yaml.safe_dump({"id": job.id, "job": job.model_dump(mode="json")}, sort_keys=False))
+        manifest = Manifest(
+            job_dir, dist.is_main(), job_id=job.id, seed=job.seed,
+            environment={**environment(device), "data_parallel_processes": dist.world()[1]},
+            data_files=ds.files, data_notes=ds.notes, classes=ds.classes, class_counts=ds.counts(),
+            fidelity={"recipe": job.recipe, **job.model.options},
+        )
+        try:
+            model, teacher = build(job, ds, runs_dir, device, manifest, progress)
+            with CheckpointWriter() as writer:  # the last checkpoint is written while the test splits are evaluated
+                res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, writer)
+                arrays, metrics = evaluate(job, ds, res, device)
+            if not dist.is_main():
+                return Outcome(job, "complete", time.perf_counter() - t0)
+            record(job, job_dir, ds.num_classes, arrays, metrics)
+            manifest.finish(COMPLETE, time.perf_counter() - t0)
+            return Outcome(job, "complete", time.perf_counter() - t0, stored_test_accuracy(job_dir))
+        except JobFailed as e:
+            manifest.finish(FAILED, time.perf_counter() - t0, failure=str(e))
+            return Outcome(job, "failed", time.perf_counter() - t0, reason=str(e))
+
+
+def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manifest, progress: Any) -> tuple[Any, Any]:
+    """Phase 2: the model initialised from the job's seed (plus its pretrained weights), and the
+    frozen teacher for a `depends_on` job (else None)."""
+    import torch
+
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed % 2**32)
+    model = create_model(job.model.arch, ds.num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
+    if job.model.weights:
+        from ferbench.engine.weights import load_pretrained
+
+        info = load_pretrained(model, job.model.weights, get_variant(job.model.arch).checkpoint_filter)
+        manifest.note(pretrained={"file": job.model.weights, **info})
+        kept = info["kept_init"]
+        progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
+                      f"kept init for {len(kept)}: {', '.join(kept[:8])}" + (" ..." if len(kept) > 8 else ""))
+    teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
+    return model, teacher
+
+
 def load_teacher(job: Job, runs_dir: Path, num_classes: int, device: Any):
     """The frozen LDG teacher: the depends_on job's best-validation weights."""
-    from ferbench.engine.train import load_checkpoint
+    from ferbench.engine.checkpoint import load_checkpoint
 
     tdir = runs_dir / job.spec / job.depends_on
     if not is_complete(tdir):
@@ -148,78 +188,9 @@ def load_teacher(job: Job, runs_dir: Path, num_classes: int, device: Any):
     return model
 
 
-def run_job(
-    job: Job,
-    runs_dir: Path,
-    ds: FerDataset,
-    device: Any,
-    progress: Any = None,
-    blocking: bool = False,
-    stop_after_steps: int | None = None,
-) -> Outcome:
-    """Train and evaluate one job into runs_dir/<spec>/<job-id>/; resumable and idempotent."""
-    import torch
-
-    keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
-
-    from ferbench.engine import dist
-    from ferbench.engine.train import CheckpointWriter, fit
-
-    job_dir = runs_dir / job.spec / job.id
-    t0 = time.perf_counter()
-    main = dist.is_main()
-    lock = job_lock(job_dir, blocking or dist.world()[1] > 1) if main else contextlib.nullcontext(True)
-    with lock as got:
-        if not dist.broadcast(got):
-            return Outcome(job, "locked", reason="another ferbench process holds this job")
-        if dist.broadcast(is_complete(job_dir) if main else None):
-            return Outcome(job, "skipped", test_acc=_stored_acc(job_dir) if main else None)
-        manifest: dict[str, Any] = {
-            "status": RUNNING, "job_id": job.id, "seed": job.seed, "started": _now(),
-            "environment": {**environment(device), "data_parallel_processes": dist.world()[1]},
-            "data_files": ds.files, "data_notes": ds.notes, "classes": ds.classes, "class_counts": ds.counts(),
-            "fidelity": {"recipe": job.recipe, **job.model.options},
-        }
-        if main:
-            write_text_atomic(job_dir / "job.yaml", yaml.safe_dump({"id": job.id, "job": job.model_dump(mode="json")}, sort_keys=False))
-            write_json_atomic(job_dir / "manifest.json", manifest)
-        try:
-            torch.manual_seed(job.seed)
-            np.random.seed(job.seed % 2**32)
-            model = create_model(job.model.arch, ds.num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
-            if job.model.weights:
-                from ferbench.engine.weights import load_pretrained
-
-                info = load_pretrained(model, job.model.weights)
-                manifest["pretrained"] = {"file": job.model.weights, **info}
-                if main:
-                    write_json_atomic(job_dir / "manifest.json", manifest)
-                if progress is not None and hasattr(progress, "note"):
-                    progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
-                                  f"kept init for {len(info['kept_init'])}: {', '.join(info['kept_init'][:8])}"
-                                  + (" ..." if len(info["kept_init"]) > 8 else ""))
-            teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
-            with CheckpointWriter() as writer:  # the last checkpoint is written while the test splits are evaluated
-                res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, stop_after_steps,
-                          writer)
-                arrays, metrics = _evaluate(job, ds, res, device)
-            if not main:
-                return Outcome(job, "complete", time.perf_counter() - t0)
-            metrics["profile"] = _profile(job, ds.num_classes)
-            write_npz_atomic(job_dir / "predictions.npz", arrays)
-            write_json_atomic(job_dir / "metrics.json", metrics)
-            manifest.update(status=COMPLETE, finished=_now(), seconds=time.perf_counter() - t0)
-            write_json_atomic(job_dir / "manifest.json", manifest)
-            return Outcome(job, "complete", time.perf_counter() - t0, _stored_acc(job_dir))
-        except JobFailed as e:
-            manifest.update(status=FAILED, finished=_now(), failure=str(e))
-            if main:
-                write_json_atomic(job_dir / "manifest.json", manifest)
-            return Outcome(job, "failed", time.perf_counter() - t0, reason=str(e))
-
-
-def _evaluate(job: Job, ds: Any, res: Any, device: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Logits and classification reports on the job's eval splits, for the last and the best-validation model."""
+def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Phase 4: logits and classification reports on the job's eval splits, for the last and the
+    best-validation model."""
     from ferbench.engine import dist
     from ferbench.engine.evaluate import predict
     from ferbench.metrics import classification_report
@@ -251,56 +222,22 @@ def _evaluate(job: Job, ds: Any, res: Any, device: Any) -> tuple[dict[str, np.nd
     return arrays, metrics
 
 
-def _profile(job: Job, num_classes: int) -> dict[str, Any]:
-    """Params and GMACs at the job's input size, latency at batch 1 on the CPU (eval mode)."""
-    from ferbench.profile import count_flops, count_params, latency_ms
+def record(job: Job, job_dir: Path, num_classes: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:
+    """Phase 5: predictions and metrics (with the model's cost at the job's input size) on disk."""
+    from ferbench.cost import model_cost
 
-    m = create_model(job.model.arch, num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
-    flops = count_flops(m, job.train.input_size, job.train.in_chans)
-    return {"params": count_params(m), "gmacs": flops / 2e9, "gflops": flops / 1e9,
-            "latency_ms_cpu": latency_ms(m, job.train.input_size, job.train.in_chans, repeats=5),
-            "input_size": job.train.input_size}
+    cost = model_cost(job.model.arch, job.train.input_size, num_classes, job.train.in_chans, latency_repeats=5,
+                      **job.model.options)
+    metrics["profile"] = {"params": cost["params"], "gmacs": cost["gmacs"], "gflops": cost["gflops"],
+                          "latency_ms_cpu": cost["latency_ms"], "input_size": job.train.input_size}
+    write_npz_atomic(job_dir / "predictions.npz", arrays)
+    write_json_atomic(job_dir / "metrics.json", metrics)
 
 
-def _stored_acc(job_dir: Path) -> float | None:
+def stored_test_accuracy(job_dir: Path) -> float | None:
+    """The last-epoch test accuracy a finished record holds, if any."""
     try:
         m = json.loads((job_dir / "metrics.json").read_text())
         return m["test"]["last"]["accuracy"]
     except (OSError, ValueError, KeyError):
         return None
-
-
-def write_spec_snapshot(spec: Any, runs_dir: Path) -> None:
-    """runs/<spec>/spec.yaml: the validated spec (claims, description) that report reads."""
-    write_text_atomic(runs_dir / spec.name / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-
-
-def run_jobs(
-    jobs: list[Job],
-    runs_dir: Path,
-    datasets: dict[str, FerDataset],
-    device: Any,
-    progress_for: Callable[[Job], Any] | None = None,
-    on_outcome: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """The in-process launcher: jobs in dependency order; jobs held by another process are
-    revisited at the end with a blocking lock (so both processes finish with complete records)."""
-    outcomes: dict[str, Outcome] = {}
-    deferred: list[Job] = []
-    failed: set[str] = set()
-    for blocking, todo in ((False, jobs), (True, deferred)):
-        for job in list(todo):
-            if job.depends_on and job.depends_on in failed:
-                o = Outcome(job, "failed", reason=f"teacher {job.depends_on} failed")
-            else:
-                o = run_job(job, runs_dir, datasets[dataset_key(job)], device,
-                            progress_for(job) if progress_for else None, blocking)
-            if o.status == "locked":
-                deferred.append(job)
-                continue
-            if o.status == "failed":
-                failed.add(job.id)
-            outcomes[job.id] = o
-            if on_outcome:
-                on_outcome(o)
-    return [outcomes[j.id] for j in jobs if j.id in outcomes]

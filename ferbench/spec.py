@@ -228,6 +228,16 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def condition_hash(job: dict[str, Any]) -> str:
+    """8 hex digits of a job (as dumped to job.yaml) without its seed, data location and profile:
+    equal for the seeds of one experiment, different for two experiments with one model id."""
+    d = copy.deepcopy(job)
+    for k in ("seed", "data_root", "profile"):
+        d.pop(k, None)
+    d.get("dataset", {}).pop("path", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 class Job(_Strict):
     """One model, one dataset, one seed, one fully resolved recipe."""
 
@@ -244,9 +254,7 @@ class Job(_Strict):
 
     def condition(self) -> str:
         """Hash of everything but the seed: runs with equal conditions are seeds of one experiment."""
-        d = self.identity()
-        d.pop("seed")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+        return condition_hash(self.model_dump(mode="json"))
 
     def identity(self) -> dict[str, Any]:
         """The content the job id hashes: everything that changes the result."""

@@ -24,6 +24,28 @@ def _isolated_cache(tmp_path_factory):
         os.environ["FERBENCH_CACHE"] = old
 
 
+class KillAfter:
+    """A run's progress sink that interrupts it after `steps` training steps, as a kill would."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def end_epoch(self, row: dict) -> None: ...
+    def note(self, text: str) -> None: ...
+
+    def advance(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def kill_after() -> type[KillAfter]:
+    """The KillAfter sink class: `run_job(..., progress=kill_after(3))` stops in the third step."""
+    return KillAfter
+
+
 @pytest.fixture
 def real_data() -> Path:
     root = os.environ.get("FERBENCH_DATA")

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import yaml
 
-from ferbench.runs import discover
+from ferbench.records import discover
 
 SPEC = {
     "name": "ddp",

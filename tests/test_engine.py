@@ -1,4 +1,7 @@
-"""Engine behaviour through real runs: LDL from votes and from a teacher job, divergence, concurrency."""
+"""Engine behaviour through real runs: LDL from votes and from a teacher job, divergence, concurrency.
+
+Runs go through the Python API in-process (`ferbench.api`), as the CLI calls it; only the test of
+two concurrent runners needs separate processes."""
 
 import json
 import subprocess
@@ -7,17 +10,19 @@ import sys
 import pytest
 import yaml
 
-from ferbench.runs import discover
+from ferbench import api
+from ferbench.errors import FerbenchError
+from ferbench.records import discover
 
 DATA = [{"name": "synthfer", "options": {"n_train": 64, "n_val": 32, "n_test": 32}}]
 TRAIN = {"epochs": 1, "batch_size": 32, "input_size": 32}
 
 
-def run(spec: dict, cwd, *extra):
+def run(spec: dict, cwd) -> list:
+    """Run a spec in-process into cwd/runs; the jobs' outcomes."""
     p = cwd / f"{spec['name']}.yaml"
     p.write_text(yaml.safe_dump(spec))
-    return subprocess.run([sys.executable, "-m", "ferbench", "run", str(p), *extra], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return api.run_spec(p, runs_dir=cwd / "runs", estimate=False)
 
 
 def records(cwd, name):
@@ -34,32 +39,27 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
             {"id": "votes", "arch": "resface-r18", "options": {"csa_fusion": "product"}, "train": {"loss": "ldl"}},
         ],
     }
-    r = run(spec, tmp_path)
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert r.stdout.index("teacher__") < r.stdout.index("student__")  # teacher trained first
+    outcomes = run(spec, tmp_path)
+    assert [o.status for o in outcomes] == ["complete"] * 3, [o.reason for o in outcomes]
+    assert [o.job.model.id for o in outcomes].index("teacher") < [o.job.model.id for o in outcomes].index("student")
     recs = records(tmp_path, "ldl")
     assert all(rec.complete for rec in recs.values())
     assert recs["student"].job["job"]["depends_on"] == recs["teacher"].id
     assert recs["votes"].manifest["fidelity"]["csa_fusion"] == "product"
 
-    cmp = subprocess.run([sys.executable, "-m", "ferbench", "compare", "resface", "resnet", "--json", "--out", "cmp"],
-                         cwd=tmp_path, capture_output=True, text=True)
-    assert cmp.returncode == 0, cmp.stderr
-    res = json.loads(cmp.stdout)["datasets"]["synthfer"]
+    result, _ = api.compare("resface", "resnet", tmp_path / "runs", out=tmp_path / "cmp")
+    res = result["datasets"]["synthfer"]
     assert {v["model"] for v in res["variants"]} == {"student", "votes", "teacher"}
     pair = res["pairs"][0]
     assert pair["n_pairs"] == 32 and 0 <= pair["mcnemar"]["p_value"] <= 1 and pair["acc_diff_ci95"][0] <= pair["acc_diff"]
     assert (tmp_path / "cmp" / "index.html").exists() and (tmp_path / "cmp" / "report.md").exists()
-    none = subprocess.run([sys.executable, "-m", "ferbench", "compare", "resface", "emonext"], cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert none.returncode == 2 and "no complete runs of 'emonext'" in none.stderr
+    with pytest.raises(FerbenchError, match="no complete runs of 'emonext'"):
+        api.compare("resface", "emonext", tmp_path / "runs")
 
     # a run of another spec (another experiment's conditions) is listed but never paired
     other = {"name": "other", "datasets": DATA, "train": {**TRAIN, "input_size": 24}, "models": [{"id": "base24", "arch": "resnet18"}]}
-    assert run(other, tmp_path).returncode == 0
-    cmp = subprocess.run([sys.executable, "-m", "ferbench", "compare", "resface", "resnet", "--json"], cwd=tmp_path,
-                         capture_output=True, text=True)
-    res = json.loads(cmp.stdout)["datasets"]["synthfer"]
+    assert [o.status for o in run(other, tmp_path)] == ["complete"]
+    res = api.compare("resface", "resnet", tmp_path / "runs")[0]["datasets"]["synthfer"]
     assert "base24" in {v["model"] for v in res["variants"]}
     assert {(p["a"], p["b"]) for p in res["pairs"]} == {("student", "teacher"), ("votes", "teacher")}
 
@@ -70,14 +70,13 @@ def test_divergence_fails_the_job_and_the_spec_continues(tmp_path):
         "models": [{"id": "boom", "arch": "resnet18", "train": {"lr": 1e30, "momentum": 0.0}},
                    {"id": "fine", "arch": "convnext-atto"}],
     }
-    r = run(spec, tmp_path)
-    assert r.returncode == 1
+    outcomes = {o.job.model.id: o for o in run(spec, tmp_path)}
+    assert outcomes["boom"].status == "failed" and outcomes["fine"].status == "complete"
     recs = records(tmp_path, "nan")
     assert recs["boom"].status == "failed"
     assert "non-finite loss at epoch 1, step" in recs["boom"].manifest["failure"]
     assert recs["fine"].complete
-    rep = subprocess.run([sys.executable, "-m", "ferbench", "report"], cwd=tmp_path, capture_output=True, text=True)
-    assert rep.returncode == 0, rep.stderr
+    api.report_spec(runs_dir=tmp_path / "runs", out=tmp_path / "reports")
     html = (tmp_path / "reports" / "nan" / "index.html").read_text()
     assert "Failed and incomplete runs" in html and "non-finite loss" in html
 
@@ -117,8 +116,8 @@ def test_checkpoint_writer_context_closes_and_lets_the_block_error_win(tmp_path,
     import pytest
     import torch
 
-    from ferbench.engine import train as engine_train
-    from ferbench.engine.train import CheckpointWriter, load_checkpoint
+    from ferbench.engine import checkpoint as engine_checkpoint
+    from ferbench.engine.checkpoint import CheckpointWriter, load_checkpoint
 
     state = {"model": {"w": torch.arange(6.0)}, "epoch": 3}
     with CheckpointWriter() as w:
@@ -129,7 +128,7 @@ def test_checkpoint_writer_context_closes_and_lets_the_block_error_win(tmp_path,
     def broken_save(path, state):
         raise OSError("disk full")
 
-    monkeypatch.setattr(engine_train, "save_checkpoint", broken_save)
+    monkeypatch.setattr(engine_checkpoint, "save_checkpoint", broken_save)
     with pytest.raises(OSError, match="disk full"):  # a failed write surfaces when the writer closes
         with CheckpointWriter() as w:
             w.submit(tmp_path / "other.pt", state, tmp_path / "h.csv", [])
@@ -157,7 +156,10 @@ def test_host_allocator_setting_is_applied_recorded_and_can_be_declined(tmp_path
                              env={**clean, "FERBENCH_MALLOC": "system"}).stdout
     assert thp_off.strip() == "None"
     spec = {"name": "alloc", "datasets": DATA, "models": [{"id": "m", "arch": "resnet18"}], "seeds": [0], "train": TRAIN}
-    assert run(spec, tmp_path).returncode == 0
+    p = tmp_path / "alloc.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    cli = subprocess.run([sys.executable, "-m", "ferbench", "run", str(p)], cwd=tmp_path, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr  # the CLI process, which applies the policy first thing
     (rec,) = discover(tmp_path / "runs" / "alloc")
     assert rec.manifest["environment"]["host_allocator"] == on.strip()
 
@@ -165,7 +167,7 @@ def test_host_allocator_setting_is_applied_recorded_and_can_be_declined(tmp_path
 def test_checkpoint_is_the_state_at_submit_even_if_training_changes_it_before_the_write(tmp_path):
     import torch
 
-    from ferbench.engine.train import CheckpointWriter, load_checkpoint
+    from ferbench.engine.checkpoint import CheckpointWriter, load_checkpoint
 
     w = torch.zeros(1000)
     with CheckpointWriter() as writer:

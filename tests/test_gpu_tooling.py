@@ -86,8 +86,8 @@ def test_bench_gpu_times_several_epochs_per_fit():
 
 
 def test_epoch_interleaved_sink_runs_a_bare_epoch_after_each_fit_epoch_and_the_checkpoint_write():
-    from ferbench.bench_gpu import EpochInterleaved
-    from ferbench.engine.train import CheckpointWriter
+    from ferbench.bench.gpu import EpochInterleaved
+    from ferbench.engine.checkpoint import CheckpointWriter
 
     events: list[str] = []
 
@@ -113,15 +113,15 @@ def test_bench_gpu_takes_the_bare_epochs_out_of_fits_time(monkeypatch):
     """Bare epochs made 1.5 s slower run inside fit's wall time; none of it may count as fit's."""
     import time
 
-    from ferbench.bench_gpu import _Pair, bench_model
+    from ferbench.bench.gpu import LoopPair, bench_model
 
-    real = _Pair.bare_seconds
+    real = LoopPair.bare_seconds
 
     def slow_bare(self, epochs, around=None):
         time.sleep(1.5)
         return real(self, epochs) + 1.5
 
-    monkeypatch.setattr(_Pair, "bare_seconds", slow_bare)
+    monkeypatch.setattr(LoopPair, "bare_seconds", slow_bare)
     row = bench_model("resnet18", "resface-paper", torch.device("cpu"), size=32, batch=4, n_images=8, epochs=2)
     assert all(e["reference_s"] >= 1.5 for e in row["all_epochs"])
     assert row["ours_outside_epochs_s"] < 1.0  # start-up and checkpoints only: no bare epoch in it
@@ -170,7 +170,7 @@ def test_datapack_round_trip_is_byte_exact(small_fer, tmp_path):
 
 
 def test_bench_data_row_reports_interleaved_windows_and_the_best_of_each():
-    from ferbench.bench import bench_data
+    from ferbench.bench.cpu import bench_data
 
     row = bench_data(48, batch=8, seconds=0.05, windows=2)
     assert row["name"] == "data_48" and row["batch"] == 8 and len(row["all_windows"]) == 2
@@ -180,7 +180,7 @@ def test_bench_data_row_reports_interleaved_windows_and_the_best_of_each():
 
 
 def test_bench_eval_rows_share_our_windows_and_report_the_best_of_each():
-    from ferbench.bench import bench_eval
+    from ferbench.bench.cpu import bench_eval
 
     crop, bare = bench_eval(size=16, n=8, batch=4, windows=2, seconds=0.05)
     assert (crop["name"], bare["name"]) == ("eval_tencrop_vs_cropwise", "eval_tencrop_vs_bare")
@@ -192,7 +192,7 @@ def test_bench_eval_rows_share_our_windows_and_report_the_best_of_each():
 
 
 def test_bench_train_row_interleaves_the_loops_step_by_step_and_pools_the_repeats():
-    from ferbench.bench import bench_train
+    from ferbench.bench.cpu import bench_train
 
     row = bench_train(size=16, batch=8, n=16, epochs=2, repeats=3)
     assert row["name"] == "train_epoch" and len(row["all_repeats"]) == 3 and row["images_per_epoch"] == 16
@@ -207,8 +207,8 @@ def test_bench_train_row_interleaves_the_loops_step_by_step_and_pools_the_repeat
 def test_interleaved_sink_runs_one_bare_step_per_fit_step_after_the_checkpoint_write():
     import time
 
-    from ferbench.bench import Interleaved
-    from ferbench.engine.train import CheckpointWriter
+    from ferbench.bench.cpu import Interleaved
+    from ferbench.engine.checkpoint import CheckpointWriter
 
     events: list[str] = []
 
@@ -238,7 +238,7 @@ def test_bench_train_charges_a_cost_added_to_fits_steps_to_fit_alone(monkeypatch
     import time
 
     import ferbench.engine.train as train
-    from ferbench.bench import bench_train
+    from ferbench.bench.cpu import bench_train
 
     real = train.augment_batch
 

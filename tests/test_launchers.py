@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ferbench.runs import discover
+from ferbench.records import discover
 
 SPEC = {
     "name": "launch",

@@ -5,7 +5,7 @@ import torch.nn as nn
 from ferbench.errors import FerbenchError
 from ferbench.models import create_model, variants
 from ferbench.models.emonext import SpatialTransformer, stn_feature_size
-from ferbench.profile import count_flops, count_params
+from ferbench.cost import count_flops, count_params
 
 
 def n_params(m: nn.Module) -> int:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ferbench.runs import RunRecord, label_experiments
+from ferbench.records import RunRecord, label_experiments
 
 
 def rec(model, seed, epochs, profile=None):

@@ -39,13 +39,13 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kill_at", [1, 6, 4 + 4 + 2])  # mid-epoch 1, mid-epoch 2, mid-epoch 3
-def test_interrupted_run_gives_identical_predictions(reference, tmp_path, kill_at):
+def test_interrupted_run_gives_identical_predictions(reference, tmp_path, kill_at, kill_after):
     import torch
 
     job, data, ref = reference
     ds = next(iter(data.values()))
     with pytest.raises(KeyboardInterrupt):
-        run_job(job, tmp_path, ds, torch.device("cpu"), stop_after_steps=kill_at)
+        run_job(job, tmp_path, ds, torch.device("cpu"), kill_after(kill_at))
     out = run_job(job, tmp_path, ds, torch.device("cpu"))
     assert out.status == "complete"
     got = _preds(tmp_path / job.spec / job.id)

@@ -5,8 +5,9 @@ import pickle
 import pytest
 import torch
 
-from ferbench.engine.train import load_checkpoint
-from ferbench.engine.weights import load_pretrained, timm_to_fb
+from ferbench.engine.checkpoint import load_checkpoint
+from ferbench.engine.weights import load_pretrained
+from ferbench.models.emonext import checkpoint_filter_fn, timm_to_fb
 from ferbench.errors import FerbenchError
 from ferbench.models import create_model
 
@@ -15,7 +16,7 @@ def test_timm_convnext_weights_load_into_emonext_keeping_new_modules_at_init(tmp
     src = create_model("convnext-atto", 1000, 48)  # timm key names
     torch.save(src.state_dict(), tmp_path / "timm.pth")
     model = create_model("emonext-atto", 7, 48)
-    info = load_pretrained(model, tmp_path / "timm.pth")
+    info = load_pretrained(model, tmp_path / "timm.pth", checkpoint_filter_fn)
     assert torch.equal(model.downsample_layers[0][0].weight, src.stem[0].weight)
     assert torch.equal(model.stages[2][1].pwconv1.weight, src.stages[2].blocks[1].mlp.fc1.weight.flatten(1))
     assert torch.equal(model.norm.weight, src.head.norm.weight)
@@ -30,7 +31,7 @@ def test_fb_checkpoint_layout_loads(tmp_path):
     src = create_model("emonext-atto", 7, 48, stn=False, se=False, sa_reg=False)
     torch.save({"model": src.state_dict()}, tmp_path / "fb.pth")
     model = create_model("emonext-atto", 7, 48)
-    info = load_pretrained(model, tmp_path / "fb.pth")
+    info = load_pretrained(model, tmp_path / "fb.pth", checkpoint_filter_fn)
     assert "head.weight" in info["loaded"]
     assert timm_to_fb("stages.1.downsample.1.weight") == "downsample_layers.1.1.weight"
 
@@ -58,4 +59,4 @@ def test_truncated_and_foreign_files(tmp_path):
     with pytest.raises(FerbenchError, match="cut.pth: not a loadable"):
         load_pretrained(create_model("resnet18", 7, 48), cut)
     with pytest.raises(FerbenchError, match="no tensor matches"):
-        load_pretrained(create_model("emonext-atto", 7, 48), good)
+        load_pretrained(create_model("emonext-atto", 7, 48), good, checkpoint_filter_fn)

@@ -1,4 +1,5 @@
-"""The training loop, readable top to bottom.
+"""The training loop, readable top to bottom: `fit` = set up, resume, then per epoch
+`train_one_epoch`, `validate`, checkpoint; early stopping is decided in one place (`should_stop`).
 
 Exact resume: the data order and the augmentation stream of epoch e come from generators seeded by
 (seed, e), and the global RNG state is saved with every end-of-epoch checkpoint, so a run killed at
@@ -10,39 +11,44 @@ per epoch; the divergence check reads one flag for the last `CHECK_EVERY` steps'
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferbench.data import FerDataset
+from ferbench.data import FerDataset, Split
 from ferbench.data.augment import augment_batch, finish, to_device, to_unit
 from ferbench.engine import dist
+from ferbench.engine.checkpoint import CheckpointWriter, LoopState, checkpoint_state, cpu_snapshot, restore
 from ferbench.engine.evaluate import autocast_ctx, predict
+from ferbench.engine.losses import check_targets, compute_loss, draw_labels, uses_teacher
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
 from ferbench.errors import FerbenchError, JobFailed
-from ferbench.runs import write_atomic, write_text_atomic
 from ferbench.spec import EvalConfig, TrainConfig
 
 CHECK_EVERY = 50
 
 
 class Progress(Protocol):
+    """Where a run reports what it does: a progress bar, a benchmark's clock, nothing."""
+
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
-    def advance(self) -> None: ...
-    def end_epoch(self, row: dict[str, Any]) -> None: ...
+    def advance(self) -> None: ...  # after each training step
+    def end_epoch(self, row: dict[str, Any]) -> None: ...  # the epoch's history row
+    def note(self, text: str) -> None: ...  # a line for the user (e.g. what pretrained weights loaded)
 
 
 class NoProgress:
+    """A sink that ignores everything; subclass it to listen to some of the calls."""
+
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
     def advance(self) -> None: ...
     def end_epoch(self, row: dict[str, Any]) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 @dataclass
@@ -56,133 +62,77 @@ class FitResult:
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """The generator of one epoch's stream: 0 data order, 1 augmentation (and drawn labels), 2 validation crops."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 16 + stream)
 
 
-def soft_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-    """-sum t log softmax(z), divided by N x classes ("paper", the article's formula) or by N."""
-    total = -(target * F.log_softmax(logits.float(), dim=1)).sum()
-    denom = logits.shape[0] * (logits.shape[1] if reduction == "paper" else 1)
-    return total / denom
+@dataclass
+class Trainer:
+    """What one training run holds: the module and its optimizer state, the training split on the
+    device, and how each global batch splits across data-parallel ranks."""
+
+    cfg: TrainConfig
+    device: torch.device
+    core: nn.Module  # the module whose weights are saved and evaluated
+    model: nn.Module  # what the step calls: `core`, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    ema: ModelEma | None
+    scaler: torch.amp.GradScaler
+    teacher: nn.Module | None
+    images: torch.Tensor  # the training split, uint8 on the device
+    labels: torch.Tensor
+    targets: torch.Tensor | None
+    host_targets: torch.Tensor | None  # for the sampled loss: labels are drawn on the host
+    batch: int  # global batch
+    mine: slice  # this rank's rows of a global batch
+    steps_per_epoch: int
+
+    @property
+    def fmt(self) -> torch.memory_format:
+        return torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+
+    def parts(self) -> dict[str, Any]:
+        """What a checkpoint saves and restores, by its key."""
+        return {"model": self.core, "optimizer": self.opt, "scheduler": self.sched, "ema": self.ema, "scaler": self.scaler}
+
+    def eval_model(self, use_ema: bool) -> nn.Module:
+        return self.ema.module if (self.ema is not None and use_ema) else self.core
 
 
-def compute_loss(
-    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, cfg: TrainConfig
-) -> torch.Tensor:
-    if cfg.loss == "ldl":
-        loss = soft_ce(logits, target, cfg.ldl_reduction)
-        if cfg.ldl_hard_weight:
-            loss = loss + cfg.ldl_hard_weight * F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-    else:
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-    aux = getattr(model, "aux_loss", None)
-    return loss if aux is None else loss + aux.float()
+def setup(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device, teacher: nn.Module | None) -> Trainer:
+    """Move the model and the training split to the device, wrap for DDP, build optimizer, schedule, EMA, scaler."""
+    rank, world = dist.world()
+    core = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on the CPU BatchNorm sees each rank's rows
+            core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
+        model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+    batch = min(cfg.batch_size, len(train))
+    if batch % world:
+        raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
+    steps_per_epoch = len(train) // batch
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch)
+    ema = ModelEma(core, cfg.ema) if cfg.ema else None
+    if cfg.compile and device.type == "cuda":
+        core.compile()  # in place: state-dict keys, attributes and the EMA copy stay those of the plain module
+    return Trainer(
+        cfg=cfg, device=device, core=core, model=model, opt=opt, sched=sched, ema=ema,
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16"),
+        teacher=teacher if uses_teacher(cfg) else None,
+        images=torch.from_numpy(train.images).to(device), labels=torch.from_numpy(train.labels).to(device),
+        targets=torch.from_numpy(train.targets).to(device) if train.targets is not None else None,
+        host_targets=torch.from_numpy(train.targets) if cfg.loss == "sampled" else None,
+        batch=batch, mine=slice(rank, None, world), steps_per_epoch=steps_per_epoch,
+    )
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    # by path: torch's C++ writer fills the file directly (no in-memory copy, no Python call per chunk)
-    write_atomic(path, lambda p: torch.save(state, str(p)))
-
-
-def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """`obj` (nested dicts, lists, tuples) with every tensor replaced by fn(tensor)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
-def _cpu_copy(obj: Any) -> Any:
-    """A snapshot of a (nested) state: every tensor copied to the CPU, so training can go on changing the originals.
-
-    CUDA tensors are copied into pinned host memory without waiting, and one synchronize per device
-    then completes the snapshot: one host wait an epoch instead of one per tensor (the profile of
-    `ferbench bench profile --device cuda` counted ~850 for EmoNeXt-T's model and AdamW state).
-    """
-    devices: set[torch.device] = set()
-
-    def copy(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        if t.device.type != "cuda":
-            return t.to("cpu", copy=True)
-        devices.add(t.device)
-        return torch.empty_like(t, device="cpu", pin_memory=True).copy_(t, non_blocking=True)  # same strides
-
-    snapshot = _map_tensors(obj, copy)
-    for device in devices:
-        torch.cuda.current_stream(device).synchronize()
-    return snapshot
-
-
-class CheckpointWriter:
-    """Writes end-of-epoch checkpoints in a background thread while the next epoch trains.
-
-    `submit` snapshots the state (a memory copy, milliseconds) and returns; serialising, writing and
-    fsync-ing (0.15-0.3 s for ResNet-18 with SGD momentum, 90 MB, here) overlap with training. One write is in
-    flight at most: `submit` and `close` wait for the previous one and re-raise its error. A run killed
-    mid-write keeps the previous checkpoint (writes are atomic) and resumes one epoch earlier, which the
-    (seed, epoch)-seeded data and augmentation streams make exact.
-
-    As a context manager it closes on exit; when the block raises, that error wins over the writer's.
-    `run_job` holds one around `fit` and the test evaluation, so the last epoch's write overlaps with
-    evaluation and is on disk before the record is marked complete.
-    """
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def __enter__(self) -> "CheckpointWriter":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            with contextlib.suppress(Exception):
-                self.close()
-
-    def _run(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
-        try:
-            save_checkpoint(path, state)
-            _write_history(history_path, history)
-        except BaseException as e:  # noqa: BLE001  (re-raised in the training thread)
-            self._error = e
-
-    def submit(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
-        self.close()
-        snapshot = _cpu_copy(state)
-        self._thread = threading.Thread(target=self._run, args=(path, snapshot, history_path, [dict(r) for r in history]),
-                                        name="ferbench-checkpoint", daemon=False)
-        self._thread.start()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """weights_only load: a checkpoint can never run code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any unpickling failure is bad input)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise FerbenchError(f"{path}: not a loadable ferbench checkpoint ({first})") from None
-
-
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    keys = list(rows[0])
-    lines = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys) for r in rows]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+def should_stop(loop: LoopState, cfg: TrainConfig) -> bool:
+    """Early stopping: `early_stopping_patience` epochs without a better validation accuracy."""
+    return bool(cfg.early_stopping_patience) and loop.since_best >= cfg.early_stopping_patience
 
 
 def fit(
@@ -195,7 +145,6 @@ def fit(
     job_dir: Path,
     teacher: nn.Module | None = None,
     progress: Progress | None = None,
-    stop_after_steps: int | None = None,
     writer: CheckpointWriter | None = None,
 ) -> FitResult:
     """Train with per-epoch checkpoints and validation; resume from `job_dir/checkpoint.pt` if present.
@@ -205,156 +154,123 @@ def fit(
     """
     progress = progress or NoProgress()
     train = ds.splits["train"]
-    if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and train.targets is None:
-        raise FerbenchError(f"dataset {ds.name!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
-    if cfg.loss == "ldl" and cfg.ldl_source == "teacher" and teacher is None:
-        raise FerbenchError("train.ldl_source=teacher needs a model entry with depends_on: <teacher model id>")
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    rank, world = dist.world()
-    core = model.to(device, memory_format=fmt)  # the module whose weights are saved and evaluated
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on the CPU BatchNorm sees each rank's rows
-            core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
-        model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
-    images = torch.from_numpy(train.images).to(device)
-    labels = torch.from_numpy(train.labels).to(device)
-    targets = torch.from_numpy(train.targets).to(device) if train.targets is not None else None
-    host_targets = torch.from_numpy(train.targets) if cfg.loss == "sampled" else None  # drawn from on the host
-    n = len(train)
-    batch = min(cfg.batch_size, n)
-    if batch % world:
-        raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
-    mine = slice(rank, None, world)  # this rank's rows of each global batch
-    rows_per_step = len(range(batch)[mine])
-    steps_per_epoch = n // batch
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, steps_per_epoch)
-    ema = ModelEma(core, cfg.ema) if cfg.ema else None
-    if cfg.compile and device.type == "cuda":
-        core.compile()  # in place: state-dict keys, attributes and the EMA copy stay those of the plain module
-    use_scaler = device.type == "cuda" and cfg.amp == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    val = ds.splits.get("val")
-
+    check_targets(cfg, train.targets is not None, teacher is not None, ds.name)
+    tr = setup(model, train, cfg, device, teacher)
     ckpt_path = job_dir / "checkpoint.pt"
-    start_epoch, step, best_val, best_epoch, since_best = 0, 0, -1.0, -1, 0
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        try:
-            core.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            if ema is not None:
-                ema.load_state_dict(ck["ema"])
-            scaler.load_state_dict(ck["scaler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            msg = str(e).strip().splitlines()[0][:160]
-            raise FerbenchError(f"{ckpt_path}: checkpoint does not match this job's model or optimizer ({msg})") from None
-        torch.set_rng_state(ck["rng_torch"])
-        if device.type == "cuda" and ck.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng_cuda"])
-        start_epoch, step = ck["epoch"], ck["step"]
-        best_val, best_epoch, since_best = ck["best_val"], ck["best_epoch"], ck["since_best"]
-        history = ck["history"]
-        best_state = ck.get("best_state")
-
-    eval_model = lambda: ema.module if (ema is not None and eval_cfg.use_ema) else core  # noqa: E731
+    loop = restore(ckpt_path, tr.parts(), device) if ckpt_path.exists() else LoopState()
+    val = ds.splits.get("val") if "val" in eval_cfg.splits else None
     stopped_early = False
     own_writer = writer is None
     writer = writer or CheckpointWriter()
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+        for epoch in range(loop.epoch, cfg.epochs):
+            if should_stop(loop, cfg):
                 stopped_early = True
                 break
             t0 = time.perf_counter()
-            model.train()
-            host_order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0))
-            order = to_device(host_order, device)
-            aug_gen = epoch_generator(seed, epoch, 1)
-            step_loss = torch.empty(steps_per_epoch, device=device)  # each step's mean loss
-            step_correct = torch.empty(steps_per_epoch, device=device, dtype=torch.long)
-            progress.start_epoch(epoch, cfg.epochs, steps_per_epoch)
-            for i in range(steps_per_epoch):
-                glob = order[i * batch : (i + 1) * batch]
-                idx = glob[mine]
-                x = augment_batch(to_unit(images.index_select(0, idx)), cfg.input_size, cfg.augment, aug_gen, len(glob), mine, cfg.in_chans)
-                x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
-                y = labels[idx]
-                if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
-                    drawn = torch.multinomial(host_targets[host_order[i * batch : (i + 1) * batch]].float(), 1, generator=aug_gen)
-                    y = to_device(drawn.squeeze(1)[mine], device)
-                with autocast_ctx(device, cfg.amp):
-                    logits = model(x)
-                    target = targets[idx] if targets is not None else None
-                    if teacher is not None and cfg.loss == "ldl" and cfg.ldl_source == "teacher":
-                        with torch.no_grad():
-                            target = torch.softmax(teacher(x).float(), dim=1)
-                    loss = compute_loss(core, logits, y, target, cfg)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad_norm:
-                    if use_scaler and not cfg.clip_before_unscale:
-                        scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.clip_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                step += 1
-                if ema is not None:
-                    ema.update(core, step)
-                step_loss[i] = loss.detach()
-                torch.sum(logits.detach().argmax(1) == y, dim=0, out=step_correct[i])
-                progress.advance()
-                if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
-                    lo = i // CHECK_EVERY * CHECK_EVERY  # the steps since the last check
-                    bad = ~torch.isfinite(step_loss[lo : i + 1])
-                    first = torch.where(bad.any(), bad.int().argmax() + (step - i + lo), -1)  # its global step
-                    first_bad = int(dist.all_reduce(first, "max"))  # one sync every CHECK_EVERY steps
-                    if first_bad >= 0:
-                        raise JobFailed(f"non-finite loss at epoch {epoch + 1}, step {first_bad}")
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    raise KeyboardInterrupt  # test hook: simulate a kill mid-epoch
-            seen = steps_per_epoch * batch
-            loss_sum = dist.all_reduce(step_loss.sum() * rows_per_step)
-            correct = dist.all_reduce(step_correct.sum())
-            row: dict[str, Any] = {
-                "epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
-                "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
-            }
-            if val is not None and "val" in eval_cfg.splits:
-                mode = "random_crop" if eval_cfg.val_mode == "random_crop" else "none"
-                vgen = epoch_generator(seed, epoch, 2)
-                vlogits = dist.sharded(lambda part: predict(eval_model(), part, cfg, device, mode, eval_cfg.tta_resize_ratio, vgen),
-                                       val.images)
-                row["val_loss"] = float(F.cross_entropy(torch.from_numpy(vlogits), torch.from_numpy(val.labels)))
-                row["val_acc"] = float((vlogits.argmax(1) == val.labels).mean())
-                if row["val_acc"] > best_val:
-                    best_val, best_epoch, since_best = row["val_acc"], epoch + 1, 0
-                    best_state = _cpu_copy(eval_model().state_dict())
-                else:
-                    since_best += 1
+            row = train_one_epoch(tr, epoch, seed, loop, progress)
+            if val is not None:
+                row.update(validate(tr.eval_model(eval_cfg.use_ema), val, cfg, eval_cfg, epoch_generator(seed, epoch, 2), device))
+                _track_best(loop, row["val_acc"], epoch, tr.eval_model(eval_cfg.use_ema))
             row["seconds"] = time.perf_counter() - t0
-            history.append(row)
+            loop.history.append(row)
+            loop.epoch = epoch + 1
             progress.end_epoch(row)
-            if rank != 0:
-                continue  # only rank 0 writes records
-            writer.submit(ckpt_path, {
-                "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
-                "rng_torch": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "epoch": epoch + 1, "step": step, "best_val": best_val, "best_epoch": best_epoch,
-                "since_best": since_best, "history": history, "best_state": best_state,
-            }, job_dir / "history.csv", history)
+            if dist.is_main():  # only rank 0 writes records
+                writer.submit(ckpt_path, checkpoint_state(tr.parts(), loop, device), job_dir / "history.csv", loop.history)
     finally:
         if own_writer:
             writer.close()  # the last checkpoint is on disk before fit returns or raises
-    if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience and len(history) < cfg.epochs:
-        stopped_early = True
-    return FitResult(eval_model(), best_state, best_epoch, len(history), stopped_early, history)
+    return FitResult(tr.eval_model(eval_cfg.use_ema), loop.best_state, loop.best_epoch, len(loop.history),
+                     stopped_early, loop.history)
 
+
+def train_one_epoch(tr: Trainer, epoch: int, seed: int, loop: LoopState, progress: Progress) -> dict[str, Any]:
+    """One pass over the training split in the (seed, epoch) order; the epoch's history row so far."""
+    tr.model.train()
+    host_order = torch.randperm(len(tr.images), generator=epoch_generator(seed, epoch, 0))
+    order = to_device(host_order, tr.device)
+    aug_gen = epoch_generator(seed, epoch, 1)
+    step_loss = torch.empty(tr.steps_per_epoch, device=tr.device)  # each step's mean loss
+    step_correct = torch.empty(tr.steps_per_epoch, device=tr.device, dtype=torch.long)
+    progress.start_epoch(epoch, tr.cfg.epochs, tr.steps_per_epoch)
+    for i in range(tr.steps_per_epoch):
+        rows = slice(i * tr.batch, (i + 1) * tr.batch)
+        x, y, target = _batch(tr, order[rows], host_order[rows], aug_gen)
+        logits, loss = train_step(tr, x, y, target)
+        loop.step += 1
+        if tr.ema is not None:
+            tr.ema.update(tr.core, loop.step)
+        step_loss[i] = loss.detach()
+        torch.sum(logits.detach().argmax(1) == y, dim=0, out=step_correct[i])
+        progress.advance()
+        if (i + 1) % CHECK_EVERY == 0 or i + 1 == tr.steps_per_epoch:
+            _check_finite(step_loss, i, loop.step, epoch)
+    seen = tr.steps_per_epoch * tr.batch
+    rows_per_step = len(range(tr.batch)[tr.mine])
+    loss_sum = dist.all_reduce(step_loss.sum() * rows_per_step)
+    correct = dist.all_reduce(step_correct.sum())
+    return {"epoch": epoch + 1, "step": loop.step, "lr": tr.opt.param_groups[0]["lr"],
+            "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+
+def _batch(tr: Trainer, glob: torch.Tensor, host_glob: torch.Tensor, gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This rank's augmented images, hard labels and target distributions of one global batch."""
+    cfg, idx = tr.cfg, glob[tr.mine]
+    x = augment_batch(to_unit(tr.images.index_select(0, idx)), cfg.input_size, cfg.augment, gen, len(glob), tr.mine, cfg.in_chans)
+    x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=tr.fmt)
+    y = tr.labels[idx]
+    if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
+        y = to_device(draw_labels(tr.host_targets, host_glob, gen)[tr.mine], tr.device)
+    return x, y, tr.targets[idx] if tr.targets is not None else None
+
+
+def train_step(tr: Trainer, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward, (clipped) optimizer and schedule step; returns the logits and the loss."""
+    cfg = tr.cfg
+    with autocast_ctx(tr.device, cfg.amp):
+        logits = tr.model(x)
+        if tr.teacher is not None:
+            with torch.no_grad():
+                target = torch.softmax(tr.teacher(x).float(), dim=1)
+        loss = compute_loss(tr.core, logits, y, target, cfg)
+    tr.opt.zero_grad(set_to_none=True)
+    tr.scaler.scale(loss).backward()
+    if cfg.clip_grad_norm:
+        if tr.scaler.is_enabled() and not cfg.clip_before_unscale:
+            tr.scaler.unscale_(tr.opt)
+        torch.nn.utils.clip_grad_norm_(tr.core.parameters(), cfg.clip_grad_norm)
+    tr.scaler.step(tr.opt)
+    tr.scaler.update()
+    tr.sched.step()
+    return logits, loss
+
+
+def _check_finite(step_loss: torch.Tensor, i: int, step: int, epoch: int) -> None:
+    """Fail the job at the first non-finite loss among the steps since the last check (one host read)."""
+    lo = i // CHECK_EVERY * CHECK_EVERY
+    bad = ~torch.isfinite(step_loss[lo : i + 1])
+    first = torch.where(bad.any(), bad.int().argmax() + (step - i + lo), -1)  # its global step
+    first_bad = int(dist.all_reduce(first, "max"))
+    if first_bad >= 0:
+        raise JobFailed(f"non-finite loss at epoch {epoch + 1}, step {first_bad}")
+
+
+def validate(model: nn.Module, val: Split, cfg: TrainConfig, eval_cfg: EvalConfig, gen: torch.Generator,
+             device: torch.device) -> dict[str, float]:
+    """Validation loss and accuracy (centre view, or EmoNeXt code's random crop)."""
+    mode = "random_crop" if eval_cfg.val_mode == "random_crop" else "none"
+    logits = dist.sharded(lambda part: predict(model, part, cfg, device, mode, eval_cfg.tta_resize_ratio, gen), val.images)
+    return {"val_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))),
+            "val_acc": float((logits.argmax(1) == val.labels).mean())}
+
+
+def _track_best(loop: LoopState, val_acc: float, epoch: int, model: nn.Module) -> None:
+    """Keep the best validation epoch's weights; count the epochs since it for early stopping."""
+    if val_acc > loop.best_val:
+        loop.best_val, loop.best_epoch, loop.since_best = val_acc, epoch + 1, 0
+        loop.best_state = cpu_snapshot(model.state_dict())
+    else:
+        loop.since_best += 1

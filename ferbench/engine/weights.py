@@ -1,41 +1,21 @@
 """Pretrained weights from a local file the user names (no hub downloads), loaded non-strictly.
 
-Accepts FB ConvNeXt checkpoints (`{"model": state_dict}`, keys `downsample_layers.*`, `stages.i.j.*`),
-timm ConvNeXt state dicts (`stem.*`, `stages.i.blocks.j.*`, `head.fc.*`), torchvision state dicts,
-and `.safetensors`. Tensors whose name or shape does not fit keep their random init; the caller gets
-both lists (and prints them), so a run records exactly what was pretrained.
+Accepts a state dict (or one under `model`, `state_dict` or `model_ema`) in a `torch.save` file or
+`.safetensors`. A model family whose key names or shapes differ from its checkpoints' (EmoNeXt takes
+FB and timm ConvNeXt weights) maps them with its registered `checkpoint_filter`. Tensors whose name
+or shape does not fit keep their random init; the caller gets both lists (and prints them), so a run
+records exactly what was pretrained.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ferbench.errors import FerbenchError
-
-_TIMM_TO_FB = [
-    (r"^stem\.0\.", "downsample_layers.0.0."),
-    (r"^stem\.1\.", "downsample_layers.0.1."),
-    (r"^stages\.(\d)\.downsample\.0\.", r"downsample_layers.\1.0."),
-    (r"^stages\.(\d)\.downsample\.1\.", r"downsample_layers.\1.1."),
-    (r"^stages\.(\d)\.blocks\.(\d+)\.conv_dw\.", r"stages.\1.\2.dwconv."),
-    (r"^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.\2.pwconv1."),
-    (r"^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.\2.pwconv2."),
-    (r"^stages\.(\d)\.blocks\.(\d+)\.", r"stages.\1.\2."),
-    (r"^head\.norm\.", "norm."),
-    (r"^head\.fc\.", "head."),
-]
-
-
-def timm_to_fb(key: str) -> str:
-    for pat, rep in _TIMM_TO_FB:
-        new, n = re.subn(pat, rep, key)
-        if n:
-            return new
-    return key
+from ferbench.errors import FerbenchError, first_line
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -49,8 +29,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (unpicklable or hostile files are bad input)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise FerbenchError(f"{path}: not a loadable weights file ({first})") from None
+        raise FerbenchError(f"{path}: not a loadable weights file ({first_line(e)})") from None
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -60,16 +39,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Copy every tensor whose (mapped) name and shape match; return loaded / kept-init / unused names."""
+def load_pretrained(model: nn.Module, path: str | Path,
+                    checkpoint_filter: Callable[[dict[str, Any], nn.Module], dict[str, Any]] | None = None
+                    ) -> dict[str, list[str]]:
+    """Copy every tensor whose (filtered) name and shape match; return loaded / kept-init / unused names."""
     sd = read_state_dict(Path(path))
+    if checkpoint_filter is not None:
+        sd = checkpoint_filter(sd, model)
     own = model.state_dict()
-    if not any(k in own for k in sd):
-        sd = {timm_to_fb(k): v for k, v in sd.items()}
     loaded, unused = [], []
     for k, v in sd.items():
-        if k in own and v.ndim == 4 and v.shape[2:] == (1, 1) and own[k].shape == v.shape[:2]:
-            v = v.flatten(1)  # timm's conv_mlp variants store the block MLP as 1x1 convs
         if k in own and own[k].shape == v.shape:
             own[k] = v.to(own[k].dtype)
             loaded.append(k)

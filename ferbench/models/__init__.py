@@ -1,8 +1,9 @@
 """Model registry: `create_model(name, num_classes, input_size, in_chans=3, **options)`.
 
 Each family lives in its own module (baselines, emonext, resface) and registers its variants as
-configs. Models never read files; pretrained weights are loaded by `load_pretrained` from a path the
-user names. A model may expose `aux_loss` (a tensor set by its last training forward, e.g. EmoNeXt's
+configs. Models never read files; pretrained weights are loaded by `engine.weights.load_pretrained`
+from a path the user names, through the family's `checkpoint_filter` (as timm's `checkpoint_filter_fn`
+lives in its model file) when the family's key names or shapes differ from the checkpoint's. A model may expose `aux_loss` (a tensor set by its last training forward, e.g. EmoNeXt's
 self-attention regulariser) which the engine adds to the loss.
 """
 
@@ -23,6 +24,7 @@ class Variant:
     options: tuple[str, ...] = ()  # option names the builder accepts
     description: str = ""
     paper: bool = False  # a variant the papers evaluate (False: a ferbench extension)
+    checkpoint_filter: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # (state_dict, model) -> state_dict
 
 
 _REGISTRY: dict[str, Variant] = {}

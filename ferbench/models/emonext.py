@@ -15,6 +15,7 @@ Ablation switches `stn`, `se`, `sa_reg` remove exactly their modules; all off is
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import torch
@@ -219,6 +220,44 @@ class EmoNeXt(nn.Module):
         return self.head(feats)
 
 
+# timm ConvNeXt key names -> the FB layout EmoNeXt uses; the first pattern that matches wins
+_TIMM_TO_FB = [
+    (r"^stem\.0\.", "downsample_layers.0.0."),
+    (r"^stem\.1\.", "downsample_layers.0.1."),
+    (r"^stages\.(\d)\.downsample\.0\.", r"downsample_layers.\1.0."),
+    (r"^stages\.(\d)\.downsample\.1\.", r"downsample_layers.\1.1."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.conv_dw\.", r"stages.\1.\2.dwconv."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.\2.pwconv1."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.\2.pwconv2."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.", r"stages.\1.\2."),
+    (r"^head\.norm\.", "norm."),
+    (r"^head\.fc\.", "head."),
+]
+
+
+def timm_to_fb(key: str) -> str:
+    """One timm ConvNeXt state-dict key in the FB checkpoint layout (unchanged if no pattern fits)."""
+    for pat, rep in _TIMM_TO_FB:
+        new, n = re.subn(pat, rep, key)
+        if n:
+            return new
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """ConvNeXt weights (FB checkpoints, or timm's keys mapped to FB's) shaped for this EmoNeXt:
+    timm's conv_mlp variants store the block MLP as 1x1 convs, EmoNeXt as linear layers."""
+    own = model.state_dict()
+    if not any(k in own for k in state_dict):
+        state_dict = {timm_to_fb(k): v for k, v in state_dict.items()}
+    out = {}
+    for k, v in state_dict.items():
+        if k in own and v.ndim == 4 and v.shape[2:] == (1, 1) and own[k].shape == v.shape[:2]:
+            v = v.flatten(1)
+        out[k] = v
+    return out
+
+
 def build_emonext(num_classes: int, input_size: int, in_chans: int, size: str, **options) -> nn.Module:
     return EmoNeXt(num_classes, input_size, in_chans, size=size, **options)
 
@@ -226,5 +265,6 @@ def build_emonext(num_classes: int, input_size: int, in_chans: int, size: str, *
 for _size in SIZES:
     register(Variant(
         f"emonext-{_size}", "emonext", build_emonext, {"size": _size}, options=OPTIONS, paper=_size in PAPER_SIZES,
+        checkpoint_filter=checkpoint_filter_fn,
         description=f"EmoNeXt on ConvNeXt-{_size}" + ("" if _size in PAPER_SIZES else " (ferbench extension, CPU-sized)"),
     ))

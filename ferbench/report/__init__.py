@@ -21,7 +21,7 @@ from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
 from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
-from ferbench.runs import RunRecord, discover, write_bytes_atomic, write_text_atomic
+from ferbench.records import RunRecord, discover, write_bytes_atomic, write_text_atomic
 
 
 def _env(autoescape: bool) -> jinja2.Environment:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from ferbench.errors import FerbenchError
-from ferbench.metrics import mcnemar_exact, per_class_recall
+from ferbench.metrics import bootstrap_mean_ci, mcnemar_exact, per_class_recall
 from ferbench.report.tables import metric_rows
-from ferbench.runs import RunRecord, discover
+from ferbench.records import RunRecord, discover
 
 
 def family_of(arch: str) -> str:
@@ -53,15 +53,12 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
     if not ys:
         return None
     A, B = np.concatenate(ca), np.concatenate(cb)
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, A.size, (reps, A.size))
-    diffs = A[idx].mean(1) - B[idx].mean(1)
     y, a, b = np.concatenate(ys), np.concatenate(pa), np.concatenate(pb)
     k = len(classes)
     rd = per_class_recall(y, a, k) - per_class_recall(y, b, k)
     return {
         "seeds": seeds, "n_pairs": int(A.size), "acc_diff": float(A.mean() - B.mean()),
-        "acc_diff_ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "acc_diff_ci95": list(bootstrap_mean_ci(A.astype(np.int8) - B.astype(np.int8), reps)),
         "mcnemar": mcnemar_exact(A, B), "agreement": float((a == b).mean()),
         "recall_diff": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, rd)},
     }
@@ -110,7 +107,7 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     reports index links it like any report."""
     from ferbench.report import _env
     from ferbench.report.figures import scatter_figure
-    from ferbench.runs import write_bytes_atomic, write_text_atomic
+    from ferbench.records import write_bytes_atomic, write_text_atomic
     import base64
 
     points = [{"label": f"{v['model']} ({d})", "GMACs": v["gmacs"], "accuracy": 100 * v["accuracy"]}

@@ -9,7 +9,7 @@ import numpy as np
 
 from ferbench.data import FerDataset, load_dataset
 from ferbench.report import figures
-from ferbench.runs import write_bytes_atomic
+from ferbench.records import write_bytes_atomic
 
 def fer_vs_ferplus_counts(data_root: str | None) -> tuple[dict[str, int], dict[str, int]]:
     """All-split counts: FER-2013 labels vs a plain argmax over FER+'s 10 vote columns (no protocol)."""

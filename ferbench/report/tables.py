@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferbench.runs import RunRecord
+from ferbench.metrics import bootstrap_mean_ci
+from ferbench.records import RunRecord
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -46,11 +47,7 @@ def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int 
         hits.append(p[key].argmax(1) == p["test.labels"])
     if not hits or len({h.size for h in hits}) != 1:
         return None
-    h = np.stack(hits).astype(float)  # (seeds, N)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, h.shape[1], (reps, h.shape[1]))
-    means = h[:, idx].mean(2).mean(0)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    return bootstrap_mean_ci(np.stack(hits).astype(float), reps, seed=seed)  # (seeds, N): images resampled
 
 
 def fmt_pct(x: float | None, digits: int = 2) -> str:

@@ -29,15 +29,17 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 import torch
 
-from ferbench.bench import fit_seconds, sync
+from ferbench.bench.timing import fit_seconds, sync
 from ferbench.data import FerDataset, Split
 from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
-from ferbench.engine.train import CheckpointWriter, Progress, compute_loss
+from ferbench.engine.checkpoint import CheckpointWriter
+from ferbench.engine.losses import compute_loss
+from ferbench.engine.train import NoProgress, Progress
 from ferbench.errors import FerbenchError
 from ferbench.hostmem import keep_freed_memory
 from ferbench.models import create_model
-from ferbench.profile import count_flops
+from ferbench.cost import count_flops
 from ferbench.spec import RECIPES, TrainConfig
 
 DEFAULT_MODELS = {"emonext-tiny": "emonext-paper", "resface-r18": "resface-paper"}
@@ -67,7 +69,7 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> flo
     return 2 * n**3 / sorted(times)[len(times) // 2] / 1e12
 
 
-class _Pair:
+class LoopPair:
     """The two loops a GPU row compares, over the same in-memory images, for `arch` under its paper recipe.
 
     `fit_seconds(e)`: wall seconds of an e-epoch `fit` of a fresh model (startup, per-epoch checkpoints
@@ -132,7 +134,7 @@ class _Pair:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class EpochInterleaved:
+class EpochInterleaved(NoProgress):
     """A `fit` progress sink that runs one bare epoch after each of fit's epochs and times it apart.
 
     Fit's epochs keep the times fit gives them (`row["seconds"]`, each ending with the metric reads that
@@ -145,9 +147,6 @@ class EpochInterleaved:
         self.bare_epoch, self.writer = bare_epoch, writer
         self.rows: list[dict[str, Any]] = []  # fit's history rows, one an epoch
         self.bare_epochs: list[float] = []  # seconds of each bare epoch
-
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
-    def advance(self) -> None: ...
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -163,7 +162,7 @@ def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, b
     Several epochs per fit, as in a real run: each epoch's checkpoint is written while the next one
     trains, and fit's startup and the wait for its last checkpoint are paid once, not once per epoch.
     """
-    pair = _Pair(arch, recipe, device, size, batch, n_images, compile)
+    pair = LoopPair(arch, recipe, device, size, batch, n_images, compile)
     try:
         pair.interleaved(1)  # warm-up of both loops: cudnn autotuning, compilation, allocator
         our_t, sink = pair.interleaved(epochs)

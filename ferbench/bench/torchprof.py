@@ -18,7 +18,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from ferbench.bench_gpu import _Pair
+from ferbench.bench.gpu import LoopPair
 from ferbench.hostmem import keep_freed_memory
 
 SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -52,7 +52,7 @@ def profile_epoch(arch: str, recipe: str, device: torch.device, size: int = 224,
     its return (moving the model, optimizer set-up, the epoch, the checkpoint), not the model's init.
     """
     keep_freed_memory()
-    pair = _Pair(arch, recipe, device, size, batch, n_images, compile=False)
+    pair = LoopPair(arch, recipe, device, size, batch, n_images, compile=False)
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     try:

@@ -14,12 +14,11 @@ Rows (each: name, ours_per_s, reference_per_s, ratio, plus the conditions):
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,32 +26,15 @@ import torch.nn.functional as F
 
 from ferbench.data import FerDataset, Split
 from ferbench.data.augment import augment_batch, finish, to_unit
+from ferbench.bench.timing import faces, fit_seconds, rate, row
+from ferbench.engine.checkpoint import CheckpointWriter
 from ferbench.engine.evaluate import predict
-from ferbench.engine.train import CheckpointWriter, Progress, fit
+from ferbench.engine.train import NoProgress
 from ferbench.hostmem import keep_freed_memory
 from ferbench.models import create_model
-from ferbench.spec import AugmentConfig, EvalConfig, TrainConfig
+from ferbench.spec import AugmentConfig, TrainConfig
 
 PAPER_AUG = AugmentConfig(hflip=True, rotation=20.0, resize_ratio=236 / 224)
-
-
-def _rate(fn: Callable[[], int], min_seconds: float = 2.0, warmup: int = 1) -> float:
-    """Items per second of fn (which returns how many items it processed), after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_seconds:
-        n += fn()
-    return n / (time.perf_counter() - t0)
-
-
-def _row(name: str, ours: float, ref: float | None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "ours_per_s": ours, "reference_per_s": ref,
-            "ratio": (ours / ref) if ref else None, "threads": torch.get_num_threads(), **extra}
-
-
-def _faces(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
 
 
 class _PilFaces(torch.utils.data.Dataset):
@@ -71,7 +53,7 @@ class _PilFaces(torch.utils.data.Dataset):
 def bench_data(size: int, batch: int = 64, seconds: float = 3.0, windows: int = 5) -> dict[str, Any]:
     import torchvision.transforms as T
 
-    images = _faces(2048)
+    images = faces(2048)
     resize = int(round(size * 236 / 224))
     tf = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(20), T.Resize(resize), T.RandomCrop(size),
                     T.Grayscale(3), T.ToTensor()])
@@ -98,40 +80,12 @@ def bench_data(size: int, batch: int = 64, seconds: float = 3.0, windows: int = 
 
     # Interleaved windows, best of each: the machine's load drifts hit both alike. Each reference window
     # first drains the batches its workers prefetched (2 per worker) while ours ran.
-    rounds = [(_rate(reference, seconds, warmup=5), _rate(ours, seconds, warmup=2)) for _ in range(windows)]
+    rounds = [(rate(reference, seconds, warmup=5), rate(ours, seconds, warmup=2)) for _ in range(windows)]
     ref, mine = (max(col) for col in zip(*rounds))
     del it, loader
-    return _row(f"data_{size}", mine, ref, batch=batch, input="48x48 uint8", output=f"3x{size}x{size} float (ours channels-last, as the model reads it; reference NCHW)",
+    return row(f"data_{size}", mine, ref, batch=batch, input="48x48 uint8", output=f"3x{size}x{size} float (ours channels-last, as the model reads it; reference NCHW)",
                 reference="torchvision PIL per-sample transforms, DataLoader(num_workers=2)", windows=windows,
                 window_seconds=seconds, all_windows=[{"ours_per_s": o, "reference_per_s": r} for r, o in rounds])
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a host clock read after it times that work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
-                around: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
-                progress: Progress | None = None, writer: CheckpointWriter | None = None) -> float:
-    """Wall seconds of a `fit` of a fresh model in a fresh job folder (so nothing resumes).
-
-    The model is made before the clock starts (its random init is not the harness); `around` wraps
-    the timed part (a profiler, say); `progress` is fit's progress sink; the wait for the last
-    checkpoint write is inside the timed part (through `writer` when given).
-    """
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir()
-    torch.manual_seed(0)
-    model = create_model(model_name, 7, cfg.input_size)
-    with around():
-        sync(device)
-        t0 = time.perf_counter()
-        with writer or contextlib.nullcontext():
-            fit(model, ds, cfg, EvalConfig(splits=["test"]), 0, device, workdir, progress=progress, writer=writer)
-        sync(device)
-        return time.perf_counter() - t0
 
 
 def bare_steps(model_name: str, images: np.ndarray, labels: np.ndarray, size: int, batch: int) -> Iterator[None]:
@@ -163,7 +117,7 @@ def bare_steps(model_name: str, images: np.ndarray, labels: np.ndarray, size: in
     return loop()
 
 
-class Interleaved:
+class Interleaved(NoProgress):
     """A `fit` progress sink that runs one bare step after each of fit's steps and times both apart.
 
     So the two loops alternate second by second and the VM's load swings (10-15 % between 40-second
@@ -188,8 +142,6 @@ class Interleaved:
         self._last = time.perf_counter()
         self.bare_steps.append(self._last - t)
 
-    def end_epoch(self, row: dict[str, Any]) -> None: ...
-
 
 def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 2944,
                 epochs: int = 2, repeats: int = 3) -> dict[str, Any]:
@@ -201,7 +153,7 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     here it is inside fit's time). Fit's time is its whole wall time (start-up, augmentation, metrics,
     epoch ends, checkpoints) less the bare steps run inside it; the bare loop's is the sum of its steps.
     """
-    images, labels = _faces(n), np.random.default_rng(1).integers(0, 7, n)
+    images, labels = faces(n), np.random.default_rng(1).integers(0, 7, n)
     cfg = TrainConfig(epochs=epochs, batch_size=batch, input_size=size, optimizer="sgd", lr=0.01, schedule="constant",
                       augment=AugmentConfig(hflip=True, rotation=10.0))
     ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels)})
@@ -222,7 +174,7 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     fit_steps = [t for _, sink in runs for t in sink.fit_steps]
     ref_steps = [t for _, sink in runs for t in sink.bare_steps]
     our_t, ref_t = sum(o for o, _ in runs), sum(ref_steps)
-    return _row("train_epoch", repeats * seen / our_t, repeats * seen / ref_t, model=model_name, input_size=size,
+    return row("train_epoch", repeats * seen / our_t, repeats * seen / ref_t, model=model_name, input_size=size,
                 batch=batch, images_per_epoch=(n // batch) * batch, epochs=epochs, repeats=repeats,
                 reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint",
                 method="one bare step after each fit step; totals over all repeats",
@@ -234,7 +186,7 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
 
 def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch: int = 64,
                windows: int = 5, seconds: float = 1.5) -> list[dict[str, Any]]:
-    images = _faces(n)
+    images = faces(n)
     model = create_model(model_name, 7, size).eval().to(memory_format=torch.channels_last)
     cfg = TrainConfig(input_size=size, eval_batch_size=batch)
     device = torch.device("cpu")
@@ -267,12 +219,12 @@ def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch
     # n images (~3.5 s here), so each side is warmed up once rather than before every window.
     for fn in (ours, cropwise, bare):
         fn()
-    rounds = [(_rate(ours, seconds, 0), _rate(cropwise, seconds, 0), _rate(bare, seconds, 0)) for _ in range(windows)]
+    rounds = [(rate(ours, seconds, 0), rate(cropwise, seconds, 0), rate(bare, seconds, 0)) for _ in range(windows)]
     mine, crop, raw = (max(col) for col in zip(*rounds))
     common = {"model": model_name, "input_size": size, "batch": batch, "views": 10, "windows": windows}
-    return [_row("eval_tencrop_vs_cropwise", mine, crop, reference="10 separate forwards per batch", **common,
+    return [row("eval_tencrop_vs_cropwise", mine, crop, reference="10 separate forwards per batch", **common,
                  all_windows=[{"ours_per_s": o, "reference_per_s": c} for o, c, _ in rounds]),
-            _row("eval_tencrop_vs_bare", mine, raw, reference="one bare forward over the pre-expanded batch", **common,
+            row("eval_tencrop_vs_bare", mine, raw, reference="one bare forward over the pre-expanded batch", **common,
                  all_windows=[{"ours_per_s": o, "reference_per_s": b} for o, _, b in rounds])]
 
 
@@ -302,8 +254,8 @@ def bench_csv(data_root: str | None) -> list[dict[str, Any]]:
             os.environ.pop("FERBENCH_CACHE")
         else:
             os.environ["FERBENCH_CACHE"] = old
-    return [_row("fer2013_csv_first_parse", rows / parse_s, None, seconds=parse_s, target_seconds=10.0, rows=rows),
-            _row("fer2013_cached_load", rows / cached_s, None, seconds=cached_s, target_seconds=0.5, rows=rows)]
+    return [row("fer2013_csv_first_parse", rows / parse_s, None, seconds=parse_s, target_seconds=10.0, rows=rows),
+            row("fer2013_cached_load", rows / cached_s, None, seconds=cached_s, target_seconds=0.5, rows=rows)]
 
 
 def run_bench(which: str, data_root: str | None = None) -> list[dict[str, Any]]:

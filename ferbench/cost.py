@@ -1,4 +1,4 @@
-"""Params, GMACs / GFLOPs, latency and peak memory of a model.
+"""A model's cost: params, GMACs / GFLOPs and CPU latency.
 
 Counted with `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-accumulate) at
 batch 1 in eval mode. It counts nothing for ops without a formula, so the STN's sampling ops get
@@ -61,13 +61,14 @@ def latency_ms(model: nn.Module, input_size: int, in_chans: int = 3, repeats: in
     return 1000 * times[len(times) // 2]
 
 
-def profile_model(name: str, input_size: int = 224, num_classes: int = 7, in_chans: int = 3,
-                  latency: bool = True, **options: Any) -> dict[str, Any]:
+def model_cost(name: str, input_size: int = 224, num_classes: int = 7, in_chans: int = 3,
+               latency: bool = True, latency_repeats: int = 10, **options: Any) -> dict[str, Any]:
+    """Params, GMACs, GFLOPs and (optionally) the median batch-1 CPU latency of a registered model."""
     model = create_model(name, num_classes, input_size, in_chans, **options)
     flops = count_flops(model, input_size, in_chans)
     return {
         "model": name, "params": count_params(model), "gmacs": flops / 2e9, "gflops": flops / 1e9,
-        "latency_ms": latency_ms(model, input_size, in_chans) if latency else None,
+        "latency_ms": latency_ms(model, input_size, in_chans, latency_repeats) if latency else None,
         "input_size": input_size, "num_classes": num_classes, "in_chans": in_chans, "options": options,
         "threads": torch.get_num_threads(),
     }

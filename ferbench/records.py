@@ -1,5 +1,7 @@
 """The run-record format: `runs/<spec>/<job-id>/`, atomic writes, per-job locks, discovery.
 
+A spec's folder also holds `spec.yaml`, the validated spec (claims, description) that report reads.
+
 Files: job.yaml, manifest.json, history.csv, metrics.json, predictions.npz, checkpoint.pt.
 Every file is written to a temporary name in the same folder, flushed, fsynced and renamed, so a
 crash leaves the previous version intact. A record is complete only when its manifest says so.
@@ -20,6 +22,7 @@ import numpy as np
 import yaml
 
 from ferbench.errors import FerbenchError
+from ferbench.spec import condition_hash
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
 _UMASK = os.umask(0)
@@ -116,15 +119,8 @@ class RunRecord:
 
     @property
     def condition(self) -> str:
-        """Hash of the job without seed, data location and profile: equal for seeds of one experiment."""
-        import copy
-        import hashlib
-
-        d = copy.deepcopy(self.job.get("job", {}))
-        for k in ("seed", "data_root", "profile"):
-            d.pop(k, None)
-        d.get("dataset", {}).pop("path", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        """The job's condition hash (`spec.condition_hash`): equal for the seeds of one experiment."""
+        return condition_hash(self.job.get("job", {}))
 
     @property
     def id(self) -> str:
@@ -166,14 +162,37 @@ def _num(v: str) -> Any:
         return v
 
 
-def is_complete(job_dir: Path) -> bool:
-    m = job_dir / "manifest.json"
-    if not m.exists():
-        return False
+def read_status(job_dir: Path) -> str | None:
+    """The status a job folder's manifest records (None: no readable manifest)."""
     try:
-        return json.loads(m.read_text()).get("status") == COMPLETE
-    except ValueError:
-        return False
+        return json.loads((job_dir / "manifest.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_complete(job_dir: Path) -> bool:
+    return read_status(job_dir) == COMPLETE
+
+
+def check_writable(runs_dir: Path) -> None:
+    """Fail before any work if runs_dir cannot hold records: try a temporary file where it will go."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise FerbenchError(f"{runs_dir}: runs directory path exists and is not a folder")
+    probe = runs_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FerbenchError(f"{runs_dir}: cannot create the runs directory ({probe} is not a folder)")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise FerbenchError(f"{runs_dir}: runs directory is not writable ({e.strerror})") from None
+
+
+def write_spec_snapshot(spec: Any, runs_dir: Path) -> None:
+    """runs/<spec>/spec.yaml: the validated spec (claims, description) that report reads."""
+    write_text_atomic(runs_dir / spec.name / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
 def discover(root: Path) -> list[RunRecord]:

@@ -1,0 +1,178 @@
+"""The Python API under the CLI: plan, run, report and compare a spec, list models, read a dataset.
+
+Every `ferbench` command is parse -> one call here -> print; a Python user or a test gets the same
+results without a subprocess. Nothing here prints or reads argv: a run reports what it does through
+`RunHooks` (the CLI's shows progress bars). Bad input raises `FerbenchError` (one line) before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferbench.errors import FerbenchError
+from ferbench.spec import Job, Spec, expand, load_spec
+
+LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning before it starts
+
+
+@dataclass
+class PlannedJob:
+    job: Job
+    status: str  # done | resume | new | failed (a finished-but-failed record runs again)
+    epochs_done: int
+    estimate_s: float | None  # what is left of it; None when not estimated
+
+
+@dataclass
+class Plan:
+    """A spec expanded, with what each job would do on `device` and how long it would take."""
+
+    spec: Spec
+    profile: str | None
+    device: Any
+    runs_dir: Path
+    jobs: list[PlannedJob] = field(default_factory=list)
+    datasets: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def estimate_s(self) -> float | None:
+        left = [p.estimate_s for p in self.jobs if p.status != "done"]
+        return None if any(s is None for s in left) else sum(left)
+
+    def warning(self) -> str | None:
+        """A line for a spec that would run for days, naming the spec's smaller profiles."""
+        total = self.estimate_s
+        if total is None or total < LONG_RUN_S:
+            return None
+        from ferbench.estimate import format_seconds
+
+        smaller = [p for p in self.spec.profiles if p != self.profile]
+        hint = f"; try --profile {' or --profile '.join(smaller)}" if smaller else ""
+        return f"estimated {format_seconds(total)} on {self.device}{hint} (`ferbench plan` lists each job)"
+
+
+class RunHooks:
+    """What a run tells its caller; the defaults ignore it all."""
+
+    def start(self, plan: Plan, launcher: str) -> None: ...
+    def progress_for(self, job: Job) -> Any: return None  # a progress sink for the job (engine.train.Progress)
+    def outcome(self, outcome: Any) -> None: ...
+    def done(self) -> None: ...
+
+
+def load(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None
+         ) -> tuple[Spec, list[Job]]:
+    """A validated spec (profile and `key=value` overrides applied) and its jobs."""
+    spec = load_spec(spec_path, profile, overrides)
+    return spec, expand(spec, profile)
+
+
+def plan_spec(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None,
+              runs_dir: str | Path = "runs", data_root: str | None = None, device: str = "auto",
+              estimate: bool = True) -> Plan:
+    """The jobs a run would have, their ids, which are finished, and each one's estimated time left."""
+    from ferbench.machine import pick_device
+    from ferbench.runner import prepare
+
+    spec, jobs = load(spec_path, profile, overrides)
+    datasets = prepare(jobs, data_root)
+    return _plan(spec, profile, jobs, datasets, Path(runs_dir), pick_device(device), estimate)
+
+
+def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, Any], runs_dir: Path, device: Any,
+          estimate: bool) -> Plan:
+    from ferbench.estimate import epochs_done, job_seconds, probe
+    from ferbench.records import read_status
+    from ferbench.runner import dataset_key
+
+    plan = Plan(spec, profile, device, runs_dir, datasets=datasets)
+    for job in jobs:
+        job_dir = runs_dir / job.spec / job.id
+        status = read_status(job_dir)
+        done = epochs_done(job_dir)
+        state = {"complete": "done", "failed": "failed"}.get(status or "", "resume" if done else "new")
+        ds = datasets[dataset_key(job)]
+        secs = None
+        if state == "done":
+            secs = 0.0
+        elif estimate:
+            secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state == "resume" else 0)
+        plan.jobs.append(PlannedJob(job, state, done, secs))
+    return plan
+
+
+def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None,
+             runs_dir: str | Path = "runs", data_root: str | None = None, device: str = "auto",
+             threads: int | None = None, hooks: RunHooks | None = None, estimate: bool = True) -> list[Any]:
+    """Train and evaluate every job of a spec (finished ones skipped, interrupted ones resumed) with
+    the spec's launcher (`overrides` may set `launcher.*`); returns each job's `Outcome`."""
+    import torch
+
+    from ferbench.engine import dist
+    from ferbench.launch import run_local, run_submitit, run_workers
+    from ferbench.machine import pick_device
+    from ferbench.records import check_writable, write_spec_snapshot
+    from ferbench.runner import prepare
+
+    hooks = hooks or RunHooks()
+    runs_dir = Path(runs_dir)
+    spec, jobs = load(spec_path, profile, overrides)
+    check_writable(runs_dir)
+    datasets = prepare(jobs, data_root)
+    ddp = dist.init_from_env()
+    dev = dist.local_device() if ddp and device == "auto" else pick_device(device)
+    lc = spec.launcher
+    if ddp and (lc.name != "local" or lc.workers > 1):
+        raise FerbenchError("under torchrun each job runs data-parallel in-process: drop --launcher/--workers")
+    if threads:
+        torch.set_num_threads(threads)
+    if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
+        return run_local(jobs, runs_dir, datasets, dev)
+    write_spec_snapshot(spec, runs_dir)
+    plan = _plan(spec, profile, jobs, datasets, runs_dir, dev, estimate and not ddp and lc.name == "local")
+    hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{lc.workers} workers" if lc.workers > 1 else "local"))
+    try:
+        if lc.name == "submitit":
+            return run_submitit(jobs, runs_dir, data_root, str(dev), lc, threads, hooks.outcome)
+        if lc.workers > 1:
+            return run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, hooks.outcome)
+        return run_local(jobs, runs_dir, datasets, dev, hooks.progress_for, hooks.outcome)
+    finally:
+        hooks.done()
+
+
+def report_spec(target: str | None = None, runs_dir: str | Path = "runs", out: str | Path = "reports") -> list[Path]:
+    """Render reports/<spec>/index.html and report.md (and the reports index) from run records."""
+    from ferbench.report import render_reports
+
+    return render_reports(target, Path(runs_dir), Path(out))
+
+
+def compare(a: str, b: str, runs_dir: str | Path = "runs", dataset: str | None = None,
+            out: str | Path | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Two families (or model ids) side by side with paired statistics; also written under `out` if given."""
+    from ferbench.report.compare import compare as compare_records, write_compare
+
+    result = compare_records(a, b, Path(runs_dir), dataset)
+    return result, (write_compare(result, Path(out)) if out is not None else [])
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every registered variant with its family, parameter count (7 classes, 224 input) and options."""
+    from ferbench.cost import count_params
+    from ferbench.models import create_model, variants
+
+    return [{"name": name, "family": v.family, "params": count_params(create_model(name, 7, 224)), "paper": v.paper,
+             "options": list(v.options), "description": v.description} for name, v in sorted(variants().items())]
+
+
+def data_info(name: str, options: dict[str, Any] | None = None, path: str | None = None,
+              data_root: str | None = None) -> dict[str, Any]:
+    """Per split: total and per-class counts of a dataset (what survives its label protocol)."""
+    from ferbench.data import load_dataset
+
+    ds = load_dataset(name, options or {}, path, data_root)
+    return {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}

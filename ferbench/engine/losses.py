@@ -1,0 +1,58 @@
+"""Training losses and the per-step targets they take.
+
+- `ce`: cross-entropy on the hard (majority) label, with optional label smoothing.
+- `ldl`: label-distribution learning (ResFace module C): cross-entropy against a distribution, the
+  annotators' votes or a frozen teacher's softmax; reduced over N x classes as the article's formula
+  (`ldl_reduction: paper`) or over N.
+- `sampled`: FER+'s "probability" mode: cross-entropy on a one-hot label drawn from each sample's
+  vote distribution every step.
+A model's own auxiliary loss (EmoNeXt's self-attention regulariser, `model.aux_loss`) is added.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ferbench.errors import FerbenchError
+from ferbench.spec import TrainConfig
+
+
+def soft_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """-sum t log softmax(z), divided by N x classes ("paper", the article's formula) or by N."""
+    total = -(target * F.log_softmax(logits.float(), dim=1)).sum()
+    denom = logits.shape[0] * (logits.shape[1] if reduction == "paper" else 1)
+    return total / denom
+
+
+def compute_loss(
+    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, cfg: TrainConfig
+) -> torch.Tensor:
+    """The step's loss: `cfg.loss` on hard labels `y` or distributions `target`, plus the model's aux loss."""
+    if cfg.loss == "ldl":
+        loss = soft_ce(logits, target, cfg.ldl_reduction)
+        if cfg.ldl_hard_weight:
+            loss = loss + cfg.ldl_hard_weight * F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    else:
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    aux = getattr(model, "aux_loss", None)
+    return loss if aux is None else loss + aux.float()
+
+
+def uses_teacher(cfg: TrainConfig) -> bool:
+    """Whether the step's target distribution is a teacher's softmax rather than the votes."""
+    return cfg.loss == "ldl" and cfg.ldl_source == "teacher"
+
+
+def check_targets(cfg: TrainConfig, has_votes: bool, has_teacher: bool, dataset: str) -> None:
+    """Refuse a loss whose targets this dataset or job cannot provide."""
+    if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and not has_votes:
+        raise FerbenchError(f"dataset {dataset!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
+    if uses_teacher(cfg) and not has_teacher:
+        raise FerbenchError("train.ldl_source=teacher needs a model entry with depends_on: <teacher model id>")
+
+
+def draw_labels(host_targets: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One label per row drawn from its target distribution (on the host: no device sync a step)."""
+    return torch.multinomial(host_targets[rows].float(), 1, generator=gen).squeeze(1)
