@@ -1,10 +1,10 @@
 """How long a job will take on this device, from a short measured probe, and how far it already got.
 
 The probe times a training step (forward, loss, backward, SGD step) and an evaluation forward of
-the job's model at its input size on random images (the faster of two, after a warm-up), and scales
+the job's model at its input size on random images (the faster of two calls after a warm-up), and scales
 per image: a job's time = epochs x training images x the step's seconds per image + the validation
 and test forwards (TTA views included) x the forward's. The probe's batch is the job's, capped so a
-step stays short (64 images at 48x48, 2 at 224x224: large images fill the device at any batch; small
+step stays short (32 images at 48x48, 2 at 224x224: large images fill the device at any batch; small
 batches of small images run less efficiently, so there the estimate errs long). Probes are cached per
 process by what changes their cost (model, options, input size, batch, channels, precision, layout,
 device).
@@ -23,8 +23,8 @@ from ferbench.spec import Job
 
 
 def probe_images(input_size: int, batch: int) -> int:
-    """The probe's batch: the job's, capped at ~64 images' worth of 48x48 pixels (at least 2)."""
-    return min(batch, max(2, round(64 * (48 / input_size) ** 2)))
+    """The probe's batch: the job's, capped at ~32 images' worth of 48x48 pixels (at least 2)."""
+    return min(batch, max(2, round(32 * (48 / input_size) ** 2)))
 
 _CACHE: dict[str, "Probe"] = {}
 TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, first_line
 
 JOB_FORMAT = 1
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
@@ -337,7 +337,7 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    problem = getattr(e, "problem", None) or first_line(e, limit=10_000)
     if mark is not None:
         return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return problem

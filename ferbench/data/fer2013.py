@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, first_line
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
@@ -96,8 +96,7 @@ def read_csv_frame(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise FerbenchError(f"{path}: not a readable CSV ({first})") from None
+        raise FerbenchError(f"{path}: not a readable CSV ({first_line(e, limit=10_000)})") from None
     got = [c.strip() for c in df.columns]
     if got != columns:
         raise FerbenchError(f"{path}: expected columns {','.join(columns)}, got {','.join(got)}")
