@@ -81,7 +81,7 @@ class Manifest:
         self.data: dict[str, Any] = {"status": RUNNING, **fields, "started": _now()}
         self._save()
 
-    def note(self, **fields: Any) -> None:
+    def add(self, **fields: Any) -> None:
         """Add fields, written with the next change of status."""
         self.data.update(fields)
 
@@ -161,7 +161,7 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
         from ferbench.engine.weights import load_pretrained
 
         info = load_pretrained(model, job.model.weights, get_variant(job.model.arch).checkpoint_filter)
-        manifest.note(pretrained={"file": job.model.weights, **info})
+        manifest.add(pretrained={"file": job.model.weights, **info})
         kept = info["kept_init"]
         progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                       f"kept init for {len(kept)}: {', '.join(kept[:8])}" + (" ..." if len(kept) > 8 else ""))

@@ -159,13 +159,11 @@ def fit(
     ckpt_path = job_dir / "checkpoint.pt"
     loop = restore(ckpt_path, tr.parts(), device) if ckpt_path.exists() else LoopState()
     val = ds.splits.get("val") if "val" in eval_cfg.splits else None
-    stopped_early = False
     own_writer = writer is None
     writer = writer or CheckpointWriter()
     try:
         for epoch in range(loop.epoch, cfg.epochs):
             if should_stop(loop, cfg):
-                stopped_early = True
                 break
             t0 = time.perf_counter()
             row = train_one_epoch(tr, epoch, seed, loop, progress)
@@ -181,6 +179,7 @@ def fit(
     finally:
         if own_writer:
             writer.close()  # the last checkpoint is on disk before fit returns or raises
+    stopped_early = loop.epoch < cfg.epochs  # only early stopping leaves epochs unrun
     return FitResult(tr.eval_model(eval_cfg.use_ema), loop.best_state, loop.best_epoch, len(loop.history),
                      stopped_early, loop.history)
 
