@@ -176,3 +176,34 @@ def data_info(name: str, options: dict[str, Any] | None = None, path: str | None
 
     ds = load_dataset(name, options or {}, path, data_root)
     return {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}
+
+
+BENCH_KINDS = ("data", "train", "eval", "csv", "all", "gpu", "profile")
+
+
+def bench(which: str = "all", data_root: str | None = None, device: str = "cuda", models: list[str] | None = None,
+          size: int = 224, batch: int = 64, images: int = 6400, epochs: int = 3, compile: bool = False) -> dict[str, Any]:
+    """`ferbench bench WHICH`: {"which", "hardware", "kernels", "rows"}: the rows measured, the machine
+    they ran on, and the kernels the batch pipeline chose (with the timings behind each choice)."""
+    from ferbench.data.kernels import explain
+    from ferbench.machine import hardware, pick_device
+
+    if which not in BENCH_KINDS:
+        raise FerbenchError(f"bench {which!r}: expected one of {', '.join(BENCH_KINDS)}")
+    dev = None
+    if which in ("gpu", "profile"):
+        from ferbench.bench.gpu import DEFAULT_MODELS, parse_models, run_gpu_bench
+
+        dev = pick_device(device)
+        chosen = parse_models(models or [])
+        if which == "gpu":
+            rows = run_gpu_bench(dev, chosen, size, batch, images, compile, epochs=epochs)
+        else:
+            from ferbench.bench.torchprof import profile_epoch
+
+            rows = [profile_epoch(arch, recipe, dev, size, batch, images) for arch, recipe in (chosen or DEFAULT_MODELS).items()]
+    else:
+        from ferbench.bench.cpu import run_bench
+
+        rows = run_bench(which, data_root)
+    return {"which": which, "hardware": hardware(dev), "kernels": explain(), "rows": rows}

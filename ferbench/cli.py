@@ -332,47 +332,25 @@ def bench(
     compile_: bool = typer.Option(False, "--compile", help="gpu: torch.compile both loops"),
 ) -> None:
     """Measure the harness against reference pipelines, side by side, and print the ratios."""
-    if which not in ("data", "train", "eval", "csv", "all", "gpu", "profile"):
-        _fail(f"bench {which!r}: expected one of data, train, eval, csv, all, gpu, profile")
-    if which == "profile":
-        from ferbench.bench.gpu import DEFAULT_MODELS, parse_models
-        from ferbench.bench.torchprof import profile_epoch
-        from ferbench.machine import pick_device
+    from ferbench import api
 
-        try:
-            rows = [profile_epoch(arch, recipe, pick_device(device), size, batch, images)
-                    for arch, recipe in (parse_models(model) or DEFAULT_MODELS).items()]
-        except FerbenchError as e:
-            _fail(str(e))
-        if as_json:
-            print(json.dumps(rows, indent=2))
-            return
-        for r in rows:
-            console.print(f"[bold]{r['name']}[/] on {r['device']}, batch {r['batch']}, {r['bare']['steps']} steps")
-            for loop in ("bare", "fit"):
-                p = r[loop]
-                busy = "" if p["device_busy_fraction"] is None else f", device busy {p['device_busy_fraction']:.0%}"
-                console.print(f"  {loop:4s} {p['wall_s']:.2f} s, host syncs {p['host_syncs']} ({p['host_syncs_by_op']}), "
-                              f"{p['launches_per_step']:.0f} {p['launches_counted']}/step{busy}")
-        return
-    if which == "gpu":
-        from ferbench.bench.gpu import parse_models, run_gpu_bench
-        from ferbench.machine import pick_device
-
-        try:
-            rows = run_gpu_bench(pick_device(device), parse_models(model), size, batch, images, compile_, epochs=epochs)
-        except FerbenchError as e:
-            _fail(str(e))
-        where = f"{rows[0]['device']}, batch {batch}, {size}x{size}"
-    else:
-        from ferbench.bench.cpu import run_bench
-
-        rows = run_bench(which, data_root)
-        where = f"CPU, {rows[0].get('threads', '?')} threads"
+    try:
+        res = api.bench(which, data_root, device, model, size, batch, images, epochs, compile_)
+    except FerbenchError as e:
+        _fail(str(e))
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(res, indent=2))
         return
-    t = Table(title=f"ferbench bench {which} ({where})")
+    hw = res["hardware"]
+    console.print(f"machine: {hw.get('gpu', hw['cpu'])}, {hw['cores']} cores, {hw['torch_threads']} torch threads, "
+                  f"BLAS {hw['blas']}, flags {' '.join(hw['cpu_flags']) or '-'}", highlight=False)
+    for k in res["kernels"]:
+        console.print(f"kernel {k['op']} at {k['shape']}: {k['kernel']} ({k['why']})", highlight=False)
+    rows = res["rows"]
+    if which == "profile":
+        _print_profile(rows)
+        return
+    t = Table(title=f"ferbench bench {which}")
     for c in ("name", "ours /s", "reference /s", "ratio", "conditions"):
         t.add_column(c)
     for r in rows:
@@ -383,6 +361,16 @@ def bench(
         t.add_row(r["name"], f"{r['ours_per_s']:.1f}", "-" if r["reference_per_s"] is None else f"{r['reference_per_s']:.1f}",
                   "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", ", ".join(f"{k}={v}" for k, v in extra.items()))
     console.print(t)
+
+
+def _print_profile(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        console.print(f"[bold]{r['name']}[/] on {r['device']}, batch {r['batch']}, {r['bare']['steps']} steps")
+        for loop in ("bare", "fit"):
+            p = r[loop]
+            busy = "" if p["device_busy_fraction"] is None else f", device busy {p['device_busy_fraction']:.0%}"
+            console.print(f"  {loop:4s} {p['wall_s']:.2f} s, host syncs {p['host_syncs']} ({p['host_syncs_by_op']}), "
+                          f"{p['launches_per_step']:.0f} {p['launches_counted']}/step{busy}")
 
 
 @data_app.command("info")

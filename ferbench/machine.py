@@ -1,7 +1,9 @@
-"""What this process runs on: the device a run uses and the environment recorded in every manifest."""
+"""What this process runs on: the device a run uses, the hardware every benchmark records, and the
+environment recorded in every manifest."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -24,6 +26,52 @@ def pick_device(name: str = "auto") -> Any:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotuned convolutions; recorded in each manifest's environment
     return device
+
+
+# the CPU flags that decide which kernels PyTorch and its libraries run
+_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+          "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; else what platform says)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of /proc/cpuinfo (empty where there is none)."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def hardware(device: Any = None) -> dict[str, Any]:
+    """CPU model and flags, cores, torch threads, the BLAS / oneDNN build, and the GPU when one is used:
+    the block every benchmark JSON and printout carries."""
+    import torch
+
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    config = torch.__config__.show()
+    build = [line.strip(" -") for line in config.splitlines()
+             if any(k in line for k in ("Math Kernel Library", "MKL-DNN", "oneDNN", "OpenBLAS", "CPU capability"))]
+    blas = next((part.split("=", 1)[1] for part in config.replace(",", " ").split() if part.startswith("BLAS_INFO=")), None)
+    out = {
+        "cpu": cpu_model(), "cpu_flags": sorted(f for f in _FLAGS if f in flags), "machine": platform.machine(),
+        "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "blas": blas, "build": build,
+    }
+    if device is not None and getattr(device, "type", None) == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
 
 
 def git_commit() -> str | None:
@@ -57,5 +105,5 @@ def environment(device: Any) -> dict[str, Any]:
         env["determinism_note"] = ("CUDA: grid_sample (STN, augmentation) and adaptive pooling have no deterministic "
                                    "backward; results are repeatable on the CPU, close but not bitwise on CUDA")
     else:
-        env["cpu"] = platform.processor() or platform.machine()
+        env["cpu"] = cpu_model()
     return env

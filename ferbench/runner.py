@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from ferbench.data import FerDataset, load_dataset, parse_options
+from ferbench.data.kernels import chosen as chosen_kernels
 from ferbench.errors import FerbenchError, JobFailed
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
@@ -142,7 +143,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             if not dist.is_main():
                 return Outcome(job, "complete", time.perf_counter() - t0)
             record(job, job_dir, ds.num_classes, arrays, metrics)
-            manifest.finish(COMPLETE, time.perf_counter() - t0)
+            manifest.finish(COMPLETE, time.perf_counter() - t0, kernels=chosen_kernels())
             return Outcome(job, "complete", time.perf_counter() - t0, stored_test_accuracy(job_dir))
         except JobFailed as e:
             manifest.finish(FAILED, time.perf_counter() - t0, failure=str(e))

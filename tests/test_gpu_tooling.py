@@ -60,7 +60,7 @@ def test_bench_gpu_rows_on_cpu():
     res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--model", "resnet18=resface-paper",
                                    "--size", "32", "--batch", "4", "--images", "8", "--json"])
     assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.output)
+    (row,) = json.loads(res.output)["rows"]
     assert row["name"] == "gpu_train_resnet18_32" and row["loss"] == "ldl" and row["optimizer"] == "sgd"
     assert row["ours_per_s"] > 0 and row["reference_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["ours_per_s"] / row["reference_per_s"])
@@ -72,7 +72,7 @@ def test_bench_gpu_times_several_epochs_per_fit():
     res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--model", "resnet18=resface-paper",
                                    "--size", "32", "--batch", "4", "--images", "8", "--epochs", "2", "--json"])
     assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.output)
+    (row,) = json.loads(res.output)["rows"]
     assert row["epochs"] == 2 and row["images_per_epoch"] == 8
     # fit's time split: its two epochs (as fit timed them) and the rest, which is start-up and checkpoints
     assert row["ours_in_epochs_per_s"] >= row["ours_per_s"] and row["ours_outside_epochs_s"] > 0
@@ -133,7 +133,7 @@ def test_bench_profile_finds_no_per_step_host_syncs():
     res = CliRunner().invoke(app, ["bench", "profile", "--device", "cpu", "--model", "resnet18=resface-paper",
                                    "--size", "32", "--batch", "4", "--images", "24", "--json"])
     assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.output)
+    (row,) = json.loads(res.output)["rows"]
     assert row["bare"]["steps"] == row["fit"]["steps"] == 6
     assert row["bare"]["host_syncs"] == 0
     assert row["fit"]["host_syncs"] == 3 and row["fit"]["host_syncs_by_op"] == {"aten::_local_scalar_dense": 3}

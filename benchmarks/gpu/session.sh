@@ -67,7 +67,7 @@ mkdir -p /tmp/runs
 summarise_bench() {
   $PY - "$1" <<'EOF' || true
 import json, sys
-for r in json.load(open(sys.argv[1])):
+for r in json.load(open(sys.argv[1]))["rows"]:
     print(f"{r['model']:14s} ours {r['ours_per_s']:8.1f} img/s  bare {r['reference_per_s']:8.1f}  ratio {r['ratio']:.3f}  "
           f"(in epochs {r['in_epochs_ratio']:.3f}, {r['ours_outside_epochs_s']:.2f} s outside)  "
           f"{r['train_tflops']:.1f} TFLOP/s = {r['fraction_of_measured_peak']:.1%} of measured {r['matmul_peak_tflops']:.0f}")
@@ -91,7 +91,7 @@ stage_profile() {
     && cp /tmp/bench_profile.json "$OUT/bench_profile.json"
   $PY - <<'EOF' || true
 import json
-for r in json.load(open("/tmp/bench_profile.json")):
+for r in json.load(open("/tmp/bench_profile.json"))["rows"]:
     for loop in ("bare", "fit"):
         p = r[loop]
         print(f"{r['model']:14s} {loop:4s} {p['wall_s']:.2f} s  syncs {p['host_syncs']} {p['host_syncs_by_op']}  "
@@ -112,7 +112,7 @@ stage_table6() {
     EPOCHS=$($PY - "$N" "$(left)" <<'EOF'
 import json, math, sys
 n, left = int(sys.argv[1]), float(sys.argv[2]) - 90  # keep 90 s for the tar and the slack
-ips = {r["model"]: r["ours_per_s"] for r in json.load(open("/tmp/bench_gpu.json"))}
+ips = {r["model"]: r["ours_per_s"] for r in json.load(open("/tmp/bench_gpu.json"))["rows"]}
 epoch_rf = n / ips["resface-r18"] * 1.1  # + validation and the checkpoint
 epoch_em = n / ips["emonext-tiny"] * 1.1
 e_r = max(1, min(12, math.floor((0.5 * left - 30) / (1.8 * epoch_rf))))  # ResFace-R18 + ResNet-18 (faster)

@@ -5,11 +5,16 @@ per sample and applied with one `grid_sample` at no more than the source resolut
 to the model's input size. Random numbers come from a seeded CPU `torch.Generator`, so the stream is
 the same on every device and can be saved and restored for exact resume.
 
-On CUDA the upsample is `F.interpolate`. On the CPU it is `upsample_bilinear`: the same bilinear
-weights as a small matrix product along rows and a few lerps along columns, writing the channels-last
-3-channel layout the model reads in one pass. A 32-image batch at 224 is 19 MB of float output, and
-PyTorch's own kernels need several passes over it (float bilinear, then the grey-to-3-channel copy)
-or a uint8 detour. Either way the result is the model's input before normalisation, in [0, 1].
+On CUDA the upsample is `F.interpolate`. On the CPU it is `upsample_bilinear`, which writes the
+channels-last 3-channel layout the model reads: a 32-image batch at 224 is 19 MB of float output.
+Two CPU ops have several formulations with equal results (to float rounding) whose speed depends on
+the machine's BLAS, and `kernels.choose` runs the fastest measured here (recorded in each manifest):
+- the sampling grid: one (size^2, 3) x (3, 2N) matrix product (`mm`), or two fused multiply-adds
+  (`addcmul`);
+- the upsample: a block-sparse matrix product along rows and a few lerps along columns
+  (`blocksparse`), the same lerps after a gather of the two source columns of each output column
+  (`gather`, no BLAS), or PyTorch's bilinear kernel followed by the channels-last copy (`native`).
+Either way the result is the model's input before normalisation, in [0, 1].
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ferbench.data.kernels import choose
 from ferbench.spec import AugmentConfig
 
 
@@ -58,11 +64,28 @@ def _base_grid(size: int, device: torch.device) -> torch.Tensor:
     return _BASE_GRIDS[key]
 
 
+def _grid_mm(base: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    # one (size*size, 3) x (3, 2N) product: bitwise the einsum it replaced, which was 10x faster than a
+    # broadcast bmm on an Intel Xeon with MKL
+    return torch.mm(base, t.T)
+
+
+def _grid_addcmul(base: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    # x * t0 + y * t1 + t2 as two fused multiply-adds: no BLAS call
+    return torch.addcmul(t[:, 2], base[:, :1], t[:, 0]).addcmul_(base[:, 1:2], t[:, 1])
+
+
+GRID_KERNELS = {"mm": _grid_mm, "addcmul": _grid_addcmul}
+
+
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """`F.affine_grid(theta, (N, C, size, size), align_corners=False)` from a cached base grid."""
-    # one (size*size, 3) x (3, 2N) product: bitwise the einsum it replaced, which was 10x faster than a
-    # broadcast bmm here; the sampler reads the transposed view as it is
-    grid = torch.mm(_base_grid(size, theta.device), theta.reshape(-1, 3).T)
+    base, t = _base_grid(size, theta.device), theta.reshape(-1, 3)
+    kernel = "mm"
+    if theta.device.type == "cpu":
+        kernel = choose("grid", f"{size}x{size}x{theta.shape[0]}",
+                        {name: (lambda f=f: f(base, t)) for name, f in GRID_KERNELS.items()})
+    grid = GRID_KERNELS[kernel](base, t)  # the sampler reads the transposed view as it is
     return grid.view(size, size, theta.shape[0], 2).permute(2, 0, 1, 3)
 
 
@@ -120,6 +143,9 @@ class _UpsamplePlan(NamedTuple):
     gather: torch.Tensor  # (n_in, g*window): copies every block's window of input columns side by side
     block: torch.Tensor  # (window, p_out*chans): one block's horizontal weights, channels innermost
     rows: tuple[tuple[int, int, int, torch.Tensor], ...]  # vertical runs: (window row k, first, end, weights)
+    left: torch.Tensor  # (n_out*chans,): each output column's left source column (the `gather` kernel)
+    right: torch.Tensor  # its right source column
+    lam: torch.Tensor  # (n_out*chans, 1): the right one's weight
 
 
 @lru_cache(maxsize=16)
@@ -150,25 +176,62 @@ def _upsample_plan(n_in: int, n_out: int, chans: int) -> _UpsamplePlan:
             first = r
     # the block weights stored transposed (a column-major right operand): MKL's product is ~15 % faster here
     block = block.repeat_interleave(chans, dim=1).float().T.contiguous().T
-    return _UpsamplePlan(g, p_in, window, gather, block, tuple(rows))
+    # the same weights per output column, as PyTorch computes them: source (j + 0.5) * n_in / n_out - 0.5,
+    # clamped at 0, between columns floor(source) and the next one (clamped at the last)
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    left = src.floor().long()
+    right = (left + 1).clamp(max=n_in - 1)
+    lam_cols = (src - left).float().repeat_interleave(chans).view(-1, 1)
+    return _UpsamplePlan(g, p_in, window, gather, block, tuple(rows), left.repeat_interleave(chans),
+                         right.repeat_interleave(chans), lam_cols)
 
 
 def upsample_bilinear(y: torch.Tensor, out_size: int, out_chans: int = 1) -> torch.Tensor:
     """`F.interpolate(y, out_size, "bilinear", align_corners=False)` of a (N, 1, S, S) batch, the grey channel
-    repeated to out_chans; channels-last when out_chans > 1.
+    repeated to out_chans; channels-last when out_chans > 1. Equal to F.interpolate to float rounding
+    (~3e-6) whichever kernel `kernels.choose` picks; see `ferbench bench data`."""
+    kernels = {"blocksparse": _upsample_blocksparse, "gather": _upsample_gather, "native": _upsample_native}
+    shape = f"{y.shape[0]}x{y.shape[-1]}->{out_size}x{out_chans}"
+    kernel = choose("upsample", shape, {name: (lambda f=f: f(y, out_size, out_chans)) for name, f in kernels.items()})
+    return kernels[kernel](y, out_size, out_chans)
 
-    Horizontal pass first, on the S + 2 edge-padded input rows (a small block-sparse matrix product
-    that already writes the channels-last layout), then the vertical pass as a few lerps between
-    adjacent rows straight into the output, so the 19 MB output of a 32-image batch at 224 is written
-    once. Equal to F.interpolate to float rounding (~3e-6). 32 images 48 -> 224 on 2 CPU threads here:
-    ~1.8 ms, against ~3.0 ms for two matrix products (vertical, then horizontal into the output) and
-    ~3.6 ms for PyTorch's uint8 kernel plus float conversion; see `ferbench bench data`.
-    """
+
+def _padded_rows(y: torch.Tensor) -> torch.Tensor:
+    """(N*(S+2), S): each image's rows with its first and last row repeated (the vertical edge)."""
+    return torch.cat([y[:, 0, :1], y[:, 0], y[:, 0, -1:]], 1).view(-1, y.shape[-1])
+
+
+def _upsample_blocksparse(y: torch.Tensor, out_size: int, out_chans: int) -> torch.Tensor:
+    """Horizontal pass as a small block-sparse matrix product on the padded rows (48 -> 224: 5 x 42
+    weights instead of a dense 48 x 672), which already writes the channels-last layout. 32 images
+    48 -> 224 on 2 threads of an Intel Xeon with MKL: ~1.3 ms."""
+    plan = _upsample_plan(y.shape[-1], out_size, out_chans)
+    cols = torch.mm(torch.mm(_padded_rows(y), plan.gather).view(-1, plan.window), plan.block)
+    return _vertical(cols.view(-1, out_size * out_chans), y, plan, out_size, out_chans)
+
+
+def _upsample_gather(y: torch.Tensor, out_size: int, out_chans: int) -> torch.Tensor:
+    """Horizontal pass as a gather of each output column's two source columns and a lerp (on the
+    transposed rows, where the gather reads whole rows): no BLAS call."""
+    plan = _upsample_plan(y.shape[-1], out_size, out_chans)
+    by_column = _padded_rows(y).T.contiguous()
+    cols = torch.lerp(by_column.index_select(0, plan.left), by_column.index_select(0, plan.right), plan.lam)
+    return _vertical(cols.T.contiguous(), y, plan, out_size, out_chans)
+
+
+def _upsample_native(y: torch.Tensor, out_size: int, out_chans: int) -> torch.Tensor:
+    """PyTorch's bilinear kernel, then one copy into the channels-last layout."""
+    up = F.interpolate(y, size=(out_size, out_size), mode="bilinear", align_corners=False)
+    out = torch.empty(y.shape[0], out_size, out_size, out_chans, dtype=y.dtype, device=y.device)
+    out.copy_(up.permute(0, 2, 3, 1).expand(-1, -1, -1, out_chans))
+    return out.permute(0, 3, 1, 2)
+
+
+def _vertical(cols: torch.Tensor, y: torch.Tensor, plan: _UpsamplePlan, out_size: int, out_chans: int) -> torch.Tensor:
+    """The vertical pass over the horizontally upsampled padded rows `cols` (N*(S+2), out*chans): a few
+    lerps between adjacent rows straight into the output, so the big tensor is written once."""
     n, n_in = y.shape[0], y.shape[-1]
-    plan = _upsample_plan(n_in, out_size, out_chans)
-    padded = torch.cat([y[:, 0, :1], y[:, 0], y[:, 0, -1:]], 1).view(-1, n_in)  # (N*(S+2), S)
     wide = out_size * out_chans
-    cols = torch.mm(torch.mm(padded, plan.gather).view(-1, plan.window), plan.block)  # (N*(S+2)*g, p_out*chans)
     # block b of the padded rows reads rows b*p_in .. b*p_in + window - 1: overlapping windows, no copy
     windows = cols.as_strided((n, plan.blocks, plan.window, wide), ((n_in + 2) * wide, plan.p_in * wide, wide, 1))
     out = torch.empty(n, plan.blocks, out_size // plan.blocks, wide, dtype=y.dtype, device=y.device)

@@ -61,7 +61,10 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
 class ModelEma:
     """Exponential moving average of weights (buffers copied), updated every `every` steps.
 
-    Before `warmup_steps` the average is reset to the live weights, as EmoNeXt's code does.
+    Before `warmup_steps` the average is reset to the live weights, as EmoNeXt's code does. The
+    update is e <- lerp(e, m, 1 - decay) over all floating tensors in one multi-tensor op
+    (`torch._foreach_lerp_`: one kernel per group of tensors, not two per tensor), and one
+    multi-tensor copy for the integer buffers (BatchNorm's batch counts).
     """
 
     def __init__(self, model: nn.Module, cfg: EmaConfig):
@@ -69,17 +72,30 @@ class ModelEma:
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.cfg = cfg
+        self._pairs: tuple[int, list, list, list, list] | None = None
+
+    def _tensors(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(EMA floats, live floats, EMA others, live others), listed once per live model."""
+        if self._pairs is None or self._pairs[0] != id(model):
+            floats: tuple[list, list] = ([], [])
+            others: tuple[list, list] = ([], [])
+            for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+                pair = floats if e.dtype.is_floating_point else others
+                pair[0].append(e)
+                pair[1].append(m.detach())
+            self._pairs = (id(model), *floats, *others)
+        return self._pairs[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         if step % self.cfg.every:
             return
         decay = 0.0 if step < self.cfg.warmup_steps else self.cfg.decay
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
-            else:
-                e.copy_(m)
+        ema_f, live_f, ema_o, live_o = self._tensors(model)
+        if ema_f:
+            torch._foreach_lerp_(ema_f, live_f, 1.0 - decay)
+        if ema_o:
+            torch._foreach_copy_(ema_o, live_o)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

@@ -1,0 +1,123 @@
+"""Kernels chosen by measurement: where several formulations of one CPU op give the same result (to
+float rounding), the fastest on this machine runs.
+
+Why: a formulation's speed depends on the machine's libraries. The upsample's block-sparse matrix
+product runs in 0.2 ms on an Intel Xeon with MKL and took 16 ms on an AMD EPYC with the same PyTorch
+build (MKL's small-matrix path), where a gather + lerp form or PyTorch's own interpolate kernel are
+faster. So each op names its candidates, the first being the default, and on first use `choose`
+times each on the real input (the candidates' calls interleaved, the median of each after a warm-up)
+and keeps the default unless another is at least `MARGIN` faster: where two are about as fast, the
+machine's noise does not flip the choice, and runs keep the default's rounding.
+
+The choice is cached per machine (CPU model, core count, torch version and threads) in
+`$FERBENCH_CACHE/kernels.json`, so every process on one machine runs the same kernels and a resumed
+run repeats the interrupted one bit for bit; each job's manifest records the kernels it used, and
+`ferbench bench` prints them with their timings. `FERBENCH_KERNELS="upsample=native,grid=mm"` pins
+a choice (for a comparison, or to reproduce a record made on another machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import torch
+
+_MEMO: dict[str, dict[str, Any]] = {}  # this process's choices, by key
+REPEATS = 7
+MARGIN = 0.10  # another candidate replaces the default when it takes at most 90 % of its time
+
+
+def machine_key() -> str:
+    """What a choice depends on besides the op and its shape."""
+    from ferbench.machine import cpu_model
+
+    return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _pinned() -> dict[str, str]:
+    spec = os.environ.get("FERBENCH_KERNELS", "")
+    return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+
+
+def _store_path():
+    from ferbench.data.cache import cache_dir
+
+    return cache_dir() / "kernels.json"
+
+
+def _load_store() -> dict[str, Any]:
+    try:
+        return json.loads(_store_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(key: str, entry: dict[str, Any]) -> None:
+    """Add one choice to the machine's store (atomically; a read-only cache only loses the memo)."""
+    from ferbench.records import write_json_atomic
+
+    store = _load_store()
+    store[key] = entry
+    try:
+        write_json_atomic(_store_path(), store)
+    except OSError:
+        pass
+
+
+def measure(candidates: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """Median milliseconds of each candidate, their calls interleaved after one warm-up call each."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for fn in candidates.values():
+        fn()
+    for _ in range(REPEATS):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def pick(ms: dict[str, float]) -> str:
+    """The default (the first) unless another is at least MARGIN faster; then the fastest."""
+    default, best = next(iter(ms)), min(ms, key=ms.get)
+    return best if ms[best] <= (1 - MARGIN) * ms[default] else default
+
+
+def choose(op: str, shape: str, candidates: dict[str, Callable[[], Any]]) -> str:
+    """The name of the candidate to run for `op` at `shape` on this machine (timed once, then remembered)."""
+    pinned = _pinned().get(op)
+    if pinned is not None:
+        if pinned not in candidates:
+            from ferbench.errors import FerbenchError
+
+            raise FerbenchError(f"FERBENCH_KERNELS: {op}={pinned!r}: expected one of {', '.join(candidates)}")
+        _MEMO[f"{op}|{shape}"] = {"op": op, "shape": shape, "kernel": pinned, "why": "pinned by FERBENCH_KERNELS"}
+        return pinned
+    key = f"{op}|{shape}|{machine_key()}"
+    memo_key = f"{op}|{shape}"
+    if memo_key not in _MEMO:
+        entry = _load_store().get(key)
+        if entry is None or entry.get("kernel") not in candidates:
+            ms = measure(candidates)
+            best = pick(ms)
+            timings = ", ".join(f"{n} {t:.2f} ms" for n, t in sorted(ms.items(), key=lambda x: x[1]))
+            why = (f"the default, no other {MARGIN:.0%} faster" if best == next(iter(ms))
+                   else f"at least {MARGIN:.0%} faster than the default")
+            entry = {"op": op, "shape": shape, "kernel": best, "ms": ms, "machine": machine_key(),
+                     "why": f"{why} (measured: {timings})"}
+            _save(key, entry)
+        _MEMO[memo_key] = entry
+    return _MEMO[memo_key]["kernel"]
+
+
+def chosen() -> dict[str, str]:
+    """The kernels this process has chosen so far: `op@shape` -> name (what a manifest records)."""
+    return {f"{e['op']}@{e['shape']}": e["kernel"] for e in _MEMO.values()}
+
+
+def explain() -> list[dict[str, Any]]:
+    """Each choice with its reason (the timings, or the pin): what `ferbench bench` prints."""
+    return [dict(e) for e in _MEMO.values()]
