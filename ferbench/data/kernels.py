@@ -5,9 +5,10 @@ Why: a formulation's speed depends on the machine's libraries. The upsample's bl
 product runs in 0.2 ms on an Intel Xeon with MKL and took 16 ms on an AMD EPYC with the same PyTorch
 build (MKL's small-matrix path), where a gather + lerp form or PyTorch's own interpolate kernel are
 faster. So each op names its candidates, the first being the default, and on first use `choose`
-times each on the real input (the candidates' calls interleaved, the median of each after a warm-up)
-and keeps the default unless another is at least `MARGIN` faster: where two are about as fast, the
-machine's noise does not flip the choice, and runs keep the default's rounding.
+times each on the real input (the candidates' calls interleaved after a warm-up, the fastest call of
+each: other load on the machine only adds time) in two rounds, and keeps the default unless another
+is at least `MARGIN` faster in both: where two are about as fast, a load swing during the measurement
+does not flip the choice, and runs keep the default's rounding.
 
 The choice is cached per machine (CPU model, core count, torch version and threads) in
 `$FERBENCH_CACHE/kernels.json`, so every process on one machine runs the same kernels and a resumed
@@ -26,8 +27,9 @@ from typing import Any, Callable
 import torch
 
 _MEMO: dict[str, dict[str, Any]] = {}  # this process's choices, by key
-REPEATS = 7
-MARGIN = 0.10  # another candidate replaces the default when it takes at most 90 % of its time
+REPEATS = 5  # calls of each candidate per round
+ROUNDS = 2
+MARGIN = 0.25  # another candidate replaces the default when it takes at most 75 % of its time in every round
 
 
 def machine_key() -> str:
@@ -68,7 +70,7 @@ def _save(key: str, entry: dict[str, Any]) -> None:
 
 
 def measure(candidates: dict[str, Callable[[], Any]]) -> dict[str, float]:
-    """Median milliseconds of each candidate, their calls interleaved after one warm-up call each."""
+    """Milliseconds of each candidate's fastest call, the calls interleaved after one warm-up call each."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for fn in candidates.values():
         fn()
@@ -77,13 +79,20 @@ def measure(candidates: dict[str, Callable[[], Any]]) -> dict[str, float]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+    return {name: 1e3 * min(t) for name, t in times.items()}
 
 
 def pick(ms: dict[str, float]) -> str:
     """The default (the first) unless another is at least MARGIN faster; then the fastest."""
     default, best = next(iter(ms)), min(ms, key=ms.get)
     return best if ms[best] <= (1 - MARGIN) * ms[default] else default
+
+
+def decide(candidates: dict[str, Callable[[], Any]]) -> tuple[str, list[dict[str, float]]]:
+    """The kernel to run and the rounds' timings: a switch from the default must win every round."""
+    rounds = [measure(candidates) for _ in range(ROUNDS)]
+    picks = {pick(ms) for ms in rounds}
+    return (picks.pop() if len(picks) == 1 else next(iter(candidates))), rounds
 
 
 def choose(op: str, shape: str, candidates: dict[str, Callable[[], Any]]) -> str:
@@ -101,13 +110,13 @@ def choose(op: str, shape: str, candidates: dict[str, Callable[[], Any]]) -> str
     if memo_key not in _MEMO:
         entry = _load_store().get(key)
         if entry is None or entry.get("kernel") not in candidates:
-            ms = measure(candidates)
-            best = pick(ms)
+            best, rounds = decide(candidates)
+            ms = {name: min(r[name] for r in rounds) for name in candidates}
             timings = ", ".join(f"{n} {t:.2f} ms" for n, t in sorted(ms.items(), key=lambda x: x[1]))
-            why = (f"the default, no other {MARGIN:.0%} faster" if best == next(iter(ms))
-                   else f"at least {MARGIN:.0%} faster than the default")
-            entry = {"op": op, "shape": shape, "kernel": best, "ms": ms, "machine": machine_key(),
-                     "why": f"{why} (measured: {timings})"}
+            why = (f"the default, no other {MARGIN:.0%} faster in every round" if best == next(iter(candidates))
+                   else f"at least {MARGIN:.0%} faster than the default in every round")
+            entry = {"op": op, "shape": shape, "kernel": best, "ms": ms, "rounds": rounds, "machine": machine_key(),
+                     "why": f"{why} (fastest calls: {timings})"}
             _save(key, entry)
         _MEMO[memo_key] = entry
     return _MEMO[memo_key]["kernel"]
