@@ -40,7 +40,7 @@ def test_cpu_upsample_path_matches_the_float_path():
     assert (out - ref).abs().max() <= 1e-5  # the same bilinear weights, applied as matrix products
     assert torch.equal(out[:, 0], out[:, 2])
     grey = augment_batch(x, 224, AUG, torch.Generator().manual_seed(1))
-    assert grey.shape == (5, 1, 224, 224) and torch.equal(grey[:, 0], out[:, 0])
+    assert grey.shape == (5, 1, 224, 224) and (grey[:, 0] - out[:, 0]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("n_in,n_out", [(48, 224), (48, 236), (48, 226), (100, 224), (37, 50), (7, 224), (48, 49)])
@@ -53,7 +53,9 @@ def test_matrix_upsample_equals_interpolate(n_in, n_out):
     grey, rgb = upsample_bilinear(y, n_out), upsample_bilinear(y, n_out, 3)
     assert grey.shape == (3, 1, n_out, n_out) and rgb.shape == (3, 3, n_out, n_out)
     assert rgb.is_contiguous(memory_format=torch.channels_last)
-    assert (grey - ref).abs().max() < 1e-5 and torch.equal(rgb, grey.expand(-1, 3, -1, -1))
+    # grey and 3-channel batches are separate shapes, so each may run its own kernel (`kernels.choose`)
+    assert (grey - ref).abs().max() < 1e-5 and (rgb - ref).abs().max() < 1e-5
+    assert torch.equal(rgb[:, 0], rgb[:, 1]) and torch.equal(rgb[:, 0], rgb[:, 2])
 
 
 def test_bench_gpu_rows_on_cpu():
