@@ -259,9 +259,11 @@ def compare(
                 console.print(f"  {p['a']} vs {p['b']}: {p['note']}")
                 continue
             lo, hi = p["acc_diff_ci95"]
-            console.print(f"  {p['a']} - {p['b']}: {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}], "
-                          f"McNemar b={p['mcnemar']['b']} c={p['mcnemar']['c']} p={p['mcnemar']['p_value']:.3g}, "
-                          f"agreement {100 * p['agreement']:.1f}% (seeds {p['seeds']})", highlight=False)
+            per_seed = "; ".join(f"s{m['seed']} b={m['b']} c={m['c']} p={m['p_value']:.3g}" for m in p["mcnemar_per_seed"])
+            console.print(f"  {p['a']} - {p['b']}: {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+                          f"(test images resampled), paired permutation p={p['paired_test']['p_value']:.3g} over "
+                          f"{p['n_images']} images; McNemar per seed: {per_seed}; agreement {100 * p['agreement']:.1f}%",
+                          highlight=False)
 
 
 @app.command()

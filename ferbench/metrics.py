@@ -93,13 +93,9 @@ def bootstrap_mean_ci(values: np.ndarray, reps: int = 1000, alpha: float = 0.05,
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
-def accuracy_ci(y_true: np.ndarray, y_pred: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap 95 % CI of the accuracy, resampling test samples (`bootstrap_mean_ci`)."""
-    return bootstrap_mean_ci((np.asarray(y_true) == np.asarray(y_pred)).astype(float), reps, seed=seed)
-
-
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
-    """Exact (binomial) two-sided McNemar test on paired correctness vectors.
+    """Exact (binomial) two-sided McNemar test on paired correctness vectors of one run each (one
+    seed: its samples are independent test images; pooling seeds would count an image several times).
 
     b = A right and B wrong, c = A wrong and B right; p = min(1, 2 * P(X <= min(b, c))), X ~ Bin(b + c, 1/2).
     """
@@ -114,15 +110,55 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     return {"b": b, "c": c, "p_value": float(min(1.0, 2 * cdf))}
 
 
+def paired_permutation_test(diffs: np.ndarray, reps: int = 10_000, seed: int = 0, exact_max: int = 16) -> dict[str, Any]:
+    """Two-sided paired permutation (sign-flip) test of H0: A and B are exchangeable on every test image.
+
+    `diffs` is (N,) or (S, N): per test image (column), the difference of A's and B's correctness
+    (or any paired score), one row per seed; an image's seeds are one unit, d_i = their mean. Under H0
+    each d_i is as likely to be -d_i, so with T = sum_i d_i the p-value is the share of sign vectors s
+    with |sum_i s_i d_i| >= |T|: enumerated exactly over the 2^m vectors of the m non-zero d_i when
+    m <= `exact_max`, else estimated from `reps` random vectors (a numpy Generator seeded with `seed`)
+    as (1 + hits) / (1 + reps), which never reports 0. Equal to scipy.stats.permutation_test with
+    permutation_type="samples" on the per-image means (tested).
+    """
+    d = np.atleast_2d(np.asarray(diffs, float)).mean(0)
+    d = d[d != 0]
+    m, observed = d.size, abs(d.sum())
+    tol = 1e-9 * max(1.0, observed)
+    if m == 0:
+        return {"p_value": 1.0, "exact": True, "images_that_differ": 0}
+    if m <= exact_max:
+        signs = 1 - 2 * ((np.arange(2**m)[:, None] >> np.arange(m)) & 1)  # every sign vector
+        p = float(np.mean(np.abs(signs @ d) >= observed - tol))
+        return {"p_value": p, "exact": True, "images_that_differ": m}
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, reps, 1000):
+        signs = rng.integers(0, 2, (min(1000, reps - start), m)) * 2 - 1
+        hits += int(np.sum(np.abs(signs @ d) >= observed - tol))
+    return {"p_value": (1 + hits) / (1 + reps), "exact": False, "images_that_differ": m, "resamples": reps}
+
+
+def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (scipy.stats.binomtest(...).proportion_ci)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return (0.0, 1.0)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def classification_report(logits: np.ndarray, y_true: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """The metrics stored in metrics.json for one split and one model selection."""
     k = len(classes)
     y_pred = logits.argmax(1)
-    lo, hi = accuracy_ci(y_true, y_pred)
+    lo, hi = wilson_ci(int((y_true == y_pred).sum()), int(y_true.size))
     return {
         "n": int(y_true.size),
         "accuracy": accuracy(y_true, y_pred),
         "accuracy_ci95": [lo, hi],
+        "accuracy_ci95_method": "Wilson score interval over the test images (binomial)",
         "balanced_accuracy": balanced_accuracy(y_true, y_pred, k),
         "macro_f1": macro_f1(y_true, y_pred, k),
         "per_class_recall": {c: (None if np.isnan(r) else float(r)) for c, r in zip(classes, per_class_recall(y_true, y_pred, k))},

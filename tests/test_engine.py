@@ -51,7 +51,8 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
     res = result["datasets"]["synthfer"]
     assert {v["model"] for v in res["variants"]} == {"student", "votes", "teacher"}
     pair = res["pairs"][0]
-    assert pair["n_pairs"] == 32 and 0 <= pair["mcnemar"]["p_value"] <= 1 and pair["acc_diff_ci95"][0] <= pair["acc_diff"]
+    assert pair["n_images"] == 32 and 0 < pair["paired_test"]["p_value"] <= 1 and pair["acc_diff_ci95"][0] <= pair["acc_diff"]
+    assert [m["seed"] for m in pair["mcnemar_per_seed"]] == [0] and pair["paired_test"]["unit"] == "test image"
     assert (tmp_path / "cmp" / "index.html").exists() and (tmp_path / "cmp" / "report.md").exists()
     with pytest.raises(FerbenchError, match="no complete runs of 'emonext'"):
         api.compare("resface", "emonext", tmp_path / "runs")

@@ -2,8 +2,12 @@
 
 Pairs are runs of A and B from the same spec (so under one experiment's conditions: a 48x48 CPU
 run is never paired with a 224x224 GPU run) on the same dataset and seed whose test labels are
-identical; the exact McNemar test and a paired bootstrap CI of the accuracy difference use the saved
-per-sample test predictions (last-epoch model), pooled over the paired seeds.
+identical. The statistics use the saved per-sample test predictions (last-epoch model), and their
+unit is the test image: seeds are repeated measurements of the same images, not more images.
+- per seed, an exact McNemar test (that seed's images are independent);
+- across seeds, a paired permutation test (sign flips of each image's mean difference over the
+  seeds) and a percentile-bootstrap 95 % CI of the accuracy difference that resamples test images,
+  each image's seeds kept together (`metrics.paired_permutation_test`, `metrics.bootstrap_mean_ci`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ferbench.errors import FerbenchError
-from ferbench.metrics import bootstrap_mean_ci, mcnemar_exact, per_class_recall
+from ferbench.metrics import bootstrap_mean_ci, mcnemar_exact, paired_permutation_test, per_class_recall
 from ferbench.report.tables import metric_rows
 from ferbench.records import RunRecord, discover
 
@@ -32,7 +36,8 @@ def _matches(rec: RunRecord, who: str) -> bool:
 
 
 def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], reps: int = 2000) -> dict[str, Any] | None:
-    """McNemar, bootstrap CI of acc(A) - acc(B), agreement and recall differences over paired seeds."""
+    """acc(A) - acc(B) over the paired seeds with its image-level CI and permutation p-value, McNemar
+    per seed, agreement and per-class recall differences."""
     by_seed = {r.job["job"]["seed"]: r for r in rb}
     ca, cb, pa, pb, ys, seeds = [], [], [], [], [], []
     for r in ra:
@@ -52,14 +57,19 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
         seeds.append(r.job["job"]["seed"])
     if not ys:
         return None
-    A, B = np.concatenate(ca), np.concatenate(cb)
+    A, B = np.stack(ca), np.stack(cb)  # (seeds, images)
+    diffs = A.astype(np.int8) - B.astype(np.int8)
     y, a, b = np.concatenate(ys), np.concatenate(pa), np.concatenate(pb)
     k = len(classes)
     rd = per_class_recall(y, a, k) - per_class_recall(y, b, k)
     return {
-        "seeds": seeds, "n_pairs": int(A.size), "acc_diff": float(A.mean() - B.mean()),
-        "acc_diff_ci95": list(bootstrap_mean_ci(A.astype(np.int8) - B.astype(np.int8), reps)),
-        "mcnemar": mcnemar_exact(A, B), "agreement": float((a == b).mean()),
+        "seeds": seeds, "n_images": int(A.shape[1]), "acc_diff": float(A.mean() - B.mean()),
+        "acc_diff_ci95": list(bootstrap_mean_ci(diffs, reps)),
+        "ci_resamples": f"test images, each image's {len(seeds)} seed(s) kept together ({reps} percentile-bootstrap replicates)",
+        "paired_test": {"method": "paired permutation test, sign flips of each test image's mean difference over the seeds",
+                        "unit": "test image", **paired_permutation_test(diffs)},
+        "mcnemar_per_seed": [{"seed": s, **mcnemar_exact(x, z)} for s, x, z in zip(seeds, A, B)],
+        "agreement": float((a == b).mean()),
         "recall_diff": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, rd)},
     }
 
