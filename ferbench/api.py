@@ -21,7 +21,7 @@ LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning befor
 @dataclass
 class PlannedJob:
     job: Job
-    status: str  # done | resume | new | failed (a finished-but-failed record runs again)
+    status: str  # done | resume | new | failed (a finished-but-failed record runs again) | other data
     epochs_done: int
     estimate_s: float | None  # what is left of it; None when not estimated
 
@@ -86,7 +86,7 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
           estimate: bool) -> Plan:
     from ferbench.estimate import epochs_done, job_seconds, probe
     from ferbench.records import read_status
-    from ferbench.runner import dataset_key
+    from ferbench.runner import data_conflict, dataset_key
 
     plan = Plan(spec, profile, device, runs_dir, datasets=datasets)
     for job in jobs:
@@ -95,8 +95,10 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
         done = epochs_done(job_dir)
         state = {"complete": "done", "failed": "failed"}.get(status or "", "resume" if done else "new")
         ds = datasets[dataset_key(job)]
+        if data_conflict(job, ds, runs_dir):
+            state = "other data"
         secs = None
-        if state == "done":
+        if state in ("done", "other data"):
             secs = 0.0
         elif estimate:
             secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state == "resume" else 0)
@@ -115,13 +117,17 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     from ferbench.launch import run_local, run_submitit, run_workers
     from ferbench.machine import pick_device
     from ferbench.records import check_writable, write_spec_snapshot
-    from ferbench.runner import prepare
+    from ferbench.runner import data_conflict, dataset_key, prepare
 
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)
     spec, jobs = load(spec_path, profile, overrides)
     check_writable(runs_dir)
     datasets = prepare(jobs, data_root)
+    for job in jobs:  # a record made from other data is never reused, resumed or overwritten
+        conflict = data_conflict(job, datasets[dataset_key(job)], runs_dir)
+        if conflict:
+            raise FerbenchError(conflict)
     ddp = dist.init_from_env()
     dev = dist.local_device() if ddp and device == "auto" else pick_device(device)
     lc = spec.launcher

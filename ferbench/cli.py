@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -32,7 +33,7 @@ EstimateOpt = Annotated[bool, typer.Option("--estimate/--no-estimate", help="tim
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # user text verbatim
     raise typer.Exit(code)
 
 
@@ -52,7 +53,7 @@ class RichEpochs:
         self.bar.advance(self.batches)
 
     def note(self, text: str) -> None:
-        self.bar.console.print(f"  {self.label}: {text}", highlight=False)
+        self.bar.console.print(f"  {self.label}: {escape(text)}", highlight=False)
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         self.bar.update(self.epochs, completed=row["epoch"])
@@ -121,7 +122,7 @@ def plan(
         console.print(f"left to run: {format_seconds(p.estimate_s)} on {p.device} (a probe of a few images per model; "
                       "rough)", highlight=False)
     if p.warning():
-        err.print(f"[bold yellow]warning:[/] {p.warning()}", highlight=False)
+        err.print(f"[bold yellow]warning:[/] {escape(p.warning())}", highlight=False, soft_wrap=True)
 
 
 class RichRun:
@@ -132,6 +133,7 @@ class RichRun:
                             TimeRemainingColumn(), console=console, transient=True)
         self.current: RichEpochs | None = None
         self.started = False
+        self.running = ""  # the job in progress, for the interrupt message
 
     def start(self, plan: Any, launcher: str) -> None:
         import torch
@@ -140,9 +142,9 @@ class RichRun:
 
         est = "" if plan.estimate_s is None else f", estimated {format_seconds(plan.estimate_s)}"
         console.print(f"[bold]{plan.spec.name}[/]: {len(plan.jobs)} jobs on {plan.device} ({torch.get_num_threads()} "
-                      f"threads, {launcher}{est}) -> {plan.runs_dir / plan.spec.name}", highlight=False)
+                      f"threads, {launcher}{est}) -> {escape(str(plan.runs_dir / plan.spec.name))}", highlight=False)
         if plan.warning():
-            err.print(f"[bold yellow]warning:[/] {plan.warning()}", highlight=False)
+            err.print(f"[bold yellow]warning:[/] {escape(plan.warning())}", highlight=False, soft_wrap=True)
         self.started = True
         self.bar.start()
 
@@ -150,11 +152,12 @@ class RichRun:
         if self.current is not None:
             self.current.close()
         self.current = RichEpochs(self.bar, f"{job.model.id}/{job.dataset.id}/s{job.seed}")
+        self.running = f"job {job.id}"
         return self.current
 
     def outcome(self, o: Any) -> None:
         acc = "" if o.test_acc is None else f" test acc {o.test_acc:.4f}"
-        why = f" ({o.reason})" if o.reason else ""
+        why = f" ({escape(o.reason)})" if o.reason else ""
         self.bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False)
 
     def done(self) -> None:
@@ -194,6 +197,11 @@ def run(
         outcomes = api.run_spec(spec, profile, overrides, runs_dir, data_root, device, threads, hooks, estimate)
     except FerbenchError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        where = f" during {hooks.running}" if hooks.running else ""
+        err.print(f"interrupted{escape(where)}: finished jobs are kept; run the same command again to resume "
+                  "from the last end-of-epoch checkpoint", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if not hooks.started:  # a data-parallel rank > 0: rank 0 reports
         return
     table = Table(title=f"{outcomes[0].job.spec}: test accuracy (last epoch)")
@@ -221,7 +229,7 @@ def report(
     except FerbenchError as e:
         _fail(str(e))
     for p in written:
-        console.print(f"wrote {p}")
+        console.print(f"wrote {p}", markup=False, highlight=False)
 
 
 @app.command()
@@ -241,12 +249,12 @@ def compare(
     except FerbenchError as e:
         _fail(str(e))
     for p in written:
-        err.print(f"wrote {p}")
+        err.print(f"wrote {p}", markup=False, highlight=False)
     if as_json:
         print(json.dumps(res, indent=2))
         return
     for d, r in res["datasets"].items():
-        t = Table(title=f"{a} vs {b} on {d} (test, last epoch, mean over seeds)")
+        t = Table(title=escape(f"{a} vs {b} on {d} (test, last epoch, mean over seeds)"))
         for c in ("side", "model", "seeds", "acc %", "bal. acc %", "macro-F1 %", "params M", "GMACs", "latency ms"):
             t.add_column(c)
         for v in r["variants"]:
@@ -256,7 +264,7 @@ def compare(
         console.print(t)
         for p in r["pairs"]:
             if "note" in p:
-                console.print(f"  {p['a']} vs {p['b']}: {p['note']}")
+                console.print(f"  {p['a']} vs {p['b']}: {p['note']}", markup=False)
                 continue
             lo, hi = p["acc_diff_ci95"]
             per_seed = "; ".join(f"s{m['seed']} b={m['b']} c={m['c']} p={m['p_value']:.3g}" for m in p["mcnemar_per_seed"])
@@ -422,7 +430,7 @@ def data_plot(
 
     try:
         for p in plot_dataset(name, out, data_root, path, dict(parse_set(option))):
-            console.print(f"wrote {p}")
+            console.print(f"wrote {p}", markup=False, highlight=False)
     except FerbenchError as e:
         _fail(str(e))
 

@@ -10,7 +10,6 @@ crash leaves the previous version intact. A record is complete only when its man
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -91,21 +90,21 @@ def read_json(path: Path) -> Any:
 
 @contextlib.contextmanager
 def job_lock(job_dir: Path, blocking: bool) -> Iterator[bool]:
-    """Hold an exclusive lock on a job folder; yields False if non-blocking and already held."""
+    """Hold an exclusive lock on a job folder (`filelock`: flock on Unix, msvcrt on Windows, so
+    report and compare import everywhere); yields False if non-blocking and already held."""
+    from filelock import FileLock, Timeout
+
     job_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(job_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(str(job_dir / ".lock"), is_singleton=False)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(timeout=-1 if blocking else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        os.close(fd)
+        lock.release()
 
 
 @dataclass
@@ -162,12 +161,29 @@ def _num(v: str) -> Any:
         return v
 
 
+def read_manifest(job_dir: Path) -> dict[str, Any]:
+    """A job folder's manifest ({} when there is none or it is unreadable)."""
+    try:
+        m = json.loads((job_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
 def read_status(job_dir: Path) -> str | None:
     """The status a job folder's manifest records (None: no readable manifest)."""
-    try:
-        return json.loads((job_dir / "manifest.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return read_manifest(job_dir).get("status")
+
+
+def remove_orphans(job_dir: Path) -> list[Path]:
+    """Delete the temporary files (`.<name>.*.tmp`) an atomic write killed mid-way left behind; only
+    call it holding the job's lock, when no write of the job can be in flight."""
+    gone = []
+    for p in job_dir.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            gone.append(p)
+    return gone
 
 
 def is_complete(job_dir: Path) -> bool:

@@ -32,7 +32,8 @@ from ferbench.errors import FerbenchError, JobFailed
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import check_options, create_model, get_variant
-from ferbench.records import COMPLETE, FAILED, RUNNING, is_complete, job_lock, write_json_atomic, write_npz_atomic, write_text_atomic
+from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, read_manifest, remove_orphans,
+                              write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
 
@@ -67,6 +68,28 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
             raise FerbenchError(f"models.{j.model.id}: train.loss={t.loss} needs target distributions, but dataset "
                                 f"{j.dataset.id!r} has no annotator votes (use ldl_source: teacher with depends_on)")
     return loaded
+
+
+def data_conflict(job: Job, ds: FerDataset, runs_dir: Path) -> str | None:
+    """Why the job's existing record (finished or resumable) cannot be reused with `ds`, or None.
+
+    A job id leaves the data's location out (a moved dataset is still found), so the record says what
+    it was made from: the content digest of the arrays (`FerDataset.content_digest`), or, in records
+    made before it, the sha256 of each source file."""
+    job_dir = runs_dir / job.spec / job.id
+    manifest = read_manifest(job_dir)
+    if not manifest:
+        return None
+    recorded, now = manifest.get("data_content_sha256"), ds.content_digest()
+    if recorded is None:
+        old, new = set((manifest.get("data_files") or {}).values()), set(ds.files.values())
+        if not old or not new or old == new:
+            return None
+        recorded, now = ",".join(sorted(old))[:12], ",".join(sorted(new))[:12]
+    if recorded == now:
+        return None
+    return (f"{job_dir}: this record was made from other data than dataset {job.dataset.id!r} now holds (sha256 "
+            f"{recorded[:12]}... there, {now[:12]}... now); move the record away or use another --runs-dir")
 
 
 def _now() -> str:
@@ -104,6 +127,8 @@ def claim(job_dir: Path, blocking: bool) -> Iterator[str | None]:
     main = dist.is_main()
     lock = job_lock(job_dir, blocking or dist.world()[1] > 1) if main else contextlib.nullcontext(True)
     with lock as got:
+        if got and main:
+            remove_orphans(job_dir)  # temporary files of a writer killed mid-write; none is live while we hold the lock
         if not dist.broadcast(got):
             yield "locked"
         elif dist.broadcast(is_complete(job_dir) if main else None):
@@ -132,7 +157,8 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
         manifest = Manifest(
             job_dir, dist.is_main(), job_id=job.id, seed=job.seed,
             environment={**environment(device), "data_parallel_processes": dist.world()[1]},
-            data_files=ds.files, data_notes=ds.notes, classes=ds.classes, class_counts=ds.counts(),
+            data_files=ds.files, data_content_sha256=ds.content_digest(), data_notes=ds.notes, classes=ds.classes,
+            class_counts=ds.counts(),
             fidelity={"recipe": job.recipe, **job.model.options},
         )
         try:
@@ -218,6 +244,8 @@ def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str,
             if m is None:
                 continue
             logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), s.images)
+            if not np.isfinite(logits).all():
+                raise JobFailed(f"non-finite logits on the {split} split ({which} model): the weights are not finite")
             arrays[f"{split}.{which}.logits"] = logits
             metrics[split][which] = classification_report(logits, s.labels, ds.classes)
     return arrays, metrics

@@ -41,10 +41,29 @@ class FerDataset:
     splits: dict[str, Split]
     files: dict[str, str] = field(default_factory=dict)  # source path -> sha256, for the manifest
     notes: dict[str, Any] = field(default_factory=dict)  # protocol facts recorded with each run
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def content_digest(self) -> str:
+        """sha256 of what a job trains and is tested on: classes and every split's images, labels and
+        targets, whatever files or folders they came from (so a moved dataset keeps its digest, and a
+        changed one, even an image tree, gets a new one). Computed once per loaded dataset."""
+        if self._digest is None:
+            import hashlib
+
+            h = hashlib.sha256(repr(self.classes).encode())
+            for name in sorted(self.splits):
+                s = self.splits[name]
+                for part in (s.images, s.labels, s.targets):
+                    if part is not None:
+                        a = np.ascontiguousarray(part)
+                        h.update(f"{name}|{a.dtype}|{a.shape}".encode())
+                        h.update(memoryview(a).cast("B"))
+            self._digest = h.hexdigest()
+        return self._digest
 
     def counts(self) -> dict[str, dict[str, Any]]:
         out = {}

@@ -7,6 +7,7 @@ Standard protocol: Training -> train, PublicTest -> val, PrivateTest -> test.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,9 @@ def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str
     return {"csv": find_csv(root, path)}
 
 
+_TOO_LONG = re.compile(r"(?<![0-9])0*[1-9][0-9]{3,}")  # a value of 1000 or more, leading zeros aside
+
+
 def parse_pixels(pixels: list[str], where: str, first_line: int = 2) -> np.ndarray:
     """Parse space-separated pixel strings into (N, 48, 48) uint8, vectorised over bytes.
 
@@ -82,6 +86,10 @@ def _parse_chunk(rows: list[str], where: str, first_line: int) -> np.ndarray:
     if text.encode("ascii", errors="replace").translate(None, b"0123456789 "):
         r = next(i for i, row in enumerate(rows) if row.encode("ascii", errors="replace").translate(None, b"0123456789 "))
         raise FerbenchError(f"{where}: line {first_line + r}: pixels must be integers 0-255 separated by spaces")
+    big = _TOO_LONG.search(text)  # 1000 and up: refused before the int32 parser could wrap it (4294967305 -> 9)
+    if big:
+        r = text.count(" ", 0, big.start()) // PIXELS
+        raise FerbenchError(f"{where}: line {first_line + r}: pixel value {big.group()[:20]} out of range 0-255")
     values = np.fromstring(text, dtype=np.int32, sep=" ")  # text mode: a C parser, not deprecated
     if values.size != len(rows) * PIXELS:
         raise FerbenchError(f"{where}: lines {first_line}-{first_line + len(rows) - 1}: malformed pixel values")

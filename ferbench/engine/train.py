@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ferbench.data import FerDataset, Split
 from ferbench.data.augment import augment_batch, finish, to_device, to_unit
 from ferbench.engine import dist
-from ferbench.engine.checkpoint import CheckpointWriter, LoopState, checkpoint_state, cpu_snapshot, restore
+from ferbench.engine.checkpoint import (CheckpointWriter, LoopState, checkpoint_state, cpu_snapshot, restore,
+                                       write_history)
 from ferbench.engine.evaluate import autocast_ctx, predict
 from ferbench.engine.losses import check_targets, compute_loss, draw_labels, uses_teacher
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
@@ -158,6 +159,8 @@ def fit(
     tr = setup(model, train, cfg, device, teacher)
     ckpt_path = job_dir / "checkpoint.pt"
     loop = restore(ckpt_path, tr.parts(), device) if ckpt_path.exists() else LoopState()
+    if loop.history and dist.is_main():  # a kill between the checkpoint and its history row loses no row
+        write_history(job_dir / "history.csv", loop.history)
     val = ds.splits.get("val") if "val" in eval_cfg.splits else None
     own_writer = writer is None
     writer = writer or CheckpointWriter()

@@ -1,0 +1,138 @@
+"""No stale or wrong result counts as finished, no record lies, and faults end in one clear line."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ferbench import api
+from ferbench.errors import FerbenchError
+from ferbench.records import discover
+
+TRAIN = {"epochs": 2, "batch_size": 16, "input_size": 24}
+
+
+def _npz(path, seed):
+    rng = np.random.default_rng(seed)
+    np.savez(path, images=rng.integers(0, 256, (80, 24, 24), dtype=np.uint8), label=rng.integers(0, 3, 80))
+    return path
+
+
+def _spec(tmp_path, data_path, name="rel", epochs=2):
+    spec = {"name": name, "datasets": [{"name": "folder", "path": str(data_path), "options": {"size": 24}}],
+            "models": [{"id": "r", "arch": "resnet18"}], "train": {**TRAIN, "epochs": epochs}}
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_a_record_made_from_other_data_is_never_reused(tmp_path):
+    runs = tmp_path / "runs"
+    first = _npz(tmp_path / "faces.npz", 0)
+    (o,) = api.run_spec(_spec(tmp_path, first), runs_dir=runs, estimate=False)
+    assert o.status == "complete"
+    # the same data moved elsewhere: the same job, finished
+    moved = tmp_path / "moved" / "faces.npz"
+    moved.parent.mkdir()
+    moved.write_bytes(first.read_bytes())
+    (again,) = api.run_spec(_spec(tmp_path, moved), runs_dir=runs, estimate=False)
+    assert again.status == "skipped" and again.job.id == o.job.id
+    # other content under the job's id: refused before anything runs or is written
+    (tmp_path / "other").mkdir()
+    other = _npz(tmp_path / "other" / "faces.npz", 1)
+    before = (runs / "rel" / o.job.id / "metrics.json").read_bytes()
+    with pytest.raises(FerbenchError, match="this record was made from other data than dataset 'folder' now holds"):
+        api.run_spec(_spec(tmp_path, other), runs_dir=runs, estimate=False)
+    assert (runs / "rel" / o.job.id / "metrics.json").read_bytes() == before
+    plan = api.plan_spec(_spec(tmp_path, other), runs_dir=runs, estimate=False)
+    assert [p.status for p in plan.jobs] == ["other data"]
+    assert (rec := discover(runs)[0]).manifest["data_content_sha256"]
+    assert rec.manifest["kernels"]  # what the record was computed with
+
+
+def test_non_finite_logits_fail_the_job_instead_of_completing_it(tmp_path, monkeypatch):
+    import ferbench.engine.evaluate as evaluate
+
+    real = evaluate.predict
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: real(*a, **k) * np.nan)
+    (o,) = api.run_spec(_spec(tmp_path, _npz(tmp_path / "faces.npz", 0), epochs=1), runs_dir=tmp_path / "runs",
+                        estimate=False)
+    assert o.status == "failed" and "non-finite logits on the val split (last model)" in o.reason
+    (rec,) = discover(tmp_path / "runs")
+    assert rec.status == "failed" and not (rec.path / "predictions.npz").exists()
+
+
+def test_a_kill_between_checkpoint_and_history_loses_no_row(tmp_path):
+    runs = tmp_path / "runs"
+    spec = _spec(tmp_path, _npz(tmp_path / "faces.npz", 0))
+    (o,) = api.run_spec(spec, runs_dir=runs, estimate=False)
+    job_dir = runs / "rel" / o.job.id
+    full = (job_dir / "history.csv").read_text()
+    # as if killed after the last checkpoint's rename, before its history row and the record's end
+    (job_dir / "history.csv").write_text("".join(full.splitlines(keepends=True)[:-1]))
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    (job_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (job_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # and a half-written one
+    (again,) = api.run_spec(spec, runs_dir=runs, estimate=False)
+    assert again.status == "complete"
+    rows = list(csv.DictReader((job_dir / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert not list(job_dir.glob(".*.tmp"))
+
+
+def test_out_of_range_pixels_are_refused_not_wrapped(tmp_path):
+    from ferbench.data import load_dataset
+
+    ok = " ".join(["7"] * 2304)
+    wraps = " ".join(["7"] * 10 + ["4294967305"] + ["7"] * 2293)  # int32 would read 9
+    rows = ["emotion,pixels,Usage"] + [f"0,{ok},Training"] * 3 + [f"1,{wraps},PublicTest", f"2,{ok},PrivateTest"]
+    (tmp_path / "fer2013").mkdir()
+    (tmp_path / "fer2013" / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(FerbenchError, match=r"fer2013.csv: line 5: pixel value 4294967305 out of range 0-255"):
+        load_dataset("fer2013", {}, None, str(tmp_path))
+
+
+def test_a_key_written_twice_is_an_error_naming_its_line(tmp_path):
+    from ferbench.spec import load_spec
+
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: dup\ndatasets: [{name: synthfer}]\nmodels: [{id: r, arch: resnet18}]\n"
+                 "train: {epochs: 1}\ntrain: {epochs: 50}\n")
+    with pytest.raises(FerbenchError, match=r"dup.yaml: invalid YAML at line 5, column 1: duplicate key 'train'"):
+        load_spec(p)
+    merged = tmp_path / "merge.yaml"  # a merge key is not a duplicate, and its keys may be overridden
+    merged.write_text("name: m\ndatasets: [{name: synthfer}]\nbase: &b {epochs: 1, lr: 0.1}\n"
+                      "models: [{id: r, arch: resnet18}]\ntrain: {<<: *b, epochs: 3}\n")
+    with pytest.raises(FerbenchError, match="base: unknown key"):  # parsed; the schema then refuses `base`
+        load_spec(merged)
+
+
+def test_user_text_is_printed_verbatim(tmp_path):
+    from ferbench.cli import app
+
+    odd = tmp_path / "a[/]b[bold]x[/bold].yaml"
+    r = CliRunner().invoke(app, ["run", str(odd)])
+    assert r.exit_code == 2 and f"{odd}: spec file not found" in r.output and "Traceback" not in r.output
+
+
+def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
+    spec = {"name": "ctrlc", "datasets": [{"name": "synthfer", "options": {"n_train": 4000, "n_val": 16, "n_test": 16}}],
+            "models": [{"id": "r", "arch": "resnet18"}], "train": {"epochs": 3, "batch_size": 32, "input_size": 32}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec))
+    p = subprocess.Popen([sys.executable, "-m", "ferbench", "run", "c.yaml", "--no-estimate"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "runs" / "ctrlc").glob("*/manifest.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert "interrupted during job r__synthfer__s0__" in err and "run the same command again to resume" in err
