@@ -158,7 +158,7 @@ class RichRun:
     def outcome(self, o: Any) -> None:
         acc = "" if o.test_acc is None else f" test acc {o.test_acc:.4f}"
         why = f" ({escape(o.reason)})" if o.reason else ""
-        self.bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False)
+        self.bar.console.print(f"{o.status:>9} {o.job.id}{acc}{why}", highlight=False, soft_wrap=True)
 
     def done(self) -> None:
         if self.current is not None:

@@ -28,7 +28,7 @@ import yaml
 
 from ferbench.data import FerDataset, load_dataset, parse_options
 from ferbench.data.kernels import chosen as chosen_kernels
-from ferbench.errors import FerbenchError, JobFailed
+from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import check_options, create_model, get_variant
@@ -54,9 +54,13 @@ def dataset_key(job: Job) -> str:
 
 def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
     """Validate every job and load each distinct dataset once. Raises FerbenchError, writes nothing."""
+    from ferbench.engine.weights import read_state_dict
+
     for j in jobs:
         check_options(j.model.arch, j.model.options, where=f"models.{j.model.id}: ")
         parse_options(j.dataset.name, j.dataset.options, where=f"datasets.{j.dataset.id}: ")
+    for weights in dict.fromkeys(j.model.weights for j in jobs if j.model.weights):
+        read_state_dict(Path(weights))  # a missing or unloadable weights file: one line before any record
     loaded: dict[str, FerDataset] = {}
     for j in jobs:
         key = dataset_key(j)
@@ -171,9 +175,10 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             record(job, job_dir, ds.num_classes, arrays, metrics)
             manifest.finish(COMPLETE, time.perf_counter() - t0, kernels=chosen_kernels())
             return Outcome(job, "complete", time.perf_counter() - t0, stored_test_accuracy(job_dir))
-        except JobFailed as e:
-            manifest.finish(FAILED, time.perf_counter() - t0, failure=str(e))
-            return Outcome(job, "failed", time.perf_counter() - t0, reason=str(e))
+        except (JobFailed, FerbenchError, RuntimeError, ValueError) as e:  # the record says why; the spec goes on
+            reason = str(e) if isinstance(e, (JobFailed, FerbenchError)) else f"{type(e).__name__}: {first_line(e, 300)}"
+            manifest.finish(FAILED, time.perf_counter() - t0, failure=reason)
+            return Outcome(job, "failed", time.perf_counter() - t0, reason=reason)
 
 
 def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manifest, progress: Any) -> tuple[Any, Any]:

@@ -136,3 +136,19 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130
     assert "interrupted during job r__synthfer__s0__" in err and "run the same command again to resume" in err
+
+
+def test_a_job_refused_after_its_record_opened_fails_alone_and_the_spec_goes_on(tmp_path):
+    spec = {"name": "mixed", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 8}}],
+            "models": [{"id": "ok", "arch": "resnet18"},
+                       {"id": "tiny-stn", "arch": "emonext-atto", "train": {"input_size": 8}},  # refused at build
+                       {"id": "crash", "arch": "convnext-atto"},  # a torch error in training: 24 px is too small
+                       {"id": "after", "arch": "resnet18", "options": {}, "train": {"lr": 0.05}}],
+            "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec))
+    outcomes = {o.job.model.id: o for o in api.run_spec(tmp_path / "m.yaml", runs_dir=tmp_path / "runs", estimate=False)}
+    assert [outcomes[m].status for m in ("ok", "tiny-stn", "crash", "after")] == ["complete", "failed", "failed", "complete"]
+    assert "too small for the STN" in outcomes["tiny-stn"].reason
+    assert outcomes["crash"].reason.startswith("RuntimeError: ") and "\n" not in outcomes["crash"].reason
+    recs = {r.job["job"]["model"]["id"]: r for r in discover(tmp_path / "runs")}
+    assert recs["tiny-stn"].status == "failed" and "too small for the STN" in recs["tiny-stn"].manifest["failure"]

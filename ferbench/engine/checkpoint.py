@@ -43,7 +43,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unpickling failure is bad input)
-        raise FerbenchError(f"{path}: not a loadable ferbench checkpoint ({first_line(e)})") from None
+        raise FerbenchError(f"{path}: not a loadable ferbench checkpoint ({first_line(e)}); ferbench never unpickles "
+                            "code: delete the file to restart this job from scratch") from None
 
 
 def checkpoint_state(parts: dict[str, Any], loop: LoopState, device: torch.device) -> dict[str, Any]:
@@ -64,7 +65,8 @@ def restore(path: Path, parts: dict[str, Any], device: torch.device) -> LoopStat
             if p is not None:
                 p.load_state_dict(ck[name])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise FerbenchError(f"{path}: checkpoint does not match this job's model or optimizer ({first_line(e, 160)})") from None
+        raise FerbenchError(f"{path}: checkpoint does not match this job's model or optimizer ({first_line(e, 160)}); "
+                            "delete the file to restart this job from scratch") from None
     torch.set_rng_state(ck["rng_torch"])
     if device.type == "cuda" and ck.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ck["rng_cuda"])
