@@ -329,7 +329,9 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
             raise FerbenchError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
         k, v = item.split("=", 1)
         try:
-            out.append((k.strip(), yaml.safe_load(v)))
+            value = yaml.safe_load(v)
+            check_size(value, f"--set {k.strip()}")
+            out.append((k.strip(), value))
         except yaml.YAMLError as e:
             raise FerbenchError(f"--set {item!r}: value is not valid YAML ({_yaml_problem(e)})") from None
     return out
@@ -357,6 +359,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_SPEC_VALUES = 20_000  # the shipped specs hold a few hundred
+
+
+def check_size(data: Any, where: str) -> None:
+    """Refuse a spec whose values, with YAML aliases expanded, number more than MAX_SPEC_VALUES: a
+    574-byte 'billion laughs' spec otherwise takes gigabytes once a profile or the schema expands it.
+    Counting stops at the limit, so the check itself stays cheap."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_SPEC_VALUES:
+            raise FerbenchError(f"{where}: more than {MAX_SPEC_VALUES:,} values once YAML aliases are expanded: "
+                                "refused (a spec is a few hundred)")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FerbenchError(f"{path}: spec file not found")
@@ -368,6 +390,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise FerbenchError(f"{path}: invalid YAML at {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise FerbenchError(f"{path}: expected a mapping at the top level (name:, datasets:, models:, ...)")
+    check_size(data, str(path))
     return data
 
 

@@ -152,3 +152,47 @@ def test_a_job_refused_after_its_record_opened_fails_alone_and_the_spec_goes_on(
     assert outcomes["crash"].reason.startswith("RuntimeError: ") and "\n" not in outcomes["crash"].reason
     recs = {r.job["job"]["model"]["id"]: r for r in discover(tmp_path / "runs")}
     assert recs["tiny-stn"].status == "failed" and "too small for the STN" in recs["tiny-stn"].manifest["failure"]
+
+
+def test_a_yaml_alias_bomb_under_profiles_is_refused_at_once(tmp_path):
+    from ferbench.spec import load_spec
+
+    levels = ["    l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values
+    p = tmp_path / "bomb.yaml"
+    p.write_text("name: bomb\ndatasets: [{name: synthfer}]\nmodels: [{id: r, arch: resnet18}]\nprofiles:\n  smoke:\n"
+                 + "\n".join(levels) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(FerbenchError, match=r"bomb.yaml: more than 20,000 values once YAML aliases are expanded"):
+        load_spec(p, "smoke")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_hostile_strings_stay_text_and_reports_stay_in_their_folder(tmp_path):
+    import shutil
+
+    rng = np.random.default_rng(0)
+    classes = np.array(["<img src=x onerror=alert(1)>", "a|b", "ok"])
+    np.savez(tmp_path / "faces.npz", images=rng.integers(0, 256, (60, 24, 24), dtype=np.uint8),
+             label=rng.integers(0, 3, 60), classes=classes)
+    spec = {"name": "hostile", "description": "<script>alert('d')</script> & | pipes",
+            "datasets": [{"name": "folder", "path": str(tmp_path / "faces.npz"), "options": {"size": 24, "classes_key": "classes"}}],
+            "models": [{"id": "r", "arch": "resnet18"}], "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs"
+    api.run_spec(tmp_path / "h.yaml", runs_dir=runs, estimate=False)
+    evil = tmp_path / "javascript:alert(1)"
+    shutil.copytree(runs / "hostile", evil)
+    out = tmp_path / "site" / "reports"
+    api.report_spec(str(evil), runs, out)
+    md = (out / "javascript:alert(1)" / "report.md").read_text()
+    assert "<script" not in md and "<img" not in md and "&lt;script&gt;" in md and "&lt;img src=x" in md
+    html = (out / "javascript:alert(1)" / "index.html").read_text()
+    assert "<script>alert" not in html and "<img src=x" not in html
+    index = (out / "index.html").read_text()
+    assert 'href="./javascript%3Aalert%281%29/index.html"' in index and 'href="javascript:' not in index
+    # a target spelled with `..` is its real folder's report, never a write beside OUT
+    job_dir = next((runs / "hostile").glob("r__*"))
+    written = api.report_spec(str(job_dir / ".."), runs, out)  # once wrote into OUT/.. ("..")
+    assert out / "hostile" / "index.html" in written
+    assert sorted(p.name for p in out.parent.iterdir()) == ["reports"]

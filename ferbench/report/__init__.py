@@ -8,6 +8,7 @@ first and then written atomically, so a failure leaves no half-written report.
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -24,10 +25,19 @@ from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
 from ferbench.records import RunRecord, discover, write_bytes_atomic, write_text_atomic
 
 
-def _env(autoescape: bool) -> jinja2.Environment:
+def markdown_text(value: Any) -> Any:
+    """A value as Markdown text: HTML and table pipes in user strings (descriptions, ids, class
+    names, option values) shown as written, never live in a Markdown viewer."""
+    if not isinstance(value, str):
+        return value
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def _env(html: bool) -> jinja2.Environment:
+    """Templates for HTML (autoescaped) or Markdown (every value through `markdown_text`)."""
     loader = jinja2.FunctionLoader(lambda name: resources.files("ferbench.templates").joinpath(name).read_text("utf-8"))
-    env = jinja2.Environment(loader=loader, autoescape=autoescape, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=loader, autoescape=html, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined, finalize=None if html else markdown_text)
     env.filters["pct"] = fmt_pct
     env.filters["signed"] = lambda x: "–" if x is None else f"{100 * x:+.2f}"
     return env
@@ -176,7 +186,9 @@ def render_reports(target: str | None, runs_dir: Path, out: Path) -> list[Path]:
     rendered: list[tuple[Path, bytes]] = []
     for folder in spec_folders(target, runs_dir):
         ctx, figs = build_context(folder)
-        dest = out / folder.name
+        dest = out / folder.resolve().name  # `runs/x/..` names its real folder, never `..`
+        if dest.resolve().parent != out.resolve():
+            raise FerbenchError(f"{folder}: a report would be written outside {out}")
         html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
         md = md_t.render(**ctx, img=lambda n: f"figures/{n}")
         rendered += [(dest / "index.html", html.encode()), (dest / "report.md", md.encode())]
@@ -190,7 +202,8 @@ def render_reports(target: str | None, runs_dir: Path, out: Path) -> list[Path]:
 def write_index(out: Path) -> Path:
     """reports/index.html linking every report folder under `out`."""
     pages = sorted(p.parent for p in out.glob("*/index.html"))
-    items = [{"name": p.name, "href": f"{p.name}/index.html", "md": f"{p.name}/report.md"} for p in pages]
+    # relative links, the name percent-encoded: a folder named `javascript:...` is a path, never a script
+    items = [{"name": p.name, "href": f"./{quote(p.name)}/index.html", "md": f"./{quote(p.name)}/report.md"} for p in pages]
     html = _env(True).get_template("index.html.j2").render(pages=items, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_text_atomic(out / "index.html", html)
     return out / "index.html"
