@@ -140,7 +140,10 @@ def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device:
     except ImportError:
         raise FerbenchError("--launcher submitit needs the cluster extra: pip install 'ferbench[cluster]'") from None
     folder = runs_dir / ".submitit"
-    ex = submitit.AutoExecutor(folder=folder) if cfg.executor == "auto" else submitit.AutoExecutor(folder=folder, cluster=cfg.executor)
+    try:
+        ex = submitit.AutoExecutor(folder=folder) if cfg.executor == "auto" else submitit.AutoExecutor(folder=folder, cluster=cfg.executor)
+    except Exception as e:  # noqa: BLE001  (e.g. the slurm executor on a machine without SLURM)
+        raise FerbenchError(f"--executor {cfg.executor}: submitit cannot start it here ({first_line(e, 200)})") from None
     params: dict[str, Any] = {"timeout_min": cfg.timeout_min, "cpus_per_task": cfg.cpus_per_task, "name": "ferbench"}
     if ex.cluster == "slurm":
         params.update(slurm_partition=cfg.partition, gpus_per_node=cfg.gpus_per_node, mem_gb=cfg.mem_gb)

@@ -458,7 +458,10 @@ def _check_recipes(spec: Spec, where: str) -> None:
         try:
             resolve_train(spec, m)
         except ValidationError as e:
-            raise FerbenchError(_validation_line(f"{where}: models[{i}] ({m.id}) train", e)) from None
+            key = next(iter(e.errors()[0]["loc"]), None)  # name the block the user wrote the key in
+            block = (f"models[{i}] ({m.id}) train" if key in m.train else "train" if key in spec.train
+                     else f"recipe {m.recipe or spec.recipe!r} (for models[{i}] ({m.id}))")
+            raise FerbenchError(_validation_line(f"{where}: {block}", e)) from None
 
 
 def resolve_train(spec: Spec, model: ModelEntry) -> TrainConfig:

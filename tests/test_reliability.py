@@ -196,3 +196,21 @@ def test_hostile_strings_stay_text_and_reports_stay_in_their_folder(tmp_path):
     written = api.report_spec(str(job_dir / ".."), runs, out)  # once wrote into OUT/.. ("..")
     assert out / "hostile" / "index.html" in written
     assert sorted(p.name for p in out.parent.iterdir()) == ["reports"]
+
+
+def test_errors_name_the_block_the_user_wrote(tmp_path):
+    from ferbench.cli import app
+
+    base = {"name": "t", "datasets": [{"name": "synthfer"}], "models": [{"id": "r", "arch": "resnet18"}]}
+    (tmp_path / "top.yaml").write_text(yaml.safe_dump({**base, "train": {"epoch": 2}}))
+    r = CliRunner().invoke(app, ["plan", str(tmp_path / "top.yaml"), "--no-estimate"])
+    assert r.exit_code == 2 and f"{tmp_path / 'top.yaml'}: train: epoch: unknown key" in r.output
+    models = [{"id": "r", "arch": "resnet18", "train": {"epoch": 2}}]
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({**base, "models": models}))
+    r = CliRunner().invoke(app, ["plan", str(tmp_path / "model.yaml"), "--no-estimate"])
+    assert r.exit_code == 2 and "models[0] (r) train: epoch: unknown key" in r.output
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump({**base, "train": {"epochs": 1}}))
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "ok.yaml"), "--runs-dir", str(tmp_path / "runs"),
+                                 "--launcher", "submitit", "--executor", "slurm", "--no-estimate"])
+    assert r.exit_code == 2 and "--executor slurm: submitit cannot start it here" in r.output
+    assert "Traceback" not in r.output
