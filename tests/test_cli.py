@@ -72,7 +72,7 @@ def test_report_renders_html_and_markdown(tiny_run):
     md = (d / "reports" / "tiny" / "report.md").read_text()
     assert "Test accuracy" in html and "(n=2)" in html and "data:image/png;base64," in html
     assert "## Conditions" in md and (d / "reports" / "tiny" / "figures").is_dir()
-    assert 'href="tiny/index.html"' in (d / "reports" / "index.html").read_text()
+    assert 'href="./tiny/index.html"' in (d / "reports" / "index.html").read_text()
 
 
 def _assert_clean_failure(r, d, *needles):
