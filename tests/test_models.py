@@ -121,5 +121,5 @@ def test_unknown_model_and_option_are_one_line_errors():
         create_model("resnet19", 7, 48)
     with pytest.raises(FerbenchError, match="unknown option 'stn'"):
         create_model("resnet18", 7, 48, stn=False)
-    with pytest.raises(FerbenchError, match="attention must be 'batch' or 'feature'"):
+    with pytest.raises(FerbenchError, match="option attention='spatial': Input should be 'batch' or 'feature'"):
         create_model("emonext-atto", 7, 48, attention="spatial")

@@ -214,3 +214,17 @@ def test_errors_name_the_block_the_user_wrote(tmp_path):
                                  "--launcher", "submitit", "--executor", "slurm", "--no-estimate"])
     assert r.exit_code == 2 and "--executor slurm: submitit cannot start it here" in r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"stn": "maybe"}, "option stn='maybe': Input should be a valid boolean"),
+    ({"drop_path_rate": float("nan")}, "option drop_path_rate=nan: Input should be less than 1"),
+    ({"attention": "fetaure"}, "option attention='fetaure': Input should be 'batch' or 'feature'"),
+])
+def test_model_option_values_are_checked_before_any_record(tmp_path, options, expected):
+    spec = {"name": "opts", "datasets": [{"name": "synthfer", "options": {"n_train": 32}}],
+            "models": [{"id": "e", "arch": "emonext-atto", "options": options}], "train": {"epochs": 1}}
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(FerbenchError, match=f"models.e: model 'emonext-atto': {expected}"):
+        api.run_spec(tmp_path / "o.yaml", runs_dir=tmp_path / "runs", estimate=False)
+    assert not (tmp_path / "runs").exists()

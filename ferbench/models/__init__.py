@@ -25,6 +25,7 @@ class Variant:
     description: str = ""
     paper: bool = False  # a variant the papers evaluate (False: a ferbench extension)
     checkpoint_filter: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # (state_dict, model) -> state_dict
+    signature: Any = None  # the class whose __init__ annotations type the options (checked before any build)
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -54,12 +55,27 @@ def get_variant(name: str) -> Variant:
 
 
 def check_options(name: str, options: dict[str, Any], where: str = "") -> None:
-    """Validate a model name and its option keys without building it."""
+    """Validate a model name, its option keys and their values (types and ranges from the family's
+    constructor annotations, e.g. `stn: bool`, `drop_path_rate: Annotated[float, Field(ge=0, lt=1)]`)
+    without building it."""
     v = get_variant(name)
     unknown = sorted(set(options) - set(v.options))
     if unknown:
         allowed = ", ".join(v.options) or "none"
         raise FerbenchError(f"{where}model {name!r}: unknown option {unknown[0]!r} (accepted: {allowed})")
+    if v.signature is None or not options:
+        return
+    from typing import get_type_hints
+
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = get_type_hints(v.signature.__init__, include_extras=True)
+    for key, value in options.items():
+        try:
+            TypeAdapter(hints[key]).validate_python(value, strict=isinstance(value, str) and hints[key] is bool)
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise FerbenchError(f"{where}model {name!r}: option {key}={value!r}: {msg}") from None
 
 
 def create_model(name: str, num_classes: int, input_size: int = 224, in_chans: int = 3, **options: Any):

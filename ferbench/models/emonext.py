@@ -16,11 +16,13 @@ Ablation switches `stn`, `se`, `sa_reg` remove exactly their modules; all off is
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pydantic import Field
 
 from ferbench.models import Variant, register
 
@@ -156,9 +158,9 @@ class EmoNeXt(nn.Module):
         se_placement: Literal["downsample", "stage"] = "downsample",
         attention: Literal["batch", "feature"] = "batch",
         attn_scale: Literal["code", "paper"] = "code",
-        sa_weight: float = 1.0,
-        drop_path_rate: float = 0.1,
-        layer_scale_init: float = 1e-6,
+        sa_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0,
+        drop_path_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1,
+        layer_scale_init: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6,
     ):
         super().__init__()
         if se_placement not in ("downsample", "stage"):
@@ -265,6 +267,6 @@ def build_emonext(num_classes: int, input_size: int, in_chans: int, size: str, *
 for _size in SIZES:
     register(Variant(
         f"emonext-{_size}", "emonext", build_emonext, {"size": _size}, options=OPTIONS, paper=_size in PAPER_SIZES,
-        checkpoint_filter=checkpoint_filter_fn,
+        checkpoint_filter=checkpoint_filter_fn, signature=EmoNeXt,
         description=f"EmoNeXt on ConvNeXt-{_size}" + ("" if _size in PAPER_SIZES else " (ferbench extension, CPU-sized)"),
     ))

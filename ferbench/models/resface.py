@@ -15,12 +15,14 @@ ResNet trunk [inferred]. Modules (the paper's ablation letters):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+
+from pydantic import Field
 
 from ferbench.models import Variant, register
 
@@ -89,8 +91,8 @@ class ResFace(nn.Module):
         local: bool = True,
         csa: bool = True,
         csa_fusion: Literal["sum", "product"] = "sum",
-        csa_reduction: int = 16,
-        csa_dilation: int = 4,
+        csa_reduction: Annotated[int, Field(ge=1)] = 16,
+        csa_dilation: Annotated[int, Field(ge=1)] = 4,
     ):
         super().__init__()
         if csa_fusion not in ("sum", "product"):
@@ -121,4 +123,5 @@ def build_resface(num_classes: int, input_size: int, in_chans: int, depth: int, 
 
 for _depth in (18, 50):
     register(Variant(f"resface-r{_depth}", "resface", build_resface, {"depth": _depth}, options=OPTIONS, paper=True,
+                     signature=ResFace,
                      description=f"ResFace with a ResNet-{_depth} trunk (local branch + channel-spatial aggregation)"))
