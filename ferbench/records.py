@@ -227,9 +227,31 @@ def discover(root: Path) -> list[RunRecord]:
             manifest = json.loads(mpath.read_text()) if mpath.exists() else {"status": "incomplete"}
         except ValueError:
             manifest = {"status": "incomplete", "failure": "manifest.json unreadable"}
+        problem = _damaged(d) if isinstance(manifest, dict) and manifest.get("status") == COMPLETE else None
+        if problem:  # shown with the failed runs; the rest of the report renders
+            manifest = {**manifest, "status": "unreadable", "failure": problem}
         out.append(RunRecord(d, job, manifest))
     label_experiments(out)
     return out
+
+
+def _damaged(job_dir: Path) -> str | None:
+    """What is wrong with a complete record's metrics.json or predictions.npz, if anything (a cheap
+    check: the JSON parses to a mapping, the npz's index opens and lists arrays)."""
+    import zipfile
+
+    try:
+        if not isinstance(json.loads((job_dir / "metrics.json").read_text()), dict):
+            return "metrics.json: not a JSON mapping"
+    except (OSError, ValueError) as e:
+        return f"metrics.json: unreadable ({type(e).__name__})"
+    try:
+        with np.load(job_dir / "predictions.npz", allow_pickle=False) as z:
+            if not z.files:
+                return "predictions.npz: no arrays"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        return f"predictions.npz: unreadable ({type(e).__name__})"
+    return None
 
 
 def label_experiments(records: list[RunRecord]) -> None:

@@ -228,3 +228,21 @@ def test_model_option_values_are_checked_before_any_record(tmp_path, options, ex
     with pytest.raises(FerbenchError, match=f"models.e: model 'emonext-atto': {expected}"):
         api.run_spec(tmp_path / "o.yaml", runs_dir=tmp_path / "runs", estimate=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_report_lists_a_damaged_record_and_renders_the_rest(tmp_path):
+    spec = {"name": "dmg", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+            "models": [{"id": "r", "arch": "resnet18"}], "seeds": [0, 1, 2],
+            "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs"
+    ids = [o.job.id for o in api.run_spec(tmp_path / "d.yaml", runs_dir=runs, estimate=False)]
+    npz = runs / "dmg" / ids[0] / "predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated
+    (runs / "dmg" / ids[1] / "metrics.json").write_text("{not json")
+    api.report_spec("dmg", runs, tmp_path / "reports")
+    html = (tmp_path / "reports" / "dmg" / "index.html").read_text()
+    assert "predictions.npz: unreadable (BadZipFile)" in html and "metrics.json: unreadable (JSONDecodeError)" in html
+    assert "(n=1)" in (tmp_path / "reports" / "dmg" / "report.md").read_text()  # the intact seed's results
+    recs = {r.id: r for r in discover(runs)}
+    assert recs[ids[0]].status == recs[ids[1]].status == "unreadable" and recs[ids[2]].complete
