@@ -96,30 +96,42 @@ def decide(candidates: dict[str, Callable[[], Any]]) -> tuple[str, list[dict[str
 
 
 def choose(op: str, shape: str, candidates: dict[str, Callable[[], Any]]) -> str:
-    """The name of the candidate to run for `op` at `shape` on this machine (timed once, then remembered)."""
+    """The name of the candidate to run for `op` at `shape` on this machine (timed once, then remembered).
+
+    Called on every training step: after the first call for a shape it is one dictionary look-up
+    (plus the pin's environment variable), never a file read."""
+    memo_key = f"{op}|{shape}"
+    entry = _MEMO.get(memo_key)
     pinned = _pinned().get(op)
     if pinned is not None:
         if pinned not in candidates:
             from ferbench.errors import FerbenchError
 
             raise FerbenchError(f"FERBENCH_KERNELS: {op}={pinned!r}: expected one of {', '.join(candidates)}")
-        _MEMO[f"{op}|{shape}"] = {"op": op, "shape": shape, "kernel": pinned, "why": "pinned by FERBENCH_KERNELS"}
+        if entry is None or entry["kernel"] != pinned:
+            _MEMO[memo_key] = {"op": op, "shape": shape, "kernel": pinned, "why": "pinned by FERBENCH_KERNELS"}
         return pinned
-    key = f"{op}|{shape}|{machine_key()}"
-    memo_key = f"{op}|{shape}"
-    if memo_key not in _MEMO:
-        entry = _load_store().get(key)
-        if entry is None or entry.get("kernel") not in candidates:
-            best, rounds = decide(candidates)
-            ms = {name: min(r[name] for r in rounds) for name in candidates}
-            timings = ", ".join(f"{n} {t:.2f} ms" for n, t in sorted(ms.items(), key=lambda x: x[1]))
-            why = (f"the default, no other {MARGIN:.0%} faster in every round" if best == next(iter(candidates))
-                   else f"at least {MARGIN:.0%} faster than the default in every round")
-            entry = {"op": op, "shape": shape, "kernel": best, "ms": ms, "rounds": rounds, "machine": machine_key(),
-                     "why": f"{why} (fastest calls: {timings})"}
-            _save(key, entry)
-        _MEMO[memo_key] = entry
-    return _MEMO[memo_key]["kernel"]
+    if entry is None:
+        entry = _MEMO[memo_key] = _machine_choice(op, shape, candidates)
+    return entry["kernel"]
+
+
+def _machine_choice(op: str, shape: str, candidates: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """This machine's stored choice for `op` at `shape`, or a new one measured now and stored."""
+    machine = machine_key()
+    key = f"{op}|{shape}|{machine}"
+    entry = _load_store().get(key)
+    if entry is not None and entry.get("kernel") in candidates:
+        return entry
+    best, rounds = decide(candidates)
+    ms = {name: min(r[name] for r in rounds) for name in candidates}
+    timings = ", ".join(f"{n} {t:.2f} ms" for n, t in sorted(ms.items(), key=lambda x: x[1]))
+    why = (f"the default, no other {MARGIN:.0%} faster in every round" if best == next(iter(candidates))
+           else f"at least {MARGIN:.0%} faster than the default in every round")
+    entry = {"op": op, "shape": shape, "kernel": best, "ms": ms, "rounds": rounds, "machine": machine,
+             "why": f"{why} (fastest calls: {timings})"}
+    _save(key, entry)
+    return entry
 
 
 def chosen() -> dict[str, str]:
