@@ -24,6 +24,7 @@ class PlannedJob:
     status: str  # done | resume | new | failed (a finished-but-failed record runs again) | other data
     epochs_done: int
     estimate_s: float | None  # what is left of it; None when not estimated
+    conflict: str | None = None  # why its record cannot be reused (status "other data")
 
 
 @dataclass
@@ -85,24 +86,25 @@ def plan_spec(spec_path: str | Path, profile: str | None = None, overrides: list
 def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, Any], runs_dir: Path, device: Any,
           estimate: bool) -> Plan:
     from ferbench.estimate import epochs_done, job_seconds, probe
-    from ferbench.records import read_status
+    from ferbench.records import read_manifest
     from ferbench.runner import data_conflict, dataset_key
 
     plan = Plan(spec, profile, device, runs_dir, datasets=datasets)
     for job in jobs:
         job_dir = runs_dir / job.spec / job.id
-        status = read_status(job_dir)
+        manifest = read_manifest(job_dir)
         done = epochs_done(job_dir)
-        state = {"complete": "done", "failed": "failed"}.get(status or "", "resume" if done else "new")
+        state = {"complete": "done", "failed": "failed"}.get(manifest.get("status", ""), "resume" if done else "new")
         ds = datasets[dataset_key(job)]
-        if data_conflict(job, ds, runs_dir):
+        conflict = data_conflict(job, ds, job_dir, manifest)
+        if conflict:
             state = "other data"
         secs = None
         if state in ("done", "other data"):
             secs = 0.0
         elif estimate:
             secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state == "resume" else 0)
-        plan.jobs.append(PlannedJob(job, state, done, secs))
+        plan.jobs.append(PlannedJob(job, state, done, secs, conflict))
     return plan
 
 
@@ -117,17 +119,13 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     from ferbench.launch import run_local, run_submitit, run_workers
     from ferbench.machine import pick_device
     from ferbench.records import check_writable, write_spec_snapshot
-    from ferbench.runner import data_conflict, dataset_key, prepare
+    from ferbench.runner import prepare
 
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)
     spec, jobs = load(spec_path, profile, overrides)
     check_writable(runs_dir)
     datasets = prepare(jobs, data_root)
-    for job in jobs:  # a record made from other data is never reused, resumed or overwritten
-        conflict = data_conflict(job, datasets[dataset_key(job)], runs_dir)
-        if conflict:
-            raise FerbenchError(conflict)
     ddp = dist.init_from_env()
     dev = dist.local_device() if ddp and device == "auto" else pick_device(device)
     lc = spec.launcher
@@ -135,10 +133,13 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
         raise FerbenchError("under torchrun each job runs data-parallel in-process: drop --launcher/--workers")
     if threads:
         torch.set_num_threads(threads)
+    plan = _plan(spec, profile, jobs, datasets, runs_dir, dev, estimate and not ddp and lc.name == "local")
+    conflict = next((p.conflict for p in plan.jobs if p.conflict), None)
+    if conflict:  # a record made from other data is never reused, resumed or overwritten
+        raise FerbenchError(conflict)
     if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
         return run_local(jobs, runs_dir, datasets, dev)
     write_spec_snapshot(spec, runs_dir)
-    plan = _plan(spec, profile, jobs, datasets, runs_dir, dev, estimate and not ddp and lc.name == "local")
     hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{lc.workers} workers" if lc.workers > 1 else "local"))
     try:
         if lc.name == "submitit":

@@ -20,20 +20,21 @@ from typing import Any
 from ferbench.data import FerDataset
 from ferbench.spec import Job
 
+TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
 
 
 def probe_images(input_size: int, batch: int) -> int:
     """The probe's batch: the job's, capped at ~32 images' worth of 48x48 pixels (at least 2)."""
     return min(batch, max(2, round(32 * (48 / input_size) ** 2)))
 
-_CACHE: dict[str, "Probe"] = {}
-TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
-
 
 @dataclass(frozen=True)
 class Probe:
     train_s_per_image: float
     eval_s_per_image: float
+
+
+_CACHE: dict[str, Probe] = {}
 
 
 def probe(job: Job, num_classes: int, device: Any) -> Probe:

@@ -32,8 +32,8 @@ from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import check_options, create_model, get_variant
-from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, read_manifest, remove_orphans,
-                              write_json_atomic, write_npz_atomic, write_text_atomic)
+from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, remove_orphans, write_json_atomic,
+                              write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
 
@@ -74,14 +74,12 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
     return loaded
 
 
-def data_conflict(job: Job, ds: FerDataset, runs_dir: Path) -> str | None:
-    """Why the job's existing record (finished or resumable) cannot be reused with `ds`, or None.
+def data_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """Why the job's existing record (its folder `job_dir`, its `manifest`) cannot be reused with `ds`, or None.
 
     A job id leaves the data's location out (a moved dataset is still found), so the record says what
     it was made from: the content digest of the arrays (`FerDataset.content_digest`), or, in records
     made before it, the sha256 of each source file."""
-    job_dir = runs_dir / job.spec / job.id
-    manifest = read_manifest(job_dir)
     if not manifest:
         return None
     recorded, now = manifest.get("data_content_sha256"), ds.content_digest()
