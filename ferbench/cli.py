@@ -32,6 +32,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 EstimateOpt = Annotated[bool, typer.Option("--estimate/--no-estimate", help="time a short probe of each model first")]
 
 
+def _warn(msg: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # user text verbatim
+
+
 def _fail(msg: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # user text verbatim
     raise typer.Exit(code)
@@ -122,7 +126,7 @@ def plan(
         console.print(f"left to run: {format_seconds(p.estimate_s)} on {p.device} (a probe of a few images per model; "
                       "rough)", highlight=False)
     if p.warning():
-        err.print(f"[bold yellow]warning:[/] {escape(p.warning())}", highlight=False, soft_wrap=True)
+        _warn(p.warning())
 
 
 class RichRun:
@@ -144,7 +148,7 @@ class RichRun:
         console.print(f"[bold]{plan.spec.name}[/]: {len(plan.jobs)} jobs on {plan.device} ({torch.get_num_threads()} "
                       f"threads, {launcher}{est}) -> {escape(str(plan.runs_dir / plan.spec.name))}", highlight=False)
         if plan.warning():
-            err.print(f"[bold yellow]warning:[/] {escape(plan.warning())}", highlight=False, soft_wrap=True)
+            _warn(plan.warning())
         self.started = True
         self.bar.start()
 

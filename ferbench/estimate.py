@@ -85,19 +85,15 @@ def _measure(job: Job, num_classes: int, device: Any, n: int) -> Probe:
 
 def _seconds(fn: Any, device: Any) -> float:
     """Wall seconds of fn: the faster of two calls after a warm-up, the device synchronised around each."""
-    import torch
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    from ferbench.machine import sync
 
     fn()
-    sync()
+    sync(device)
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
         fn()
-        sync()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 

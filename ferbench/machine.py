@@ -74,6 +74,14 @@ def hardware(device: Any = None) -> dict[str, Any]:
     return out
 
 
+def sync(device: Any) -> None:
+    """Wait for the device's queued work, so a host clock read after it times that work."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 def git_commit() -> str | None:
     """The commit of the ferbench checkout this code runs from, if it is one."""
     try:

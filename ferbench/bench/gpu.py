@@ -29,7 +29,7 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 import torch
 
-from ferbench.bench.timing import fit_seconds, sync
+from ferbench.bench.timing import fit_seconds
 from ferbench.data import FerDataset, Split
 from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
@@ -38,6 +38,7 @@ from ferbench.engine.losses import compute_loss
 from ferbench.engine.train import NoProgress, Progress
 from ferbench.errors import FerbenchError
 from ferbench.hostmem import keep_freed_memory
+from ferbench.machine import sync
 from ferbench.models import create_model
 from ferbench.cost import count_flops
 from ferbench.spec import RECIPES, TrainConfig

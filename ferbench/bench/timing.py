@@ -15,6 +15,7 @@ import torch
 from ferbench.data import FerDataset
 from ferbench.engine.checkpoint import CheckpointWriter
 from ferbench.engine.train import Progress, fit
+from ferbench.machine import sync
 from ferbench.models import create_model
 from ferbench.spec import EvalConfig, TrainConfig
 
@@ -36,12 +37,6 @@ def row(name: str, ours: float, ref: float | None, **extra: Any) -> dict[str, An
 
 def faces(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a host clock read after it times that work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
