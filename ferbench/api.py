@@ -116,7 +116,7 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     import torch
 
     from ferbench.engine import dist
-    from ferbench.launch import run_local, run_submitit, run_workers
+    from ferbench.launch import run_local, run_submitit, run_workers, submitit_executor
     from ferbench.machine import pick_device
     from ferbench.records import check_writable, write_spec_snapshot
     from ferbench.runner import prepare
@@ -139,11 +139,12 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
         raise FerbenchError(conflict)
     if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
         return run_local(jobs, runs_dir, datasets, dev)
+    executor = submitit_executor(runs_dir, lc) if lc.name == "submitit" else None
     write_spec_snapshot(spec, runs_dir)
     hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{lc.workers} workers" if lc.workers > 1 else "local"))
     try:
         if lc.name == "submitit":
-            return run_submitit(jobs, runs_dir, data_root, str(dev), lc, threads, hooks.outcome)
+            return run_submitit(jobs, executor, runs_dir, data_root, str(dev), threads, hooks.outcome)
         if lc.workers > 1:
             return run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, hooks.outcome)
         return run_local(jobs, runs_dir, datasets, dev, hooks.progress_for, hooks.outcome)

@@ -132,9 +132,9 @@ def run_workers(jobs: list[Job], runs_dir: Path, data_root: str | None, device: 
         return run_waves(jobs, submit, collect, on_outcome)
 
 
-def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device: str, cfg: LauncherConfig,
-                 threads: int | None, on_outcome: OnOutcome | None = None) -> list[Outcome]:
-    """One cluster job per ferbench job through submitit, wave by wave."""
+def submitit_executor(runs_dir: Path, cfg: LauncherConfig) -> Any:
+    """The configured submitit executor; made before anything is written, so a launcher that cannot
+    start here (no SLURM) fails with one line and leaves no runs folder behind."""
     try:
         import submitit
     except ImportError:
@@ -148,6 +148,12 @@ def run_submitit(jobs: list[Job], runs_dir: Path, data_root: str | None, device:
     if ex.cluster == "slurm":
         params.update(slurm_partition=cfg.partition, gpus_per_node=cfg.gpus_per_node, mem_gb=cfg.mem_gb)
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def run_submitit(jobs: list[Job], ex: Any, runs_dir: Path, data_root: str | None, device: str,
+                 threads: int | None, on_outcome: OnOutcome | None = None) -> list[Outcome]:
+    """One cluster job per ferbench job through the executor `submitit_executor` made, wave by wave."""
 
     def collect(j: Job, h: Any) -> Outcome:
         try:

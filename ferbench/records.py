@@ -10,6 +10,7 @@ crash leaves the previous version intact. A record is complete only when its man
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
@@ -20,7 +21,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from ferbench.errors import FerbenchError
+from ferbench import recordcheck
+from ferbench.errors import FerbenchError, first_line
 from ferbench.spec import condition_hash
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
@@ -31,8 +33,11 @@ os.umask(_UMASK)
 def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
     """Let `fill` write a temporary file (given by path) beside `path`, fsync it and rename it over
     `path`, so readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)})") from None
     os.close(fd)
     try:
         fill(Path(tmp))
@@ -43,9 +48,12 @@ def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a quota, a folder made read-only: one line, the old file kept
+            raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)}); "
+                                "the previous version, if any, is intact") from None
         raise
 
 
@@ -145,8 +153,6 @@ class RunRecord:
             return {k: z[k] for k in z.files}
 
     def history(self) -> list[dict[str, Any]]:
-        import csv
-
         p = self.path / "history.csv"
         if not p.exists():
             return []
@@ -154,7 +160,9 @@ class RunRecord:
             return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _num(v: str) -> Any:
+def _num(v: Any) -> Any:
+    if not isinstance(v, str):  # a short row's missing cells (None) or a long row's extras (a list)
+        return v
     try:
         return float(v) if any(c in v for c in ".eEn") else int(v)
     except ValueError:
@@ -192,10 +200,16 @@ def is_complete(job_dir: Path) -> bool:
 
 def check_writable(runs_dir: Path) -> None:
     """Fail before any work if runs_dir cannot hold records: try a temporary file where it will go."""
+    try:
+        runs_dir.resolve(strict=False)
+    except (OSError, RuntimeError) as e:  # a symlink loop: ELOOP, or RuntimeError on older Pythons
+        raise FerbenchError(f"{runs_dir}: runs directory path cannot be resolved ({first_line(e)})") from None
     if runs_dir.exists() and not runs_dir.is_dir():
         raise FerbenchError(f"{runs_dir}: runs directory path exists and is not a folder")
     probe = runs_dir
     while not probe.exists():
+        if probe.is_symlink():
+            raise FerbenchError(f"{runs_dir}: runs directory path is a broken or looping symlink ({probe})")
         probe = probe.parent
     if not probe.is_dir():
         raise FerbenchError(f"{runs_dir}: cannot create the runs directory ({probe} is not a folder)")
@@ -211,23 +225,22 @@ def write_spec_snapshot(spec: Any, runs_dir: Path) -> None:
     write_text_atomic(runs_dir / spec.name / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
-def discover(root: Path) -> list[RunRecord]:
-    """All job folders under `root` (a runs dir or one spec's folder), sorted by path."""
+def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list[RunRecord]:
+    """All job folders under `root` (a runs dir or one spec's folder), sorted by path. A complete
+    record whose files are damaged is returned with status `unreadable` and the reason; a folder
+    whose job.yaml cannot be read at all is left out and, given a list, added to `unreadable`."""
     if not root.exists():
         raise FerbenchError(f"{root}: no such runs directory")
     out = []
     for job_yaml in sorted(root.rglob("job.yaml")):
         d = job_yaml.parent
-        try:
-            job = yaml.safe_load(job_yaml.read_text())
-        except yaml.YAMLError:
+        job, problem = _read_job(job_yaml)
+        if problem:
+            if unreadable is not None:
+                unreadable.append({"run": d.name, "status": "unreadable", "reason": problem})
             continue
-        mpath = d / "manifest.json"
-        try:
-            manifest = json.loads(mpath.read_text()) if mpath.exists() else {"status": "incomplete"}
-        except ValueError:
-            manifest = {"status": "incomplete", "failure": "manifest.json unreadable"}
-        problem = _damaged(d) if isinstance(manifest, dict) and manifest.get("status") == COMPLETE else None
+        manifest = _read_record_manifest(d)
+        problem = _damaged(d) if manifest.get("status") == COMPLETE else None
         if problem:  # shown with the failed runs; the rest of the report renders
             manifest = {**manifest, "status": "unreadable", "failure": problem}
         out.append(RunRecord(d, job, manifest))
@@ -235,23 +248,51 @@ def discover(root: Path) -> list[RunRecord]:
     return out
 
 
+def _read_job(path: Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        job = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return {}, f"job.yaml: unreadable ({type(e).__name__})"
+    return job, recordcheck.check_job(job)
+
+
+def _read_record_manifest(job_dir: Path) -> dict[str, Any]:
+    path = job_dir / "manifest.json"
+    if not path.exists():
+        return {"status": "incomplete"}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "unreadable", "failure": f"manifest.json: unreadable ({type(e).__name__})"}
+    problem = recordcheck.check_manifest(manifest)
+    return {"status": "unreadable", "failure": problem} if problem else manifest
+
+
 def _damaged(job_dir: Path) -> str | None:
-    """What is wrong with a complete record's metrics.json or predictions.npz, if anything (a cheap
-    check: the JSON parses to a mapping, the npz's index opens and lists arrays)."""
+    """What is wrong with a complete record's metrics.json, predictions.npz or history.csv, if
+    anything: each must parse and hold the fields report and compare read (`recordcheck`)."""
     import zipfile
 
     try:
-        if not isinstance(json.loads((job_dir / "metrics.json").read_text()), dict):
-            return "metrics.json: not a JSON mapping"
+        metrics = json.loads((job_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
         return f"metrics.json: unreadable ({type(e).__name__})"
+    problem = recordcheck.check_metrics(metrics)
+    if problem:
+        return problem
     try:
         with np.load(job_dir / "predictions.npz", allow_pickle=False) as z:
-            if not z.files:
-                return "predictions.npz: no arrays"
+            arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         return f"predictions.npz: unreadable ({type(e).__name__})"
-    return None
+    problem = recordcheck.check_predictions(arrays, len(metrics["classes"]))
+    if problem:
+        return problem
+    try:
+        rows = RunRecord(job_dir, {}, {}).history()
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return f"history.csv: unreadable ({type(e).__name__})"
+    return recordcheck.check_history(rows, job_dir / "history.csv")
 
 
 def label_experiments(records: list[RunRecord]) -> None:

@@ -173,9 +173,12 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             record(job, job_dir, ds.num_classes, arrays, metrics)
             manifest.finish(COMPLETE, time.perf_counter() - t0, kernels=chosen_kernels())
             return Outcome(job, "complete", time.perf_counter() - t0, stored_test_accuracy(job_dir))
-        except (JobFailed, FerbenchError, RuntimeError, ValueError) as e:  # the record says why; the spec goes on
+        except (JobFailed, FerbenchError, RuntimeError, ValueError, OSError) as e:  # the record says why; the spec goes on
             reason = str(e) if isinstance(e, (JobFailed, FerbenchError)) else f"{type(e).__name__}: {first_line(e, 300)}"
-            manifest.finish(FAILED, time.perf_counter() - t0, failure=reason)
+            try:
+                manifest.finish(FAILED, time.perf_counter() - t0, failure=reason)
+            except FerbenchError as not_written:  # a full disk: the record stays `running`, so a rerun resumes it
+                reason += f" (and the record could not be updated: {not_written})"
             return Outcome(job, "failed", time.perf_counter() - t0, reason=reason)
 
 

@@ -14,19 +14,27 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ferbench.errors import FerbenchError, first_line
 
 JOB_FORMAT = 1
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,79}$")  # names become folder names: 80 characters at most
+_SLUG_RULE = "must be 1-80 letters, digits, '_', '-', '+' or '.'"
+
+
+def _slug_error(kind: str, value: str) -> ValueError:
+    shown = repr(value) if len(value) <= 40 else f"{value[:37]!r}... ({len(value)} characters)"
+    return ValueError(f"{kind} {shown} {_SLUG_RULE}")
+MAX_SEED = 2**32 - 1  # what every RNG ferbench seeds (Python, NumPy, torch) accepts
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class AugmentConfig(_Strict):
@@ -122,7 +130,7 @@ class DatasetEntry(_Strict):
         if self.id is None:
             self.id = self.name
         if not _SLUG.match(self.id):
-            raise ValueError(f"id {self.id!r} must be letters, digits, '_', '-', '+' or '.'")
+            raise _slug_error("id", self.id)
         return self
 
 
@@ -139,7 +147,7 @@ class ModelEntry(_Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         if not _SLUG.match(v):
-            raise ValueError(f"id {v!r} must be letters, digits, '_', '-', '+' or '.'")
+            raise _slug_error("id", v)
         return v
 
 
@@ -147,7 +155,7 @@ class Claim(_Strict):
     model: str
     dataset: str
     metric: str = "accuracy"
-    value: float
+    value: float = Field(ge=0, le=100, description="percent, as the paper prints it")
     source: str
 
 
@@ -169,7 +177,7 @@ class Spec(_Strict):
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)
     models: list[ModelEntry] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field([0], min_length=1)
     recipe: str = "default"
     train: dict[str, Any] = {}
     eval: EvalConfig = EvalConfig()
@@ -181,7 +189,7 @@ class Spec(_Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         if not _SLUG.match(v):
-            raise ValueError(f"name {v!r} must be letters, digits, '_', '-', '+' or '.'")
+            raise _slug_error("name", v)
         return v
 
     @model_validator(mode="after")
@@ -195,6 +203,11 @@ class Spec(_Strict):
                 raise ValueError(f"model {m.id!r} depends_on {m.depends_on!r}, which is not a model id here")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be unique")
+        datasets = {d.id for d in self.datasets}
+        for i, c in enumerate(self.claims):
+            if c.model not in ids or c.dataset not in datasets:
+                raise ValueError(f"claims[{i}]: model {c.model!r} / dataset {c.dataset!r} must name a model id "
+                                 f"({', '.join(ids)}) and a dataset id ({', '.join(sorted(datasets))}) of this spec")
         return self
 
 

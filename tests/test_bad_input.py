@@ -51,7 +51,7 @@ def check(result, cwd: Path, *needles: str) -> None:
 def spec_with(tmp_path: Path, mutate=None, text: str | None = None) -> Path:
     p = tmp_path / "spec.yaml"
     if text is not None:
-        p.write_text(text)
+        p.write_bytes(text.encode("utf-8", "surrogateescape"))
         return p
     d = copy.deepcopy(GOOD)
     if mutate:
@@ -95,6 +95,28 @@ SPEC_CASES = [
     ("subset-zero", _set(["datasets", 0, "subset"], {"train": 0}), None, ["subset.train"]),
     ("bad-id", _set(["models", 0, "id"], "a/b"), None, ["id 'a/b'"]),
     ("ldl-without-votes", lambda d: d.update(datasets=[{"name": "fer2013"}]) or d["train"].update(loss="ldl"), None, ["fer2013"]),
+    ("seed-negative", _set(["seeds"], [-1]), None, ["seeds[0]", "greater than or equal to 0"]),
+    ("seed-beyond-32-bits", _set(["seeds"], [2**40]), None, ["seeds[0]", "4294967295"]),
+    ("seeds-empty", _set(["seeds"], []), None, ["seeds", "at least 1 item"]),
+    ("seeds-repeated", _set(["seeds"], [1, 1]), None, ["seeds must be unique"]),
+    ("id-too-long", _set(["models", 0, "id"], "a" * 300), None, ["models[0].id", "(300 characters)", "1-80"]),
+    ("name-too-long", _set(["name"], "n" * 81), None, ["name", "1-80"]),
+    ("name-path", _set(["name"], "../x"), None, ["name '../x'"]),
+    ("lr-nan", _set(["train", "lr"], float("nan")), None, ["lr"]),
+    ("lr-infinite", _set(["train", "lr"], float("inf")), None, ["lr", "finite"]),
+    ("datasets-empty", _set(["datasets"], []), None, ["datasets", "at least 1 item"]),
+    ("models-empty", _set(["models"], []), None, ["models", "at least 1 item"]),
+    ("claim-unknown-model", _set(["claims"], [{"model": "zz", "dataset": "synthfer", "value": 50, "source": "x"}]), None,
+     ["claims[0]", "'zz'", "must name a model id"]),
+    ("claim-over-100", _set(["claims"], [{"model": "m", "dataset": "synthfer", "value": 150, "source": "x"}]), None,
+     ["claims[0].value", "150"]),
+    ("claim-no-source", _set(["claims"], [{"model": "m", "dataset": "synthfer", "value": 50}]), None, ["claims[0].source"]),
+    ("depends-on-itself", _set(["models", 0, "depends_on"], "m"), None, ["dependency cycle through 'm'"]),
+    ("yaml-python-tag", None, "!!python/object/apply:os.system ['touch PWNED']\n", ["could not determine a constructor"]),
+    ("binary-file", None, "\udcff\udcfe", ["not a UTF-8 text file"]),
+    ("launcher-name", _set(["launcher"], {"name": "k8s"}), None, ["launcher.name", "'k8s'"]),
+    ("launcher-workers", _set(["launcher"], {"workers": 0}), None, ["launcher.workers"]),
+    ("input-size-huge", _set(["train", "input_size"], 4096), None, ["input_size", "1024"]),
 ]
 
 
@@ -257,3 +279,134 @@ def test_bad_checkpoints(finished, kind):
     assert manifest["status"] == "failed" and needle in manifest["failure"]
     assert not (d / "PWNED").exists()
     (job_dir / "checkpoint.pt").write_bytes(good)
+
+
+def npz_spec(tmp_path: Path, **arrays) -> Path:
+    np.savez(tmp_path / "x.npz", **arrays)
+    return spec_with(tmp_path, _set(["datasets"], [{"name": "folder", "path": str(tmp_path / "x.npz")}]))
+
+
+IMGS, LABELS = np.zeros((8, 16, 16), np.uint8), np.arange(8) % 2
+NPZ_CASES = [
+    ("images-1d", {"images": np.zeros(8, np.uint8), "label": LABELS}, ["'images' must be uint8 (N, H, W)"]),
+    ("images-float", {"images": IMGS.astype(np.float32), "label": LABELS}, ["'images' must be uint8", "float32"]),
+    ("labels-short", {"images": IMGS, "label": LABELS[:5]}, ["'label' must be integers, one per image (8)"]),
+    ("labels-float", {"images": IMGS, "label": LABELS + 0.5}, ["'label' must be integers", "float64"]),
+    ("labels-negative", {"images": IMGS, "label": LABELS - 3}, ["class indices >= 0", "-3"]),
+    ("labels-beyond-classes", {"images": IMGS, "label": LABELS * 5, "classes": np.array(["a", "b"])},
+     ["labels must be in 0..1 for 2 classes", "found 5"]),
+    ("object-array", {"images": np.array([object()] * 8, dtype=object), "label": LABELS}, ["not a readable .npz of plain arrays"]),
+]
+
+
+@pytest.mark.parametrize("name, arrays, needles", NPZ_CASES, ids=[c[0] for c in NPZ_CASES])
+def test_bad_npz(tmp_path, name, arrays, needles):
+    p = npz_spec(tmp_path, **arrays)
+    if name == "labels-beyond-classes":
+        p = spec_with(tmp_path, _set(["datasets"], [{"name": "folder", "path": str(tmp_path / "x.npz"), "options": {"classes_key": "classes"}}]))
+    check(invoke(["run", p], tmp_path), tmp_path, "x.npz", *needles)
+
+
+def test_npz_that_is_not_a_zip(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"PK\x03\x04garbage")
+    p = spec_with(tmp_path, _set(["datasets"], [{"name": "folder", "path": str(tmp_path / "x.npz")}]))
+    check(invoke(["run", p], tmp_path), tmp_path, "x.npz: not a readable .npz of plain arrays")
+
+
+def image_tree(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _big_png(path: Path) -> None:
+    """An 8000x8000 grey PNG (64 megapixels) that compresses to a few kilobytes: a decompression bomb."""
+    from PIL import Image
+
+    Image.new("L", (8000, 8000)).save(path)
+
+
+TREE_CASES = [
+    ("huge-image", lambda t: _big_png(t / "train" / "a" / "big.png"), ["big.png: image", "more than the 40 megapixels"]),
+    ("text-as-png", lambda t: (t / "train" / "a" / "x.png").write_text("not a png"), ["x.png: image does not decode"]),
+    ("truncated-png", lambda t: (t / "test" / "b" / "y.png").write_bytes((t / "test" / "b" / "0.png").read_bytes()[:40]),
+     ["y.png: image does not decode"]),
+    ("empty-class-folder", lambda t: (t / "train" / "c").mkdir(), ["class folder(s) 'c' hold no images"]),
+    ("no-test-folder", lambda t: __import__("shutil").rmtree(t / "test"), ["expected train/ and test/ folders"]),
+]
+
+
+@pytest.mark.parametrize("name, damage, needles", TREE_CASES, ids=[c[0] for c in TREE_CASES])
+def test_bad_image_tree(tmp_path, name, damage, needles):
+    tree = image_tree(tmp_path / "t")
+    damage(tree)
+    p = spec_with(tmp_path, _set(["datasets"], [{"name": "folder", "path": str(tree)}]))
+    env = {"FERBENCH_CACHE": str(tmp_path / "cache")}
+    os.environ.update(env)
+    try:
+        check(invoke(["run", p], tmp_path), tmp_path, *needles)
+    finally:
+        os.environ.pop("FERBENCH_CACHE")
+
+
+def _hostile_pickle(path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch PWNED",))
+
+    path.write_bytes(pickle.dumps({"fc.weight": Evil()}))
+
+
+WEIGHTS_CASES = [
+    ("hostile-pickle", _hostile_pickle, ["not a loadable weights file", "never runs code"]),
+    ("plain-pickle", lambda p: p.write_bytes(pickle.dumps({"a": 1})), ["not a loadable weights file"]),
+    ("a-tensor", lambda p: torch.save(torch.zeros(3), p), ["expected a state dict of tensors"]),
+    ("empty-file", lambda p: p.write_bytes(b""), ["not a loadable weights file"]),
+    ("a-folder", lambda p: p.mkdir(), ["weights file not found"]),
+]
+
+
+@pytest.mark.parametrize("name, make, needles", WEIGHTS_CASES, ids=[c[0] for c in WEIGHTS_CASES])
+def test_bad_weights_file(tmp_path, name, make, needles):
+    make(tmp_path / "w.pth")
+    p = spec_with(tmp_path, _set(["models", 0, "weights"], str(tmp_path / "w.pth")))
+    check(invoke(["run", p], tmp_path), tmp_path, "w.pth", *needles)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_runs_dir_that_is_a_symlink_loop(tmp_path):
+    os.symlink("loop", tmp_path / "loop")
+    r = invoke(["run", spec_with(tmp_path), "--runs-dir", "loop"], tmp_path)
+    assert r.exit_code == 2 and "runs directory path cannot be resolved" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_spec_path_that_is_a_folder(tmp_path):
+    (tmp_path / "sd").mkdir()
+    check(invoke(["run", tmp_path / "sd"], tmp_path), tmp_path, "spec file not found")
+
+
+CLI_CASES = [
+    (["run", "SPEC", "--device", "cuda:3"], ["--device cuda:3"]),
+    (["run", "SPEC", "--set", "models.5.arch=resnet18"], ["index 5 out of range"]),
+    (["compare", "a", "b", "--runs-dir", "."], ["no complete runs of 'a'"]),
+    (["data", "info", "nope"], ["unknown dataset 'nope'"]),
+    (["profile", "resnet19"], ["unknown model 'resnet19'"]),
+    (["report", "--runs-dir", "nowhere"], ["nowhere"]),
+]
+
+
+@pytest.mark.parametrize("args, needles", CLI_CASES, ids=[" ".join(c[0][:3]) for c in CLI_CASES])
+def test_bad_command_line(tmp_path, args, needles):
+    if "SPEC" in args and args[0] == "run" and "--device" in args:
+        import torch as _t
+
+        if _t.cuda.device_count() > 3:
+            pytest.skip("this machine has a cuda:3")
+    spec = spec_with(tmp_path)
+    check(invoke([spec if a == "SPEC" else a for a in args], tmp_path), tmp_path, *needles)

@@ -32,13 +32,15 @@ def open_page(browser, path: Path, shot: Path) -> dict:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    requests = []  # anything but the page's own files and inline images is an external request
+    page.on("request", lambda q: requests.append(q.url) if not q.url.startswith(("file:", "data:")) else None)
     page.goto(path.resolve().as_uri())
     page.wait_for_load_state("load")
     images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
     pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
     page.screenshot(path=str(shot), full_page=True)
     page.close()
-    return {"errors": errors, "dialogs": dialogs, "images": images, "pwned": pwned}
+    return {"errors": errors, "dialogs": dialogs, "images": images, "pwned": pwned, "requests": requests}
 
 
 PUBLISHED = sorted(p for p in (REPO / "reports").glob("*/index.html")) + [REPO / "reports" / "index.html"]
@@ -79,6 +81,7 @@ def test_hostile_ids_and_class_names_are_escaped(browser, tmp_path):
     job = yaml.safe_load((job_dir / "job.yaml").read_text())
     job["job"]["model"]["id"] = HOSTILE
     job["job"]["dataset"]["id"] = HOSTILE + "/../../x"
+    job["job"]["model"]["options"] = {"attention": HOSTILE, "note": "[x](javascript:window.__pwned=3)"}
     (job_dir / "job.yaml").write_text(yaml.safe_dump(job))
     import json
 
@@ -90,11 +93,30 @@ def test_hostile_ids_and_class_names_are_escaped(browser, tmp_path):
             sel["per_class_recall"][HOSTILE] = sel["per_class_recall"].pop(first)
     (job_dir / "metrics.json").write_text(json.dumps(m))
     sp = yaml.safe_load((tmp_path / "runs" / "hostile" / "spec.yaml").read_text())
-    sp["description"] = HOSTILE
+    sp["description"] = HOSTILE + " [click](javascript:window.__pwned=4) ![i](http://example.invalid/t.png)"
+    sp["claims"] = [{"model": HOSTILE, "dataset": HOSTILE + "/../../x", "value": 50.0, "source": HOSTILE}]
     (tmp_path / "runs" / "hostile" / "spec.yaml").write_text(yaml.safe_dump(sp))
     render_reports("hostile", tmp_path / "runs", tmp_path / "reports")
     html = (tmp_path / "reports" / "hostile" / "index.html").read_text()
     assert HOSTILE not in html and "&lt;script&gt;" in html
     assert not list(tmp_path.glob("x*")) and all(p.parent.name == "figures" for p in (tmp_path / "reports").rglob("*.png"))
     r = open_page(browser, tmp_path / "reports" / "hostile" / "index.html", tmp_path / "hostile.png")
-    assert r["pwned"] is None and not r["dialogs"], r
+    assert r["pwned"] is None and not r["dialogs"] and not r["requests"], r
+    assert r["images"] and all(ok for _, ok in r["images"]), r["images"]
+
+
+def test_hostile_report_md_rendered_by_a_markdown_viewer_executes_nothing(browser, tmp_path):
+    """report.md as a Markdown viewer that passes raw HTML through (markdown-it with html on, the
+    least safe setting) shows it: user strings stay text, no script runs, nothing is fetched."""
+    from markdown_it import MarkdownIt
+
+    test_hostile_ids_and_class_names_are_escaped(browser, tmp_path)
+    folder = tmp_path / "reports" / "hostile"
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render((folder / "report.md").read_text())
+    assert "<script" not in body and "onerror=" not in body.replace("onerror=&quot;", "")
+    page = folder / "report.md.html"  # beside report.md, so its relative figure links resolve
+    page.write_text(f"<!doctype html><meta charset='utf-8'><title>md</title>{body}")
+    r = open_page(browser, page, tmp_path / "md.png")
+    assert r["pwned"] is None and not r["dialogs"] and not r["requests"], r
+    assert r["images"] and all(ok for _, ok in r["images"]), r["images"]
+    assert "&lt;script&gt;" in body

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.rafdb import carve_val
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, first_line
 
 EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -55,22 +55,39 @@ def grouped_folds(groups: np.ndarray, folds: int) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
-def _from_npz(path: Path, o: Options) -> FerDataset:
+def _read_npz(path: Path, keys: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The named arrays of an .npz that are present, and the names of all it holds; never unpickles
+    (an object array is refused) and gives one line for a damaged file."""
+    import zipfile
+
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise FerbenchError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys if k in z.files}, list(z.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise FerbenchError(f"{path}: not a readable .npz of plain arrays ({first_line(e)})") from None
+
+
+def _from_npz(path: Path, o: Options) -> FerDataset:
+    z, names = _read_npz(path, [o.images_key, o.labels_key] + [k for k in (o.groups_key, o.classes_key) if k])
     for key in (o.images_key, o.labels_key) + ((o.groups_key,) if o.groups_key else ()):
-        if key not in z.files:
-            raise FerbenchError(f"{path}: array {key!r} missing (has {', '.join(z.files)})")
-    images, labels = z[o.images_key], z[o.labels_key].astype(np.int64)
+        if key not in z:
+            raise FerbenchError(f"{path}: array {key!r} missing (has {', '.join(names)})")
+    images, labels = z[o.images_key], z[o.labels_key]
     if images.ndim != 3 or images.dtype != np.uint8:
         raise FerbenchError(f"{path}: {o.images_key!r} must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-    classes = o.classes or ([str(c) for c in z[o.classes_key]] if o.classes_key and o.classes_key in z.files else None)
+    if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+        raise FerbenchError(f"{path}: {o.labels_key!r} must be integers, one per image ({len(images)}), "
+                            f"got {labels.dtype} {labels.shape}")
+    labels = labels.astype(np.int64)
+    if o.groups_key and len(z[o.groups_key]) != len(images):
+        raise FerbenchError(f"{path}: {o.groups_key!r} must have one entry per image ({len(images)}), got {len(z[o.groups_key])}")
+    if labels.size and labels.min() < 0:
+        raise FerbenchError(f"{path}: {o.labels_key!r} must be class indices >= 0 (found {labels.min()})")
+    classes = o.classes or ([str(c) for c in z[o.classes_key]] if o.classes_key and o.classes_key in z else None)
     if classes is None:
-        classes = [str(i) for i in range(int(labels.max()) + 1)]
-    if labels.min() < 0 or labels.max() >= len(classes):
-        raise FerbenchError(f"{path}: labels must be in 0..{len(classes) - 1} for {len(classes)} classes")
+        classes = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
+    if labels.size and labels.max() >= len(classes):
+        raise FerbenchError(f"{path}: labels must be in 0..{len(classes) - 1} for {len(classes)} classes (found {labels.max()})")
     if o.groups_key:
         if o.fold >= o.folds:
             raise FerbenchError(f"folder: fold {o.fold} out of range for {o.folds} folds")
@@ -102,6 +119,10 @@ def _from_tree(root: Path, o: Options) -> FerDataset:
     classes = o.classes or sorted(d.name for d in split_dirs["train"].iterdir() if d.is_dir())
     files = {s: sorted((f, classes.index(c.name)) for c in d.iterdir() if c.is_dir() and c.name in classes
                        for f in c.iterdir() if f.suffix.lower() in EXTS) for s, d in split_dirs.items()}
+    empty = [c for c, i in ((c, classes.index(c)) for c in classes) if not any(y == i for _, y in files["train"])]
+    if empty:
+        raise FerbenchError(f"{root / 'train'}: class folder(s) {', '.join(map(repr, empty))} hold no images "
+                            f"({', '.join(sorted(EXTS))}); remove them or add images")
     h = hashlib.sha256(repr([(s, [(str(f), f.stat().st_size, f.stat().st_mtime_ns, y) for f, y in v]) for s, v in files.items()]).encode())
 
     def build() -> dict[str, np.ndarray]:

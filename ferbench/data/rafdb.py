@@ -66,18 +66,28 @@ def _image_path(folder: Path, name: str) -> Path:
     return folder / f"{stem}_aligned.jpg"
 
 
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 def decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         raise FerbenchError(f"rafdb: expected image {path}: file not found")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only: the size is known before any pixel is
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the "
+                                    f"{MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes (a face crop is far smaller)")
             im = im.convert("L")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError:
+        raise FerbenchError(f"{path}: image has more than the {MAX_IMAGE_PIXELS // 10**6} megapixels ferbench "
+                            "decodes (a face crop is far smaller)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        # PIL reports damaged files as any of these (SyntaxError for some broken headers)
         raise FerbenchError(f"{path}: image does not decode ({type(e).__name__})") from None
 
 

@@ -34,14 +34,54 @@ class LoopState:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    # by path: torch's C++ writer fills the file directly (no in-memory copy, no Python call per chunk)
-    write_atomic(path, lambda p: torch.save(state, str(p)))
+    """Write the checkpoint atomically: a failed write (a full disk) leaves the previous one intact."""
+    import shutil
+
+    try:
+        # by path: torch's C++ writer fills the file directly (no in-memory copy, no Python call per chunk)
+        write_atomic(path, lambda p: torch.save(state, str(p)))
+        return
+    except RuntimeError as e:  # torch reports a failed write as "unexpected pos ..." with no errno
+        reason = first_line(e)
+    needed, free = state_nbytes(state), shutil.disk_usage(path.parent).free
+    if free < needed:
+        reason = f"no space left on the device ({free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB needed)"
+    # raised outside the except block: the failed writer (and the space its open file holds) is freed
+    raise FerbenchError(f"{path}: checkpoint not written: {reason}; the previous checkpoint is intact: "
+                        "free space and run again to resume")
+
+
+def state_nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load with weights_only (a file can never run code) and its warnings about the file's
+    pickle protocol kept off the user's screen; a file holding other Python objects raises an
+    UnpicklingError whose message says so in one line (torch's own advises weights_only=False)."""
+    import pickle
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise pickle.UnpicklingError("it holds Python objects other than tensors, and ferbench never runs code "
+                                         "from a file") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """weights_only load: a checkpoint can never run code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_torch_load(path)
     except Exception as e:  # noqa: BLE001  (any unpickling failure is bad input)
         raise FerbenchError(f"{path}: not a loadable ferbench checkpoint ({first_line(e)}); ferbench never unpickles "
                             "code: delete the file to restart this job from scratch") from None
@@ -148,7 +188,7 @@ class CheckpointWriter:
             save_checkpoint(path, state)
             write_history(history_path, history)
         except BaseException as e:  # noqa: BLE001  (re-raised in the training thread)
-            self._error = e
+            self._error = e.with_traceback(None)  # its frames would keep the snapshot alive until raised
 
     def submit(self, path: Path, state: dict[str, Any], history_path: Path, history: list[dict[str, Any]]) -> None:
         self.close()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ferbench.engine.checkpoint import safe_torch_load
 from ferbench.errors import FerbenchError, first_line
 
 
@@ -27,7 +28,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = safe_torch_load(path)
     except Exception as e:  # noqa: BLE001  (unpicklable or hostile files are bad input)
         raise FerbenchError(f"{path}: not a loadable weights file ({first_line(e)})") from None
     for key in ("model", "state_dict", "model_ema"):

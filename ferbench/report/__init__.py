@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 import yaml
 
@@ -25,12 +26,17 @@ from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
 from ferbench.records import RunRecord, discover, write_bytes_atomic, write_text_atomic
 
 
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\\": "\\\\", "[": "\\[", "]": "\\]",
+                             "`": "\\`", "*": "\\*", "_": "\\_"})
+
+
 def markdown_text(value: Any) -> Any:
-    """A value as Markdown text: HTML and table pipes in user strings (descriptions, ids, class
-    names, option values) shown as written, never live in a Markdown viewer."""
-    if not isinstance(value, str):
+    """A value as Markdown text: HTML, table pipes and link, image and emphasis syntax in user
+    strings (descriptions, ids, class names, option values) shown as written, never live in a
+    Markdown viewer (no script, no image fetched from elsewhere). Template-made links are `Markup`."""
+    if not isinstance(value, str) or isinstance(value, markupsafe.Markup):
         return value
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return value.translate(_MD_ESCAPES)
 
 
 def _env(html: bool) -> jinja2.Environment:
@@ -102,10 +108,34 @@ def _b64(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
+def read_spec_snapshot(path: Path) -> tuple[dict[str, Any], str | None]:
+    """runs/<spec>/spec.yaml (description and claims) and what is wrong with it, if anything: a
+    damaged snapshot leaves the page without claims and says so, never without its results."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from ferbench.spec import Claim
+
+    if not path.exists():
+        return {}, None
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return {}, f"unreadable ({type(e).__name__}): description and claims left out"
+    if not isinstance(spec, dict):
+        return {}, "not a mapping: description and claims left out"
+    try:
+        claims = [c.model_dump() for c in TypeAdapter(list[Claim]).validate_python(spec.get("claims", []))]
+    except ValidationError as e:
+        return {"description": str(spec.get("description", ""))}, f"claims invalid ({e.error_count()} errors): claims left out"
+    return {"description": str(spec.get("description", "")), "claims": claims}, None
+
+
 def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    records = discover(folder)
-    spec_file = folder / "spec.yaml"
-    spec = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+    unreadable: list[dict[str, str]] = []
+    records = discover(folder, unreadable)
+    spec, spec_problem = read_spec_snapshot(folder / "spec.yaml")
+    if spec_problem:
+        unreadable.append({"run": "spec.yaml", "status": "unreadable", "reason": spec_problem})
     claims = spec.get("claims", [])
     figs: dict[str, bytes] = {}
     tables = {}
@@ -148,8 +178,8 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             name = fig_name("curves", d)
             figs[name] = figures.curves_figure(hist, f"{d}: accuracy per epoch (mean over seeds)")
             curve_figs.append({"dataset": d, "figure": name})
-    problems = [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
-                for r in records if not r.complete]
+    problems = unreadable + [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
+                             for r in records if not r.complete]
     envs = []
     for r in records:
         e = r.manifest.get("environment")
@@ -190,9 +220,10 @@ def render_reports(target: str | None, runs_dir: Path, out: Path) -> list[Path]:
         if dest.resolve().parent != out.resolve():
             raise FerbenchError(f"{folder}: a report would be written outside {out}")
         html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
-        md = md_t.render(**ctx, img=lambda n: f"figures/{n}")
-        rendered += [(dest / "index.html", html.encode()), (dest / "report.md", md.encode())]
+        md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
+        # figures first, pages after: a write that fails (a full disk) never leaves a page without its figures
         rendered += [(dest / "figures" / n, b) for n, b in figs.items()]
+        rendered += [(dest / "report.md", md.encode()), (dest / "index.html", html.encode())]
     for path, data in rendered:
         write_bytes_atomic(path, data)
     index = write_index(out)

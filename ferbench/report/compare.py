@@ -75,7 +75,10 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
 
 
 def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[str, Any]:
-    records = [r for r in discover(runs_dir) if r.complete]
+    unreadable: list[dict[str, str]] = []
+    found = discover(runs_dir, unreadable)
+    records = [r for r in found if r.complete]
+    damaged = len(unreadable) + sum(r.status == "unreadable" for r in found)
     if dataset:
         records = [r for r in records if r.job["job"]["dataset"]["id"] == dataset]
     ra_all = [r for r in records if _matches(r, a)]
@@ -83,7 +86,8 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
     if not ra_all or not rb_all:
         missing = a if not ra_all else b
         raise FerbenchError(f"compare: no complete runs of {missing!r} under {runs_dir}"
-                            + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext)")
+                            + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext)"
+                            + (f"; {damaged} damaged record(s) were left out: `ferbench report` lists why" if damaged else ""))
     from ferbench.report import conditions
 
     out: dict[str, Any] = {"a": a, "b": b, "datasets": {}, "conditions": conditions(ra_all + rb_all)}

@@ -1,0 +1,116 @@
+"""What a run record must look like before report or compare reads it.
+
+Records are files on disk that anything may have damaged or planted: each check returns the first
+problem as one line naming the file and field (None when the record is sound), so report lists the
+record as `unreadable` with that reason and renders the rest, and compare leaves it out. The fields
+checked are exactly the ones report and compare read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NUMBER = (int, float)
+JOB_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "job": dict, "job.spec": str, "job.recipe": str, "job.seed": int,
+    "job.model": dict, "job.model.id": str, "job.model.arch": str, "job.model.options": dict,
+    "job.dataset": dict, "job.dataset.id": str, "job.eval": dict, "job.eval.tta": str,
+    "job.train": dict, "job.train.input_size": int, "job.train.in_chans": int, "job.train.epochs": int,
+    "job.train.optimizer": str, "job.train.lr": NUMBER, "job.train.batch_size": int, "job.train.schedule": str,
+    "job.train.loss": str, "job.train.label_smoothing": NUMBER,
+}
+MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "status": str, "environment": dict, "classes": list, "class_counts": dict, "pretrained": dict, "data_notes": dict,
+}
+RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "accuracy": NUMBER, "balanced_accuracy": NUMBER, "macro_f1": NUMBER, "ece": NUMBER,
+    "per_class_recall": dict, "confusion": list,
+}
+
+
+def _get(obj: Any, dotted: str) -> tuple[bool, Any]:
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return False, None
+        obj = obj[part]
+    return True, obj
+
+
+def _fields(obj: Any, fields: dict[str, Any], where: str, required: bool) -> str | None:
+    """The first field missing (when required) or of the wrong type, as one line."""
+    if not isinstance(obj, dict):
+        return f"{where}: expected a mapping, got {type(obj).__name__}"
+    for name, kind in fields.items():
+        present, value = _get(obj, name)
+        if not present:
+            if required:
+                return f"{where}: field {name!r} missing"
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            return f"{where}: field {name!r} has the wrong type ({type(value).__name__})"
+    return None
+
+
+def check_job(job: Any) -> str | None:
+    """job.yaml as parsed: the fields report and compare read."""
+    return _fields(job, JOB_FIELDS, "job.yaml", required=True)
+
+
+def check_manifest(manifest: Any) -> str | None:
+    """manifest.json: the optional fields report reads, each of its type when present."""
+    problem = _fields(manifest, MANIFEST_FIELDS, "manifest.json", required=False)
+    if problem is None and "class_counts" in manifest:
+        counts = manifest["class_counts"]
+        if "classes" not in manifest or not all(isinstance(v, dict) for v in counts.values()):
+            return "manifest.json: field 'class_counts' must map splits to per-class counts, with 'classes'"
+    return problem
+
+
+def check_metrics(metrics: Any) -> str | None:
+    """metrics.json of a complete record: classes, and each test result's numbers and confusion."""
+    if not isinstance(metrics, dict):
+        return "metrics.json: not a JSON mapping"
+    classes = metrics.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "metrics.json: field 'classes' must be a list of class names"
+    if not isinstance(metrics.get("test"), dict) or not metrics["test"]:
+        return "metrics.json: field 'test' missing"
+    if "profile" in metrics and not isinstance(metrics["profile"], dict):
+        return "metrics.json: field 'profile' must be a mapping"
+    for which, result in metrics["test"].items():
+        problem = _fields(result, RESULT_FIELDS, f"metrics.json: test.{which}", required=True)
+        if problem:
+            return problem
+        try:
+            confusion = np.asarray(result["confusion"], dtype=float)
+        except (TypeError, ValueError):
+            confusion = np.empty(0)
+        if confusion.shape != (len(classes), len(classes)):
+            return f"metrics.json: test.{which}.confusion must be a {len(classes)}x{len(classes)} table of counts"
+    return None
+
+
+def check_predictions(arrays: dict[str, np.ndarray], n_classes: int) -> str | None:
+    """predictions.npz: integer test labels, and every split's logits and targets (N, classes) for its N labels."""
+    if "test.labels" not in arrays:
+        return "predictions.npz: array 'test.labels' missing"
+    for key, a in arrays.items():
+        if key.endswith(".labels") and (a.ndim != 1 or a.dtype.kind not in "iu"):
+            return f"predictions.npz: {key} must be a 1-D integer array, got {a.dtype} {a.shape}"
+    for key, a in arrays.items():
+        if key.endswith((".logits", ".targets")):
+            n = len(arrays.get(key.split(".")[0] + ".labels", []))
+            if a.shape != (n, n_classes) or a.dtype.kind != "f":
+                return f"predictions.npz: {key} must be float ({n}, {n_classes}), got {a.dtype} {a.shape}"
+    return None
+
+
+def check_history(rows: list[dict[str, Any]], path: Path) -> str | None:
+    """history.csv: every value a number (the curves figure plots them)."""
+    for i, row in enumerate(rows, start=2):
+        if None in row or any(not isinstance(v, NUMBER) for v in row.values()):
+            return f"{path.name}: line {i} is not a row of numbers"
+    return None

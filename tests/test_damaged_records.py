@@ -1,0 +1,199 @@
+"""Run records damaged or planted field by field: `report` lists each one as unreadable with the file
+and field and renders the rest; `compare` leaves it out and says so in one line. A full disk during
+`run` keeps the previous checkpoint and a later run resumes exactly; during `report` it ends in one
+line with no page left without its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ferbench import api
+from ferbench.cli import app
+
+SPEC = {"name": "dm", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+        "models": [{"id": "m", "arch": "resnet18"}, {"id": "n", "arch": "resnet18", "train": {"lr": 0.05}}],
+        "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pristine")
+    (d / "s.yaml").write_text(yaml.safe_dump(SPEC))
+    api.run_spec(d / "s.yaml", runs_dir=d / "runs", estimate=False)
+    return d / "runs"
+
+
+def _yaml(edit):
+    def damage(job_dir: Path) -> None:
+        job = yaml.safe_load((job_dir / "job.yaml").read_text())
+        edit(job)
+        (job_dir / "job.yaml").write_text(yaml.safe_dump(job))
+    return damage
+
+
+def _json(name, edit):
+    def damage(job_dir: Path) -> None:
+        obj = json.loads((job_dir / name).read_text())
+        edit(obj)
+        (job_dir / name).write_text(json.dumps(obj))
+    return damage
+
+
+def _npz(edit):
+    def damage(job_dir: Path) -> None:
+        with np.load(job_dir / "predictions.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        edit(arrays)
+        np.savez(job_dir / "predictions.npz", **arrays)
+    return damage
+
+
+def _replace_with_folder(name):
+    def damage(job_dir: Path) -> None:
+        (job_dir / name).unlink()
+        (job_dir / name).mkdir()
+    return damage
+
+
+CASES = [
+    ("job-invalid-yaml", lambda d: (d / "job.yaml").write_text("job: [\n"), "job.yaml: unreadable (ParserError)"),
+    ("job-not-a-mapping", lambda d: (d / "job.yaml").write_text("- 1\n"), "job.yaml: expected a mapping"),
+    ("job-binary", lambda d: (d / "job.yaml").write_bytes(b"\xff\xfe\x00"), "job.yaml: unreadable (UnicodeDecodeError)"),
+    ("job-without-train", _yaml(lambda j: j["job"].pop("train")), "job.yaml: field 'job.train' missing"),
+    ("job-model-a-string", _yaml(lambda j: j["job"].update(model="x")), "job.yaml: field 'job.model' has the wrong type"),
+    ("job-seed-a-string", _yaml(lambda j: j["job"].update(seed="x")), "field 'job.seed' has the wrong type"),
+    ("job-lr-a-string", _yaml(lambda j: j["job"]["train"].update(lr="fast")), "field 'job.train.lr' has the wrong type"),
+    ("manifest-a-list", lambda d: (d / "manifest.json").write_text("[1]"), "manifest.json: expected a mapping"),
+    ("manifest-invalid-json", lambda d: (d / "manifest.json").write_text("{"), "manifest.json: unreadable (JSONDecodeError)"),
+    ("manifest-environment-a-string", _json("manifest.json", lambda m: m.update(environment="x")), "field 'environment' has the wrong type"),
+    ("manifest-counts-without-classes", _json("manifest.json", lambda m: m.pop("classes")), "field 'class_counts' must map"),
+    ("metrics-without-test", _json("metrics.json", lambda m: m.pop("test")), "metrics.json: field 'test' missing"),
+    ("metrics-accuracy-a-string", _json("metrics.json", lambda m: m["test"]["last"].update(accuracy="high")),
+     "metrics.json: test.last: field 'accuracy' has the wrong type"),
+    ("metrics-classes-a-number", _json("metrics.json", lambda m: m.update(classes=3)), "field 'classes' must be a list"),
+    ("metrics-ragged-confusion", _json("metrics.json", lambda m: m["test"]["last"].update(confusion=[[1, 2], [3]])),
+     "test.last.confusion must be a 7x7 table"),
+    ("metrics-without-recall", _json("metrics.json", lambda m: m["test"]["best"].pop("per_class_recall")),
+     "test.best: field 'per_class_recall' missing"),
+    ("metrics-profile-a-string", _json("metrics.json", lambda m: m.update(profile="x")), "field 'profile' must be a mapping"),
+    ("metrics-a-folder", _replace_with_folder("metrics.json"), "metrics.json: unreadable (IsADirectoryError)"),
+    ("predictions-without-labels", _npz(lambda a: a.pop("test.labels")), "array 'test.labels' missing"),
+    ("predictions-short-labels", _npz(lambda a: a.update({"test.labels": a["test.labels"][:3]})), "must be float (3, 7), got float32 (16, 7)"),
+    ("predictions-1d-logits", _npz(lambda a: a.update({"test.last.logits": a["test.last.logits"][:, 0]})), "test.last.logits must be float"),
+    ("predictions-float-labels", _npz(lambda a: a.update({"test.labels": a["test.labels"] + 0.5})), "test.labels must be a 1-D integer array"),
+    ("predictions-wrong-targets", _npz(lambda a: a.update({"test.targets": a["test.targets"][:, :3]})), "test.targets must be float (16, 7)"),
+    ("history-ragged", lambda d: (d / "history.csv").write_text("epoch,val_acc\nx,y\n,,,\n"), "history.csv: line 2 is not a row of numbers"),
+    ("history-binary", lambda d: (d / "history.csv").write_bytes(b"\xff\xfe\x00\x00"), "history.csv: unreadable (UnicodeDecodeError)"),
+    ("history-a-folder", _replace_with_folder("history.csv"), "history.csv: unreadable (IsADirectoryError)"),
+    ("spec-snapshot-invalid", lambda d: (d.parent / "spec.yaml").write_text("claims: [\n"), "description and claims left out"),
+    ("spec-snapshot-bad-claim", lambda d: (d.parent / "spec.yaml").write_text("claims: [{model: m}]\n"), "claims invalid"),
+]
+
+
+@pytest.mark.parametrize("name, damage, reason", CASES, ids=[c[0] for c in CASES])
+def test_report_lists_a_damaged_record_and_renders_the_rest(pristine, tmp_path, name, damage, reason):
+    runs = tmp_path / "runs"
+    shutil.copytree(pristine, runs)
+    damaged = next((runs / "dm").glob("m__*"))
+    damage(damaged)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        r = CliRunner().invoke(app, ["report"])
+        c = CliRunner().invoke(app, ["compare", "m", "n"])
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0 and r.exception is None, r.stdout + r.stderr
+    md = (tmp_path / "reports" / "dm" / "report.md").read_text().replace("\\", "")  # Markdown escapes off
+    assert reason in md, md[md.find("did not complete") - 200:][:1500]
+    assert "| n " in md or "| n |" in md, md  # the intact model's results are still in the tables
+    if name.startswith("spec-"):
+        assert c.exit_code == 0, c.stdout + c.stderr
+    else:
+        assert c.exit_code == 2 and c.exception is None or isinstance(c.exception, SystemExit), c.stdout
+        assert len(c.stderr.strip().splitlines()) == 1 and "1 damaged record(s) were left out" in c.stderr, c.stderr
+
+
+def _mount_tmpfs(path: Path, size: int) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+FULL = {"name": "fd", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+        "models": [{"id": "m", "arch": "convnext-atto"}], "train": {"epochs": 3, "batch_size": 16, "input_size": 32}}
+
+
+def test_a_full_disk_mid_run_keeps_the_previous_checkpoint_and_a_later_run_resumes_exactly(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(FULL))
+    api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "whole", estimate=False)
+    whole = next((tmp_path / "whole" / "fd").glob("m__*"))
+    size = (whole / "checkpoint.pt").stat().st_size
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, size * 3 // 2):  # room for one checkpoint, not for the next one beside it
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    try:
+        old = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            r = CliRunner().invoke(app, ["run", "s.yaml", "--runs-dir", str(small / "runs")])
+        finally:
+            os.chdir(old)
+        assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.stdout
+        assert "no space left on the device" in r.stdout and "the previous checkpoint is intact" in r.stdout
+        job = next((small / "runs" / "fd").glob("m__*"))
+        manifest = json.loads((job / "manifest.json").read_text())
+        assert manifest["status"] == "failed" and "no space left" in manifest["failure"]
+        assert not list(job.glob(".*.tmp"))  # the failed write left nothing behind
+        shutil.copytree(small / "runs", tmp_path / "bigger")
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    outcomes = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "bigger", estimate=False)
+    assert [o.status for o in outcomes] == ["complete"]
+    resumed = next((tmp_path / "bigger" / "fd").glob("m__*"))
+    assert (resumed / "predictions.npz").read_bytes() == (whole / "predictions.npz").read_bytes()
+    untimed = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731  (seconds differ)
+    assert untimed(resumed / "history.csv") == untimed(whole / "history.csv")
+
+
+def test_a_full_disk_during_report_is_one_line_and_no_page_lacks_its_figures(pristine, tmp_path):
+    tiny = tmp_path / "tiny"
+    if not _mount_tmpfs(tiny, 64 * 1024):
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    try:
+        r = CliRunner().invoke(app, ["report", "--runs-dir", str(pristine), "--out", str(tiny / "reports")])
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+        assert "cannot write (No space left on device)" in r.stderr
+        assert not list((tiny / "reports").rglob("index.html")) and not list((tiny / "reports").rglob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+
+
+def test_a_read_only_report_folder_is_one_line(pristine, tmp_path):
+    out = Path("/proc/ferbench-reports") if os.geteuid() == 0 else tmp_path / "ro"
+    if os.geteuid() != 0:
+        out.mkdir()
+        out.chmod(0o555)
+    r = CliRunner().invoke(app, ["report", "--runs-dir", str(pristine), "--out", str(out / "reports")])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "cannot write" in r.stderr, r.stderr
+
+
+def test_a_launcher_that_cannot_start_writes_nothing(tmp_path):
+    pytest.importorskip("submitit")
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(FULL))
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs"),
+                                 "--launcher", "submitit", "--executor", "slurm"])
+    assert r.exit_code == 2 and "submitit cannot start it here" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
