@@ -203,11 +203,6 @@ class Spec(_Strict):
                 raise ValueError(f"model {m.id!r} depends_on {m.depends_on!r}, which is not a model id here")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be unique")
-        datasets = {d.id for d in self.datasets}
-        for i, c in enumerate(self.claims):
-            if c.model not in ids or c.dataset not in datasets:
-                raise ValueError(f"claims[{i}]: model {c.model!r} / dataset {c.dataset!r} must name a model id "
-                                 f"({', '.join(ids)}) and a dataset id ({', '.join(sorted(datasets))}) of this spec")
         return self
 
 
