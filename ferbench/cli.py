@@ -224,12 +224,14 @@ def report(
     target: Optional[str] = typer.Argument(None, help="spec name (under --runs-dir) or a runs folder; default: every spec"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
+    formats: str = typer.Option("md,html", "--format", help="any of md,html,csv,json,latex (csv/json: one row per job; "
+                                "latex: the paper's table layout)"),
 ) -> None:
     """Render Markdown and self-contained HTML reports from run records (never trains)."""
     from ferbench import api
 
     try:
-        written = api.report_spec(target, runs_dir, out)
+        written = api.report_spec(target, runs_dir, out, formats)
     except FerbenchError as e:
         _fail(str(e))
     for p in written:

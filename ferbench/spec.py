@@ -151,12 +151,31 @@ class ModelEntry(_Strict):
         return v
 
 
+class ClaimConditions(_Strict):
+    """What the paper's number was made under, as it reports it (None: not stated). A verdict compares
+    these with the matched runs' records field by field; any stated field that differs makes the
+    claim `not comparable` with the reproduction, and the page lists which."""
+
+    input_size: int | None = Field(None, ge=8, description="input side in pixels (224 in both papers)")
+    in_chans: int | None = Field(None, ge=1, description="3 where the paper trains in colour (RAF-DB)")
+    epochs: int | None = Field(None, ge=1, description="training epochs (the maximum, with early stopping)")
+    pretraining: str | None = Field(None, description="'none' (from scratch) or the weights it started from")
+    labels: Literal["hard", "distribution"] | None = Field(None, description="hard labels or label distributions")
+    selection: Literal["last", "best-val", "best-test", "max-of-seeds"] | None = Field(
+        None, description="which epoch/run the number is from; best-test and max-of-seeds select on the test set")
+    seeds: int | None = Field(None, ge=1, description="runs the number summarises (1 when the paper shows one)")
+    data: Literal["full"] | None = Field(None, description="'full': the dataset's standard splits, no subset")
+
+
 class Claim(_Strict):
-    model: str
+    model: str = Field(description="the spec's model id the claim is shown beside")
+    arch: str | None = Field(None, description="the architecture the paper measured (e.g. resface-r50); runs of "
+                                               "another architecture never count for the claim")
     dataset: str
     metric: str = "accuracy"
     value: float = Field(ge=0, le=100, description="percent, as the paper prints it")
     source: str
+    conditions: ClaimConditions = ClaimConditions()
 
 
 class LauncherConfig(_Strict):

@@ -8,6 +8,7 @@ first and then written atomically, so a failure leaves no half-written report.
 from __future__ import annotations
 
 import base64
+import json
 from urllib.parse import quote
 from datetime import datetime, timezone
 from importlib import resources
@@ -23,6 +24,7 @@ from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
 from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
+from ferbench.report.verdicts import claim_verdicts
 from ferbench.records import RunRecord, discover, write_bytes_atomic, write_text_atomic
 
 
@@ -127,7 +129,8 @@ def read_spec_snapshot(path: Path) -> tuple[dict[str, Any], str | None]:
         claims = [c.model_dump() for c in TypeAdapter(list[Claim]).validate_python(spec.get("claims", []))]
     except ValidationError as e:
         return {"description": str(spec.get("description", ""))}, f"claims invalid ({e.error_count()} errors): claims left out"
-    return {"description": str(spec.get("description", "")), "claims": claims}, None
+    models = [m["id"] for m in spec.get("models", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    return {"description": str(spec.get("description", "")), "claims": claims, "model_order": models}, None
 
 
 def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -137,6 +140,8 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     if spec_problem:
         unreadable.append({"run": "spec.yaml", "status": "unreadable", "reason": spec_problem})
     claims = spec.get("claims", [])
+    order = {m: i for i, m in enumerate(spec.get("model_order", []))}  # rows in the spec's order, not the folders'
+    records.sort(key=lambda r: order.get(r.job["job"]["model"]["id"], len(order)))
     figs: dict[str, bytes] = {}
     tables = {}
     for which in ("last", "best"):
@@ -161,7 +166,10 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         data_figs.append({"dataset": d, "figure": name})
         cmp_counts = r.manifest.get("data_notes", {}).get("fer2013_vs_ferplus")
         if cmp_counts:
-            (ln, left), (rn, right) = list(cmp_counts.items())[:2]
+            # by name: the manifest is written with sorted keys, so "FER+ ..." comes back before "FER-2013 ..."
+            ln = next(k for k in cmp_counts if k.startswith("FER-2013"))
+            rn = next(k for k in cmp_counts if k.startswith("FER+"))
+            left, right = cmp_counts[ln], cmp_counts[rn]
             name = fig_name("fer_vs_ferplus", d)
             figs[name] = figures.side_by_side_figure(
                 left, right, ln, rn, f"FER-2013 vs FER+ (fear {left.get('fear', 0):,} vs {right.get('fear', 0):,}; "
@@ -180,6 +188,10 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             curve_figs.append({"dataset": d, "figure": name})
     problems = unreadable + [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
                              for r in records if not r.complete]
+    versions: dict[str, list[str]] = {}
+    for r in records:  # a page that pools records of several code versions says which rows came from which
+        commit = r.manifest.get("environment", {}).get("git_commit") or "unknown"
+        versions.setdefault(str(commit), []).append(f"{r.label}/s{r.job['job']['seed']}")
     envs = []
     for r in records:
         e = r.manifest.get("environment")
@@ -189,7 +201,8 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         "name": folder.name, "description": spec.get("description", ""), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_runs": len(records), "n_complete": sum(r.complete for r in records), "tables": tables, "groups": groups,
         "data_figs": data_figs, "curve_figs": curve_figs, "problems": problems, "conditions": conditions(records),
-        "environments": envs, "claims": claims,
+        "environments": envs, "claims": claims, "verdicts": claim_verdicts(claims, records),
+        "code_versions": versions if len(versions) > 1 else {}, "records": records,
     }
     return ctx, figs
 
@@ -211,11 +224,13 @@ def _label_figure(g: dict[str, Any], figs: dict[str, bytes]) -> str | None:
     return name
 
 
-def render_reports(target: str | None, runs_dir: Path, out: Path) -> list[Path]:
+def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html")) -> list[Path]:
+    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
     rendered: list[tuple[Path, bytes]] = []
     for folder in spec_folders(target, runs_dir):
         ctx, figs = build_context(folder)
+        records = ctx.pop("records")
         dest = out / folder.resolve().name  # `runs/x/..` names its real folder, never `..`
         if dest.resolve().parent != out.resolve():
             raise FerbenchError(f"{folder}: a report would be written outside {out}")
@@ -223,18 +238,53 @@ def render_reports(target: str | None, runs_dir: Path, out: Path) -> list[Path]:
         md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
         # figures first, pages after: a write that fails (a full disk) never leaves a page without its figures
         rendered += [(dest / "figures" / n, b) for n, b in figs.items()]
-        rendered += [(dest / "report.md", md.encode()), (dest / "index.html", html.encode())]
+        rendered += _exports(dest, formats, ctx, records)
+        rendered += [(dest / "verdicts.json", json.dumps(page_summary(ctx), indent=2).encode())]
+        rendered += [(dest / name, text.encode()) for name, text, fmt in (("report.md", md, "md"), ("index.html", html, "html"))
+                     if fmt in formats]
     for path, data in rendered:
         write_bytes_atomic(path, data)
     index = write_index(out)
-    return [p for p, _ in rendered if p.suffix in (".html", ".md")] + [index]
+    return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
+
+
+def _exports(dest: Path, formats: tuple[str, ...], ctx: dict[str, Any], records: list[RunRecord]) -> list[tuple[Path, bytes]]:
+    from ferbench.report import exports
+
+    out = []
+    if "csv" in formats:
+        out.append((dest / "results.csv", exports.results_csv(records)))
+    if "json" in formats:
+        out.append((dest / "results.json", exports.results_json(records, page_summary(ctx)["verdicts"])))
+    if "latex" in formats and ctx["tables"]["last"]["rows"]:
+        out.append((dest / "results.tex", exports.latex_table(ctx["tables"], "last", ctx["name"])))
+    return out
+
+
+def page_summary(ctx: dict[str, Any]) -> dict[str, Any]:
+    """What the reports index shows of a page (written beside it as verdicts.json)."""
+    datasets = sorted({c["dataset"] for c in ctx["conditions"]})
+    return {"name": ctx["name"], "description": ctx["description"], "generated": ctx["generated"], "datasets": datasets,
+            "runs": ctx["n_runs"], "complete": ctx["n_complete"],
+            "verdicts": [{k: v[k] for k in ("model", "arch", "dataset", "claim", "mean", "ci", "diff", "verdict", "why", "differs")}
+                         for v in ctx["verdicts"]]}
+
+
+def _read_summary(page: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((page / "verdicts.json").read_text())
+        return summary if isinstance(summary, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a page rendered before verdicts existed: listed without them
 
 
 def write_index(out: Path) -> Path:
-    """reports/index.html linking every report folder under `out`."""
+    """reports/index.html: every report folder under `out`, with its description, datasets, date
+    and every claim's verdict, so a reader sees in one table what holds up."""
     pages = sorted(p.parent for p in out.glob("*/index.html"))
     # relative links, the name percent-encoded: a folder named `javascript:...` is a path, never a script
-    items = [{"name": p.name, "href": f"./{quote(p.name)}/index.html", "md": f"./{quote(p.name)}/report.md"} for p in pages]
+    items = [{"name": p.name, "href": f"./{quote(p.name)}/index.html", "md": f"./{quote(p.name)}/report.md",
+              **{k: v for k, v in _read_summary(p).items() if k != "name"}} for p in pages]
     html = _env(True).get_template("index.html.j2").render(pages=items, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_text_atomic(out / "index.html", html)
     return out / "index.html"

@@ -21,7 +21,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
         test = m.get("test", {})
         prof = m.get("profile", {})
         row: dict[str, Any] = {
-            "run": r.id, "model": r.label, "arch": job["model"]["arch"], "dataset": job["dataset"]["id"],
+            "run": r.id, "model": r.label, "model_id": job["model"]["id"], "arch": job["model"]["arch"], "dataset": job["dataset"]["id"],
             "seed": job["seed"], "input_size": job["train"]["input_size"], "epochs": job["train"]["epochs"],
             "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "recipe": job["recipe"],
             "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": prof.get("latency_ms_cpu"),
@@ -73,7 +73,8 @@ def accuracy_table(
             accs = sub[f"acc_{which}"].to_numpy(float)
             recs = [r for r in records if r.id in set(sub["run"])]
             ci = pooled_ci(recs, which)
-            claim = next((c for c in claims if c["model"] == model and c["dataset"] == d and c.get("metric", "accuracy") == "accuracy"), None)
+            claim = next((c for c in claims if c["model"] == sub["model_id"].iloc[0] and c["dataset"] == d
+                          and c.get("arch") in (None, sub["arch"].iloc[0]) and c.get("metric", "accuracy") == "accuracy"), None)
             mean = float(accs.mean())
             cells[d] = {
                 "mean": mean, "std": float(accs.std(ddof=1)) if accs.size > 1 else None, "n": int(accs.size),
@@ -111,10 +112,18 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
             "ece": float(np.mean([t["ece"] for t in tests])),
             "recall": recall, "classes": classes,
             "confusion": np.sum([np.array(t["confusion"]) for t in tests], axis=0),
-            "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": prof.get("latency_ms_cpu"),
+            "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": _median_latency(ms),
             "input_size": prof.get("input_size"), "records": recs,
         })
     return out
+
+
+def _median_latency(metrics: list[dict[str, Any]]) -> float | None:
+    """Median over the seeds' batch-1 CPU latencies (each itself a median of 10 forwards): one run's
+    figure swings with whatever else the machine was doing."""
+    v = [m.get("profile", {}).get("latency_ms_cpu") for m in metrics]
+    v = [x for x in v if isinstance(x, (int, float))]
+    return float(np.median(v)) if v else None
 
 
 def _nanmean(xs: list[float | None]) -> float | None:

@@ -1,0 +1,140 @@
+"""Verdicts per claim (inside, above and below the CI; differing conditions; another architecture),
+the exports parsed back, row order, mixed code versions and the reports index."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ferbench import api
+from ferbench.records import discover
+from ferbench.report.tables import pooled_ci, runs_frame
+from ferbench.report.verdicts import claim_verdicts
+
+SPEC = {"name": "vd", "datasets": [{"name": "synthfer", "options": {"n_train": 48, "n_val": 16, "n_test": 48}}],
+        "models": [{"id": "zeta", "arch": "resnet18"}, {"id": "alpha", "arch": "resnet18", "train": {"lr": 0.05}}],
+        "seeds": [0, 1], "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("vd")
+    (d / "s.yaml").write_text(yaml.safe_dump(SPEC))
+    api.run_spec(d / "s.yaml", runs_dir=d / "runs", estimate=False)
+    return d / "runs"
+
+
+def claim(value: float, **kw) -> dict:
+    return {"model": "zeta", "arch": "resnet18", "dataset": "synthfer", "metric": "accuracy", "value": value,
+            "source": "test", "conditions": kw.pop("conditions", {}), **kw}
+
+
+def test_verdicts_inside_above_below_and_not_comparable(runs):
+    records = discover(runs / "vd")
+    zeta = [r for r in records if r.job["job"]["model"]["id"] == "zeta"]
+    lo, hi = pooled_ci(zeta, "last")
+    mean = float(runs_frame(zeta)["acc_last"].mean())
+    assert lo < hi
+    claims = [claim(100 * mean, conditions={"input_size": 24, "epochs": 1, "pretraining": "none", "labels": "hard"}),
+              claim(min(100.0, 100 * hi + 5)), claim(max(0.0, 100 * lo - 5)),
+              claim(100 * mean, conditions={"input_size": 224, "pretraining": "imagenet-22k", "selection": "best-test"}),
+              claim(90.0, arch="resnet50")]
+    v = claim_verdicts(claims, records)
+    assert [x["verdict"] for x in v] == ["reproduced", "below", "above", "not comparable", "no matching run"]
+    assert v[0]["ci"] == (lo, hi) and v[0]["n"] == 2 and "paper's stated conditions" in v[0]["why"]
+    assert v[1]["diff"] < 0 and "a different outcome under the same conditions" in v[1]["why"]
+    assert v[3]["differs"] == ["input size: paper 224 vs run 24", "pretraining: paper imagenet-22k vs run none"]
+    assert v[3]["direction"] == "reproduced" and "test-selected" in v[3]["caveats"][0]
+    assert v[4]["why"] == "zeta ran as resnet18, the claim is about resnet50"
+
+
+def test_a_claim_on_another_architecture_is_not_shown_in_the_accuracy_cell(runs, tmp_path):
+    shutil.copytree(runs, tmp_path / "runs")
+    snap = tmp_path / "runs" / "vd" / "spec.yaml"
+    spec = yaml.safe_load(snap.read_text())
+    spec["claims"] = [claim(87.89, arch="resface-r50")]
+    snap.write_text(yaml.safe_dump(spec))
+    api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
+    md = (tmp_path / "reports" / "vd" / "report.md").read_text()
+    assert "claimed 87.89" not in md and "**no matching run**" in md and "the claim is about resface-r50" in md
+
+
+def test_exports_parse_back_and_match_the_records(runs, tmp_path):
+    api.report_spec("vd", runs, tmp_path / "reports", "md,html,csv,json,latex")
+    page = tmp_path / "reports" / "vd"
+    csv = pd.read_csv(page / "results.csv")
+    records = {r.id: r for r in discover(runs / "vd")}
+    assert len(csv) == 2 * len(records) and set(csv.selection) == {"last", "best-val"}
+    for row in csv.itertuples():
+        m = records[row.run].metrics()["test"]["last" if row.selection == "last" else "best"]
+        assert row.accuracy == pytest.approx(m["accuracy"]) and row.macro_f1 == pytest.approx(m["macro_f1"])
+        assert row.condition == records[row.run].condition and row.spec == "vd"
+    js = json.loads((page / "results.json").read_text())
+    assert len(js["results"]) == len(csv) and js["verdicts"] == []
+    tex = (page / "results.tex").read_text()
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex and "(\\%)" in tex
+    body = [ln for ln in tex.splitlines() if ln.startswith(("zeta", "alpha"))]
+    frame = runs_frame(list(records.values()))
+    for ln in body:
+        model, cell = ln.rstrip("\\ ").split(" & ")
+        assert cell.startswith(f"{100 * frame[frame.model == model].acc_last.mean():.2f} $\\pm$")
+
+
+def test_rows_follow_the_spec_order_and_mixed_code_versions_are_named(runs, tmp_path):
+    shutil.copytree(runs, tmp_path / "runs")
+    one = next((tmp_path / "runs" / "vd").glob("alpha__*s1*"))
+    manifest = json.loads((one / "manifest.json").read_text())
+    manifest["environment"]["git_commit"] = "0123456789abcdef"
+    (one / "manifest.json").write_text(json.dumps(manifest))
+    api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
+    md = (tmp_path / "reports" / "vd" / "report.md").read_text()
+    table = md[md.index("## Test accuracy (%), last epoch"):]
+    assert table.index("| zeta |") < table.index("| alpha |")  # the spec's order, not the folders' (alpha < zeta)
+    assert "made by 2 code versions" in md and "`0123456789ab`: alpha/s1" in md
+
+
+def test_the_index_lists_every_claim_with_its_verdict(runs, tmp_path):
+    shutil.copytree(runs, tmp_path / "runs")
+    snap = tmp_path / "runs" / "vd" / "spec.yaml"
+    spec = yaml.safe_load(snap.read_text())
+    spec["claims"] = [claim(99.0, conditions={"input_size": 24}), claim(50.0, conditions={"input_size": 224})]
+    spec["description"] = "A tiny page. It has two claims."
+    snap.write_text(yaml.safe_dump(spec))
+    api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert index.count('class="v-below"') == 1 and index.count('class="v-not-comparable"') == 1
+    assert "input size: paper 224 vs run 24" in index and "A tiny page." in index and "synthfer" in index
+
+
+def test_the_fer_vs_ferplus_figure_names_each_side_by_its_key(runs, tmp_path, monkeypatch):
+    from ferbench.report import build_context, figures
+
+    shutil.copytree(runs, tmp_path / "runs")
+    job = next((tmp_path / "runs" / "vd").glob("zeta__*s0*"))
+    manifest = json.loads((job / "manifest.json").read_text())
+    manifest["data_notes"] = {"fer2013_vs_ferplus": {"FER+ plain vote argmax": {"fear": 819, "NF": 177},
+                                                     "FER-2013 labels": {"fear": 5121}}}  # sorted keys, as written
+    (job / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    seen = {}
+    monkeypatch.setattr(figures, "side_by_side_figure", lambda left, right, ln, rn, title: seen.update(ln=ln, title=title) or b"")
+    build_context(tmp_path / "runs" / "vd")
+    assert seen["ln"] == "FER-2013 labels" and "fear 5,121 vs 819" in seen["title"] and "non-faces 177" in seen["title"]
+
+
+def test_latency_is_the_median_over_seeds(runs, tmp_path):
+    from ferbench.report.tables import metric_rows
+
+    shutil.copytree(runs, tmp_path / "runs")
+    for seed, ms in (("s0", 9.0), ("s1", 650.0)):
+        job = next((tmp_path / "runs" / "vd").glob(f"zeta__*{seed}*"))
+        m = json.loads((job / "metrics.json").read_text())
+        m["profile"]["latency_ms_cpu"] = ms
+        (job / "metrics.json").write_text(json.dumps(m))
+    rows = {g["model"]: g for g in metric_rows(discover(tmp_path / "runs" / "vd"))}
+    assert rows["zeta"]["latency_ms"] == pytest.approx(329.5)
