@@ -153,13 +153,13 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
 
 
 def report_spec(target: str | None = None, runs_dir: str | Path = "runs", out: str | Path = "reports",
-                formats: str = "md,html") -> list[Path]:
+                formats: str = "md,html", with_records: bool = False) -> list[Path]:
     """Render reports/<spec>/index.html and report.md (and the reports index) from run records;
     `formats` adds exports: csv, json (tidy results, verdicts), latex (the paper's table layout)."""
     from ferbench.report import render_reports
     from ferbench.report.exports import parse_formats
 
-    return render_reports(target, Path(runs_dir), Path(out), tuple(parse_formats(formats)))
+    return render_reports(target, Path(runs_dir), Path(out), tuple(parse_formats(formats)), with_records)
 
 
 def compare(a: str, b: str, runs_dir: str | Path = "runs", dataset: str | None = None,

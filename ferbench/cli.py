@@ -226,12 +226,14 @@ def report(
     out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
     formats: str = typer.Option("md,html", "--format", help="any of md,html,csv,json,latex (csv/json: one row per job; "
                                 "latex: the paper's table layout)"),
+    with_records: bool = typer.Option(False, "--with-records", help="copy the records behind each page (no "
+                                      "checkpoints) to OUT/<spec>/records/, readable by report and compare"),
 ) -> None:
     """Render Markdown and self-contained HTML reports from run records (never trains)."""
     from ferbench import api
 
     try:
-        written = api.report_spec(target, runs_dir, out, formats)
+        written = api.report_spec(target, runs_dir, out, formats, with_records)
     except FerbenchError as e:
         _fail(str(e))
     for p in written:

@@ -310,3 +310,25 @@ def label_experiments(records: list[RunRecord]) -> None:
             r.label = f"{mid} [{j.get('profile') or 'default'} {r.condition[:6]}]"
         else:
             r.label = mid
+
+
+RECORD_FILES = ("job.yaml", "manifest.json", "history.csv", "metrics.json", "predictions.npz")
+
+
+def copy_records(spec_folder: Path, dest: Path) -> list[Path]:
+    """Copy a spec's run records, without checkpoints, locks or temporary files, to dest/<spec>/:
+    the evidence behind a published page, which report and compare read like a runs folder
+    (`ferbench report --runs-dir reports/<page>/records`). Each file is written atomically."""
+    out = []
+    snapshot = spec_folder / "spec.yaml"
+    if snapshot.is_file():
+        write_bytes_atomic(dest / spec_folder.name / "spec.yaml", snapshot.read_bytes())
+        out.append(dest / spec_folder.name / "spec.yaml")
+    for job_yaml in sorted(spec_folder.glob("*/job.yaml")):
+        for name in RECORD_FILES:
+            src = job_yaml.parent / name
+            if src.is_file():
+                target = dest / spec_folder.name / job_yaml.parent.name / name
+                write_bytes_atomic(target, src.read_bytes())
+                out.append(target)
+    return out

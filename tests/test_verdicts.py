@@ -138,3 +138,16 @@ def test_latency_is_the_median_over_seeds(runs, tmp_path):
         (job / "metrics.json").write_text(json.dumps(m))
     rows = {g["model"]: g for g in metric_rows(discover(tmp_path / "runs" / "vd"))}
     assert rows["zeta"]["latency_ms"] == pytest.approx(329.5)
+
+
+def test_records_published_with_a_page_render_the_same_page_without_checkpoints(runs, tmp_path):
+    api.report_spec("vd", runs, tmp_path / "reports", "md,csv", with_records=True)
+    records = tmp_path / "reports" / "vd" / "records"
+    assert not list(records.rglob("checkpoint.pt")) and not list(records.rglob(".lock"))
+    assert len(list(records.glob("vd/*/predictions.npz"))) == 4 and (records / "vd" / "spec.yaml").is_file()
+    first = (tmp_path / "reports" / "vd" / "results.csv").read_text()
+    api.report_spec(None, records, tmp_path / "again", "md,csv")
+    assert (tmp_path / "again" / "vd" / "results.csv").read_text() == first
+    from ferbench.report.compare import compare
+
+    assert compare("zeta", "alpha", records)["datasets"]["synthfer"]

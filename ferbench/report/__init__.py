@@ -25,7 +25,7 @@ from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
 from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
 from ferbench.report.verdicts import claim_verdicts
-from ferbench.records import RunRecord, discover, write_bytes_atomic, write_text_atomic
+from ferbench.records import RunRecord, copy_records, discover, write_bytes_atomic, write_text_atomic
 
 
 _MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\\": "\\\\", "[": "\\[", "]": "\\]",
@@ -224,8 +224,10 @@ def _label_figure(g: dict[str, Any], figs: dict[str, bytes]) -> str | None:
     return name
 
 
-def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html")) -> list[Path]:
-    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them."""
+def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html"),
+                   with_records: bool = False) -> list[Path]:
+    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them;
+    `with_records` also copies the records behind each page (no checkpoints) to <page>/records/."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
     rendered: list[tuple[Path, bytes]] = []
     for folder in spec_folders(target, runs_dir):
@@ -244,6 +246,10 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
                      if fmt in formats]
     for path, data in rendered:
         write_bytes_atomic(path, data)
+    if with_records:
+        for folder in spec_folders(target, runs_dir):
+            if folder.resolve() != (out / folder.resolve().name / "records" / folder.resolve().name).resolve():
+                copy_records(folder, out / folder.resolve().name / "records")
     index = write_index(out)
     return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
 
