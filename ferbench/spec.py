@@ -108,6 +108,10 @@ class EvalConfig(_Strict):
         "center", description="random_crop reproduces EmoNeXt code's non-deterministic validation"
     )
     use_ema: bool = True
+    test_each_epoch: bool = Field(
+        False, description="also record each epoch's test accuracy (centre view) in history.csv, so a report can show "
+        "a paper's test-selected number (best test epoch) labelled as such; never used to select a model, never part "
+        "of the job's identity (it changes no weight)")
 
 
 class SubsetConfig(_Strict):
@@ -250,9 +254,19 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 EVAL_PRESETS: dict[str, dict[str, Any]] = {
-    "emonext-paper": {"tta": "tencrop"},
-    "emonext-code": {"tta": "tencrop", "val_mode": "random_crop"},
+    "resface-paper": {"test_each_epoch": True},  # EfficientFace reports the best test epoch
+    "emonext-paper": {"tta": "tencrop", "test_each_epoch": True},
+    "emonext-code": {"tta": "tencrop", "val_mode": "random_crop", "test_each_epoch": True},
 }
+# Job fields that only add information to a record: left out of the job id and the condition hash, so
+# records made before they existed are still found and seeds made with and without them still pool.
+IDENTITY_EXEMPT: tuple[tuple[str, str], ...] = (("eval", "test_each_epoch"),)
+
+
+def _drop_exempt(job: dict[str, Any]) -> None:
+    for block, key in IDENTITY_EXEMPT:
+        if isinstance(job.get(block), dict):
+            job[block].pop(key, None)
 
 
 def condition_hash(job: dict[str, Any]) -> str:
@@ -262,6 +276,7 @@ def condition_hash(job: dict[str, Any]) -> str:
     for k in ("seed", "data_root", "profile"):
         d.pop(k, None)
     d.get("dataset", {}).pop("path", None)
+    _drop_exempt(d)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -287,6 +302,7 @@ class Job(_Strict):
         """The content the job id hashes: everything that changes the result."""
         d = self.model_dump(mode="json", exclude={"data_root", "profile"})
         d["dataset"].pop("path", None)
+        _drop_exempt(d)
         d["format"] = JOB_FORMAT
         return d
 

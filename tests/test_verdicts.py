@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -151,3 +152,27 @@ def test_records_published_with_a_page_render_the_same_page_without_checkpoints(
     from ferbench.report.compare import compare
 
     assert compare("zeta", "alpha", records)["datasets"]["synthfer"]
+
+
+def test_per_epoch_test_accuracy_changes_no_weight_and_gives_the_paper_rule(runs, tmp_path):
+    spec = {**SPEC, "eval": {"test_each_epoch": True}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    outcomes = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
+    plain = {r.id: r for r in discover(runs / "vd")}
+    assert {o.job.id for o in outcomes} == set(plain)  # not part of the job's identity
+    with_test = {r.id: r for r in discover(tmp_path / "runs" / "vd")}
+    for job_id, rec in with_test.items():
+        assert (rec.path / "predictions.npz").read_bytes() == (plain[job_id].path / "predictions.npz").read_bytes()
+        assert rec.condition == plain[job_id].condition
+        assert "test_acc" in rec.history()[0] and "test_acc" not in plain[job_id].history()[0]
+    zeta = [r for r in with_test.values() if r.job["job"]["model"]["id"] == "zeta"]
+    best = float(np.mean([max(row["test_acc"] for row in r.history()) for r in zeta]))
+    (v,) = claim_verdicts([claim(50.0, conditions={"selection": "best-test"})], list(with_test.values()))
+    assert v["paper_rule"]["rule"] == "best-test" and v["paper_rule"]["value"] == pytest.approx(best)
+    lo, hi = v["paper_rule"]["ci"]
+    assert lo <= best <= hi and v["paper_rule"]["verdict"] in ("reproduced", "below", "above")
+    (old,) = claim_verdicts([claim(50.0, conditions={"selection": "best-test"})], list(plain.values()))
+    assert old["paper_rule"]["value"] is None and "not recorded" in old["paper_rule"]["note"]
+    (mx,) = claim_verdicts([claim(50.0, conditions={"selection": "max-of-seeds"})], list(plain.values()))
+    assert mx["paper_rule"]["value"] == pytest.approx(max(r.metrics()["test"]["last"]["accuracy"] for r in plain.values()
+                                                          if r.job["job"]["model"]["id"] == "zeta"))

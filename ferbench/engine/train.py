@@ -162,6 +162,7 @@ def fit(
     if loop.history and dist.is_main():  # a kill between the checkpoint and its history row loses no row
         write_history(job_dir / "history.csv", loop.history)
     val = ds.splits.get("val") if "val" in eval_cfg.splits else None
+    test = ds.splits.get("test") if eval_cfg.test_each_epoch else None
     own_writer = writer is None
     writer = writer or CheckpointWriter()
     try:
@@ -173,6 +174,8 @@ def fit(
             if val is not None:
                 row.update(validate(tr.eval_model(eval_cfg.use_ema), val, cfg, eval_cfg, epoch_generator(seed, epoch, 2), device))
                 _track_best(loop, row["val_acc"], epoch, tr.eval_model(eval_cfg.use_ema))
+            if test is not None:  # recorded for a paper's test-selected number; never used to select
+                row["test_acc"] = test_accuracy(tr.eval_model(eval_cfg.use_ema), test, cfg, device)
             row["seconds"] = time.perf_counter() - t0
             loop.history.append(row)
             loop.epoch = epoch + 1
@@ -267,6 +270,12 @@ def validate(model: nn.Module, val: Split, cfg: TrainConfig, eval_cfg: EvalConfi
     logits = dist.sharded(lambda part: predict(model, part, cfg, device, mode, eval_cfg.tta_resize_ratio, gen), val.images)
     return {"val_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))),
             "val_acc": float((logits.argmax(1) == val.labels).mean())}
+
+
+def test_accuracy(model: nn.Module, test: Split, cfg: TrainConfig, device: torch.device) -> float:
+    """The epoch's test accuracy, centre view: the number a paper that reports its best test epoch picks."""
+    logits = dist.sharded(lambda part: predict(model, part, cfg, device, "none", 1.0, None), test.images)
+    return float((logits.argmax(1) == test.labels).mean())
 
 
 def _track_best(loop: LoopState, val_acc: float, epoch: int, model: nn.Module) -> None:

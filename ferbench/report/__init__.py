@@ -272,7 +272,8 @@ def page_summary(ctx: dict[str, Any]) -> dict[str, Any]:
     datasets = sorted({c["dataset"] for c in ctx["conditions"]})
     return {"name": ctx["name"], "description": ctx["description"], "generated": ctx["generated"], "datasets": datasets,
             "runs": ctx["n_runs"], "complete": ctx["n_complete"],
-            "verdicts": [{k: v[k] for k in ("model", "arch", "dataset", "claim", "mean", "ci", "diff", "verdict", "why", "differs")}
+            "verdicts": [{k: v.get(k) for k in ("model", "arch", "dataset", "claim", "mean", "ci", "diff", "verdict", "why",
+                                                "differs", "paper_rule")}
                          for v in ctx["verdicts"]]}
 
 
