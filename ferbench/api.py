@@ -121,8 +121,11 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     from ferbench.records import check_writable, write_spec_snapshot
     from ferbench.runner import prepare
 
+    from ferbench.machine import check_threads
+
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)
+    check_threads(threads)
     spec, jobs = load(spec_path, profile, overrides)
     check_writable(runs_dir)
     datasets = prepare(jobs, data_root)

@@ -16,13 +16,28 @@ from ferbench.errors import FerbenchError
 from ferbench.hostmem import keep_freed_memory
 
 
+MAX_THREADS = 1024
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads is a positive count PyTorch can start (None: PyTorch's default)."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise FerbenchError(f"--threads {threads}: expected 1..{MAX_THREADS} (omit it for PyTorch's default)")
+
+
 def pick_device(name: str = "auto") -> Any:
     """`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`; CUDA convolutions autotuned."""
     import torch
 
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FerbenchError(f"--device {name}: CUDA is not available on this machine")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    except RuntimeError:
+        raise FerbenchError(f"--device {name}: expected auto, cpu, cuda or cuda:N (or another device PyTorch knows, "
+                            "such as mps)") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FerbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotuned convolutions; recorded in each manifest's environment
     return device

@@ -394,6 +394,9 @@ def test_spec_path_that_is_a_folder(tmp_path):
 CLI_CASES = [
     (["run", "SPEC", "--device", "cuda:3"], ["--device cuda:3"]),
     (["run", "SPEC", "--set", "models.5.arch=resnet18"], ["index 5 out of range"]),
+    (["run", "SPEC", "--device", "tpu"], ["--device tpu: expected auto, cpu, cuda"]),
+    (["run", "SPEC", "--threads", "-1"], ["--threads -1: expected 1..1024"]),
+    (["run", "SPEC", "--threads", "100000"], ["--threads 100000: expected 1..1024"]),
     (["compare", "a", "b", "--runs-dir", "."], ["no complete runs of 'a'"]),
     (["data", "info", "nope"], ["unknown dataset 'nope'"]),
     (["profile", "resnet19"], ["unknown model 'resnet19'"]),
@@ -401,7 +404,7 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, needles", CLI_CASES, ids=[" ".join(c[0][:3]) for c in CLI_CASES])
+@pytest.mark.parametrize("args, needles", CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
 def test_bad_command_line(tmp_path, args, needles):
     if "SPEC" in args and args[0] == "run" and "--device" in args:
         import torch as _t
