@@ -54,6 +54,11 @@ class EmaConfig(_Strict):
     decay: float = Field(0.999, gt=0, lt=1)
     every: int = Field(1, ge=1, description="update every N optimizer steps")
     warmup_steps: int = Field(0, ge=0, description="copy weights (no averaging) before this step")
+    rule: Literal["flat", "ema_pytorch"] = Field(
+        "flat", description="flat: a constant decay after the warm-up copies; ema_pytorch: as ema_pytorch 0.3's EMA "
+        "(EmoNeXt's code): copies up to update call `warmup_steps`, then decay min(decay, 1 - (1 + t) ** -power), "
+        "t = calls after the warm-up; float buffers averaged, integer buffers left as they were")
+    power: float = Field(2 / 3, gt=0, description="ema_pytorch's warm-up power (its default, 2/3)")
 
 
 class TrainConfig(_Strict):
@@ -248,7 +253,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
         "schedule": "cosine", "warmup_steps": 128, "restart_steps": 1024, "label_smoothing": 0.2,
         "amp": "auto", "normalize": "none", "clip_grad_norm": 1.0, "clip_before_unscale": True,
-        "ema": {"decay": 0.99, "every": 16, "warmup_steps": 100}, "early_stopping_patience": 12,
+        "ema": {"decay": 0.99, "every": 16, "warmup_steps": 100, "rule": "ema_pytorch"}, "early_stopping_patience": 12,
         "input_size": 224,
         "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
     },

@@ -41,21 +41,53 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
         if cfg.schedule == "step":  # linear warm-up, then decay by gamma every step_size epochs
             warm = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else 1.0
             return warm * cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
-        period = cfg.restart_steps or total
-        pos = step % period if cfg.restart_steps else step
-        if pos < cfg.warmup_steps:
-            return (pos + 1) / cfg.warmup_steps
+        if cfg.restart_steps and cfg.schedule == "cosine":
+            return _warm_restart_factor(cfg, step)
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
-        span = max(period - cfg.warmup_steps, 1)
-        progress = min((pos - cfg.warmup_steps) / span, 1.0)
+        progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
 
+def _warm_restart_factor(cfg: TrainConfig, step: int) -> float:
+    """EmoNeXt code's CosineAnnealingWithWarmRestartsLR: its counter has already stepped once when the
+    first optimizer step runs (LRScheduler's constructor calls step()), so optimizer step k runs at
+    position p = (k + 1) mod restart_steps: warm-up p / warmup_steps (so p = 0, each restart, is an lr
+    of exactly min_lr), then a cosine from lr to min_lr over the rest of the cycle."""
+    floor = cfg.min_lr / cfg.lr
+    pos = (step + 1) % cfg.restart_steps
+    if pos < cfg.warmup_steps:
+        return floor + (1 - floor) * pos / cfg.warmup_steps
+    progress = (pos - cfg.warmup_steps) / max(cfg.restart_steps - cfg.warmup_steps, 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps_per_epoch))
+
+
+def ema_decay(cfg: EmaConfig, step: int) -> float | None:
+    """The EMA's decay after optimizer step `step` (1-based): None = no update at this step, 0.0 = copy.
+
+    flat: every `every` steps, a copy before `warmup_steps`, then `decay`.
+    ema_pytorch (0.3, as EmoNeXt's code calls it once per step): its call counter c = step - 1 updates
+    when c % every == 0, copies while c <= warmup_steps (its update_after_step) and once more at the
+    first update after that (its `initted` flag: copy, then average with itself), and then decays by
+    min(decay, 1 - (1 + t) ** -power) with t = c - warmup_steps (inv_gamma 1).
+    """
+    if cfg.rule == "flat":
+        if step % cfg.every:
+            return None
+        return 0.0 if step < cfg.warmup_steps else cfg.decay
+    calls = step - 1
+    if calls % cfg.every:
+        return None
+    t = calls - cfg.warmup_steps
+    return 0.0 if t <= cfg.every else min(cfg.decay, 1.0 - (1.0 + t) ** -cfg.power)
 
 
 class ModelEma:
@@ -88,13 +120,14 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        if step % self.cfg.every:
+        """After optimizer step `step` (1-based): average (or copy) the live weights in, per the rule."""
+        decay = ema_decay(self.cfg, step)
+        if decay is None:
             return
-        decay = 0.0 if step < self.cfg.warmup_steps else self.cfg.decay
         ema_f, live_f, ema_o, live_o = self._tensors(model)
         if ema_f:
             torch._foreach_lerp_(ema_f, live_f, 1.0 - decay)
-        if ema_o:
+        if ema_o and self.cfg.rule == "flat":  # ema_pytorch leaves integer buffers (BN batch counts) as they were
             torch._foreach_copy_(ema_o, live_o)
 
     def state_dict(self) -> dict:

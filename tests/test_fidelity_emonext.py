@@ -1,0 +1,103 @@
+"""EmoNeXt's official training path, pinned against re-derivations of its code (yelboudouri/EmoNeXt
+train.py + scheduler.py, and ema_pytorch 0.3.2's EMA as train.py calls it), on small inputs made here."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ferbench.engine.optim import ModelEma, ema_decay, lr_factor
+from ferbench.spec import RECIPES, EmaConfig, TrainConfig
+
+
+class OfficialWarmRestarts:
+    """scheduler.py's CosineAnnealingWithWarmRestartsLR, as torch runs it: its constructor steps once."""
+
+    def __init__(self, warmup_steps=128, cycle_steps=1024, min_lr=0.0, max_lr=1e-3):
+        self.w, self.c, self.lo, self.hi, self.counter = warmup_steps, cycle_steps, min_lr, max_lr, 0
+        self.step()
+
+    def step(self):
+        self.counter += 1
+        pos = self.counter % self.c
+        if pos < self.w:
+            self.lr = self.lo + (self.hi - self.lo) * pos / self.w
+        else:
+            self.lr = self.lo + (self.hi - self.lo) * (1 + math.cos(math.pi * (pos - self.w) / (self.c - self.w))) / 2
+
+
+def test_the_code_recipe_runs_the_official_warm_restart_schedule_step_for_step():
+    cfg = TrainConfig.model_validate(RECIPES["emonext-code"])
+    assert (cfg.lr, cfg.warmup_steps, cfg.restart_steps, cfg.min_lr) == (1e-3, 128, 1024, 0.0)
+    factor, official = lr_factor(cfg, steps_per_epoch=449), OfficialWarmRestarts()
+    for k in range(3 * 1024 + 5):  # optimizer step k runs at the lr the official scheduler has set by then
+        assert cfg.lr * factor(k) == pytest.approx(official.lr, abs=1e-15), k
+        official.step()
+    assert factor(1023) == 0.0 and factor(2047) == 0.0  # an lr of exactly 0 at each restart
+    assert factor(0) == 1 / 128
+
+
+class OfficialEma:
+    """ema_pytorch 0.3.2's EMA.update(), called once per optimizer step as train.py does."""
+
+    def __init__(self, model, beta=0.99, update_every=16, update_after_step=100, power=2 / 3):
+        self.online, self.ema = model, copy.deepcopy(model)
+        self.beta, self.every, self.after, self.power, self.counter, self.initted = beta, update_every, update_after_step, power, 0, False
+        floats = (torch.float, torch.float16)
+        self.params = {n for n, p in self.ema.named_parameters() if p.dtype in floats}
+        self.buffers = {n for n, b in self.ema.named_buffers() if b.dtype in floats}
+
+    def _pairs(self):
+        on, em = dict(self.online.named_parameters()), dict(self.ema.named_parameters())
+        onb, emb = dict(self.online.named_buffers()), dict(self.ema.named_buffers())
+        return [(em[n], on[n]) for n in self.params] + [(emb[n], onb[n]) for n in self.buffers]
+
+    @torch.no_grad()
+    def update(self):
+        step = self.counter
+        self.counter += 1
+        if step % self.every:
+            return
+        if step <= self.after or not self.initted:
+            for e, o in self._pairs():
+                e.copy_(o)
+            if step <= self.after:
+                return
+            self.initted = True
+        epoch = max(self.counter - self.after - 1, 0)
+        decay = 0.0 if epoch <= 0 else min(max(1 - (1 + epoch) ** -self.power, 0.0), self.beta)
+        for e, o in self._pairs():
+            e.lerp_(o, 1.0 - decay)
+
+
+def test_the_code_recipe_averages_weights_as_ema_pytorch_does():
+    cfg = TrainConfig.model_validate(RECIPES["emonext-code"])
+    assert cfg.ema == EmaConfig(decay=0.99, every=16, warmup_steps=100, rule="ema_pytorch")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    ours, official = ModelEma(model, cfg.ema), OfficialEma(model)
+    x = torch.randn(8, 1, 8, 8)
+    for step in range(1, 1400):  # a fake optimizer step, then both EMAs, as train.py orders them
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        model.train()(x)  # moves BatchNorm's running statistics (float buffers) and its batch count
+        ours.update(model, step)
+        official.update()
+    for (name, a), b in zip(ours.module.state_dict().items(), official.ema.state_dict().values()):
+        assert torch.equal(a, b), name  # integer buffers too: neither touches them
+    decays = [ema_decay(cfg.ema, s) for s in range(1, 1200)]
+    updates = [(s, d) for s, d in zip(range(1, 1200), decays) if d is not None]
+    assert updates[0] == (1, 0.0) and all(d == 0.0 for s, d in updates if s - 1 <= 100)
+    first = next(d for s, d in updates if d)
+    assert first == pytest.approx(1 - 29 ** (-2 / 3))  # call 128 (112, the first after the warm-up, copies)
+    assert max(decays[i] or 0 for i in range(len(decays))) == 0.99
+
+
+def test_the_flat_ema_stays_available():
+    cfg = EmaConfig(decay=0.9, every=2, warmup_steps=4)
+    assert [ema_decay(cfg, s) for s in range(1, 9)] == [None, 0.0, None, 0.9, None, 0.9, None, 0.9]
