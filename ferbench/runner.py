@@ -143,7 +143,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
     """Train and evaluate one job into runs_dir/<spec>/<job-id>/; resumable and idempotent."""
     from ferbench.engine import dist
     from ferbench.engine.checkpoint import CheckpointWriter
-    from ferbench.engine.train import NoProgress, fit
+    from ferbench.engine.train import NoProgress, fit, precision
 
     keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
     progress = progress or NoProgress()
@@ -165,6 +165,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
         )
         try:
             model, teacher = build(job, ds, runs_dir, device, manifest, progress)
+            manifest.add(precision=precision(job.train, device))
             with CheckpointWriter() as writer:  # the last checkpoint is written while the test splits are evaluated
                 res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, writer)
                 arrays, metrics = evaluate(job, ds, res, device)

@@ -96,13 +96,23 @@ class TrainConfig(_Strict):
     ldl_hard_weight: float = Field(0.0, ge=0, description="weight of an added hard-label CE term (0 in the paper)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     clip_grad_norm: float | None = Field(None, gt=0)
-    clip_before_unscale: bool = Field(False, description="EmoNeXt code clips scaled gradients")
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    clip_before_unscale: bool = Field(False, description="EmoNeXt code clips scaled gradients (needs a grad scaler)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="autocast on CUDA (auto: bf16); the CPU computes in fp32")
+    grad_scaler: bool | None = Field(
+        None, description="loss scaling (torch.amp.GradScaler, initial scale 65536): None = on for fp16 on CUDA; true also "
+        "on the CPU, where its arithmetic in fp32 gives the official path's scaled-gradient clipping and step sizes")
     channels_last: bool = True
     compile: bool = False
     ema: EmaConfig | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _clip_needs_a_scaler(self) -> "TrainConfig":
+        if self.clip_before_unscale and (self.grad_scaler is False or not self.clip_grad_norm):
+            raise ValueError("clip_before_unscale clips scaled gradients: it needs clip_grad_norm and a grad scaler "
+                             "(grad_scaler: true, or amp: fp16 on CUDA)")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -252,7 +262,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "emonext-code": {  # yelboudouri/EmoNeXt train.py as run by its README
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
         "schedule": "cosine", "warmup_steps": 128, "restart_steps": 1024, "label_smoothing": 0.2,
-        "amp": "auto", "normalize": "none", "clip_grad_norm": 1.0, "clip_before_unscale": True,
+        "amp": "fp16", "grad_scaler": True, "normalize": "none", "clip_grad_norm": 1.0, "clip_before_unscale": True,
         "ema": {"decay": 0.99, "every": 16, "warmup_steps": 100, "rule": "ema_pytorch"}, "early_stopping_patience": 12,
         "input_size": 224,
         "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
@@ -265,13 +275,23 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
 }
 # Job fields that only add information to a record: left out of the job id and the condition hash, so
 # records made before they existed are still found and seeds made with and without them still pool.
-IDENTITY_EXEMPT: tuple[tuple[str, str], ...] = (("eval", "test_each_epoch"),)
+IDENTITY_EXEMPT: tuple[tuple[str, ...], ...] = (("eval", "test_each_epoch"),)
+# Fields added after JOB_FORMAT 1 that change training: part of the identity only when not at the value
+# every earlier job ran with, so the ids of jobs made before they existed do not change.
+IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("train", "ema", "rule"): "flat", ("train", "ema", "power"): 2 / 3, ("train", "grad_scaler"): None,
+}
 
 
 def _drop_exempt(job: dict[str, Any]) -> None:
-    for block, key in IDENTITY_EXEMPT:
-        if isinstance(job.get(block), dict):
-            job[block].pop(key, None)
+    """Remove, in place, the fields the job id and condition hash leave out (see above)."""
+    for path in (*IDENTITY_EXEMPT, *IDENTITY_DEFAULTS):
+        node = job
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            if path in IDENTITY_EXEMPT or node[path[-1]] == IDENTITY_DEFAULTS[path]:
+                del node[path[-1]]
 
 
 def condition_hash(job: dict[str, Any]) -> str:

@@ -101,3 +101,65 @@ def test_the_code_recipe_averages_weights_as_ema_pytorch_does():
 def test_the_flat_ema_stays_available():
     cfg = EmaConfig(decay=0.9, every=2, warmup_steps=4)
     assert [ema_decay(cfg, s) for s in range(1, 9)] == [None, 0.0, None, 0.9, None, 0.9, None, 0.9]
+
+
+def _tiny_trainer(cfg: TrainConfig):
+    import numpy as np
+
+    from ferbench.data import Split
+    from ferbench.engine.train import setup
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(cfg.in_chans, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (16, 12, 12), dtype=np.uint8), rng.integers(0, 3, 16))
+    return setup(model, split, cfg, torch.device("cpu"), None), model
+
+
+def test_the_code_recipe_clips_scaled_gradients_on_the_cpu_as_the_official_loop_does():
+    from ferbench.engine.train import precision, train_step
+
+    code = {**RECIPES["emonext-code"], "input_size": 12, "batch_size": 8, "channels_last": False, "ema": None,
+            "label_smoothing": 0.0}
+    cfg = TrainConfig.model_validate(code)
+    assert precision(cfg, torch.device("cpu")) == {"autocast": "off", "grad_scaler": True, "scaler_arithmetic": "fp32",
+                                                   "clip": "scaled gradients"}
+    tr, model = _tiny_trainer(cfg)
+    reference = copy.deepcopy(model)  # the official order: scale, backward, clip (scaled), step, update
+    opt = torch.optim.AdamW(reference.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = torch.rand(8, cfg.in_chans, 12, 12), torch.randint(0, 3, (8,))
+    for _ in range(3):
+        for g in opt.param_groups:
+            g["lr"] = tr.opt.param_groups[0]["lr"]  # the same schedule position on both sides
+        train_step(tr, x, y, None)
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(reference(x), y)).backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert tr.scaler.get_scale() == 65536.0
+    unscaled, plain = _tiny_trainer(TrainConfig.model_validate({**code, "clip_before_unscale": False}))
+    for _ in range(3):
+        train_step(unscaled, x, y, None)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))  # the switch takes effect
+
+
+@pytest.mark.parametrize("train, needle", [
+    ({"clip_before_unscale": True, "clip_grad_norm": 1.0, "grad_scaler": False}, "needs clip_grad_norm and a grad scaler"),
+    ({"clip_before_unscale": True}, "needs clip_grad_norm and a grad scaler"),
+])
+def test_a_clip_that_cannot_take_effect_is_an_error(train, needle):
+    with pytest.raises(ValueError, match=needle):
+        TrainConfig.model_validate(train)
+
+
+def test_clip_before_unscale_without_a_scaler_on_this_device_is_refused():
+    from ferbench.errors import FerbenchError
+    from ferbench.engine.train import precision
+
+    cfg = TrainConfig.model_validate({"clip_before_unscale": True, "clip_grad_norm": 1.0, "amp": "fp16"})
+    with pytest.raises(FerbenchError, match="no grad scaler runs here"):
+        precision(cfg, torch.device("cpu"))  # fp16 autocast (and with it the automatic scaler) is CUDA-only

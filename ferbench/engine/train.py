@@ -122,13 +122,27 @@ def setup(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device
         core.compile()  # in place: state-dict keys, attributes and the EMA copy stay those of the plain module
     return Trainer(
         cfg=cfg, device=device, core=core, model=model, opt=opt, sched=sched, ema=ema,
-        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16"),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision(cfg, device)["grad_scaler"]),
         teacher=teacher if uses_teacher(cfg) else None,
         images=torch.from_numpy(train.images).to(device), labels=torch.from_numpy(train.labels).to(device),
         targets=torch.from_numpy(train.targets).to(device) if train.targets is not None else None,
         host_targets=torch.from_numpy(train.targets) if cfg.loss == "sampled" else None,
         batch=batch, mine=slice(rank, None, world), steps_per_epoch=steps_per_epoch,
     )
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """What the training arithmetic is on this device (recorded in the manifest): autocast dtype, loss
+    scaling, and where the scaler's arithmetic runs (fp16 gradients on CUDA; fp32 on the CPU, which has
+    the same scaled-gradient clipping but never overflows, so never skips a step)."""
+    autocast = "off" if device.type != "cuda" or cfg.amp == "off" else ("fp16" if cfg.amp == "fp16" else "bf16")
+    scaler = cfg.grad_scaler if cfg.grad_scaler is not None else autocast == "fp16"
+    if cfg.clip_before_unscale and not scaler:
+        raise FerbenchError("clip_before_unscale: no grad scaler runs here (set grad_scaler: true)")
+    return {"autocast": autocast, "grad_scaler": bool(scaler),
+            "scaler_arithmetic": None if not scaler else ("fp16" if autocast == "fp16" else "fp32"),
+            "clip": None if not cfg.clip_grad_norm else ("scaled gradients" if cfg.clip_before_unscale and scaler
+                                                         else "unscaled gradients")}
 
 
 def should_stop(loop: LoopState, cfg: TrainConfig) -> bool:
