@@ -398,6 +398,7 @@ def data_info(
     path: Optional[str] = typer.Option(None, "--path", help="the dataset's file or folder"),
     option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="FER+ label protocol (majority, probability, crossentropy, multi_target)"),
+    votes: Optional[str] = typer.Option(None, "--votes", help="FER+ vote table: fer2013new or label_csv (the official trainer's)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Per split: total and per-class counts (what survives the label protocol)."""
@@ -406,8 +407,7 @@ def data_info(
 
     try:
         opts = dict(parse_set(option))
-        if protocol is not None:
-            opts["protocol"] = protocol
+        opts.update({k: v for k, v in (("protocol", protocol), ("votes", votes)) if v is not None})
         info = api.data_info(name, opts, path, data_root)
     except FerbenchError as e:
         _fail(str(e))

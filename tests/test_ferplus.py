@@ -169,3 +169,64 @@ def test_real_ferplus_export_and_majority(real_data):
         want = expected_counts(lines, mode)
         got = {s: np.bincount(d.splits[s].labels, minlength=8).tolist() for s in ("train", "val", "test")}
         assert got == want, mode
+
+
+def write_label_csv(root, vote_lines, rng):
+    """FER2013{Train,Valid,Test}/label.csv for the small table: one row per exported name, the votes of
+    some rows changed (the two official tables disagree), shuffled like the real files are not."""
+    last = {}
+    for i, (_, name, _) in enumerate(vote_lines):
+        if name:
+            last[name] = i
+    folders = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
+    lines = {f: [] for f in folders.values()}
+    table = []
+    for name, i in sorted(last.items(), key=lambda kv: kv[1]):
+        usage, _, v = vote_lines[i]
+        v = random_votes(rng, 1)[0] if rng.random() < 0.3 else v
+        lines[folders[usage]].append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, v)))
+        table.append((usage, name, v))
+    for folder, rows in lines.items():
+        (root / "ferplus" / folder).mkdir()
+        (root / "ferplus" / folder / "label.csv").write_text("\n".join(rows) + "\n")
+    return table
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_official_trainers_vote_table_gives_its_own_counts(small_ferplus, mode):
+    root, vote_lines = small_ferplus
+    table = write_label_csv(root, vote_lines, np.random.default_rng(5))
+    ds = load_dataset("ferplus", {"protocol": mode, "votes": "label_csv"}, data_root=str(root))
+    got = {s: np.bincount(ds.splits[s].labels, minlength=8).tolist() for s in ("train", "val", "test")}
+    assert got == expected_counts(table, mode)
+    assert ds.notes["votes"].startswith("FER2013{Train,Valid,Test}/label.csv")
+    assert any("label.csv" in f for f in ds.files)  # its hashes are recorded with the run
+    other = load_dataset("ferplus", {"protocol": mode}, data_root=str(root))
+    assert other.notes["votes"] == "fer2013new.csv"
+
+
+def test_a_label_csv_naming_an_image_fer2013new_does_not_export_is_refused(small_ferplus):
+    root, vote_lines = small_ferplus
+    write_label_csv(root, vote_lines, np.random.default_rng(5))
+    p = root / "ferplus" / "FER2013Valid" / "label.csv"
+    p.write_text(p.read_text() + 'fer9999999.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\n')
+    with pytest.raises(FerbenchError, match=r"FER2013Valid/label.csv: line \d+: image 'fer9999999.png' is not a Valid image"):
+        load_dataset("ferplus", {"votes": "label_csv"}, data_root=str(root))
+    (root / "ferplus" / "FER2013Test" / "label.csv").unlink()
+    with pytest.raises(FerbenchError, match="FER2013Test/label.csv .*file not found"):
+        load_dataset("ferplus", {"votes": "label_csv"}, data_root=str(root))
+
+
+@pytest.mark.realdata
+def test_real_label_csv_counts_under_every_protocol(real_data):
+    import pandas as pd
+
+    table = []
+    for usage, folder in (("Training", "FER2013Train"), ("PublicTest", "FER2013Valid"), ("PrivateTest", "FER2013Test")):
+        raw = pd.read_csv(real_data / "ferplus" / folder / "label.csv", header=None, keep_default_na=False)
+        table += [(usage, r[0], [int(x) for x in r[2:]]) for r in raw.itertuples(index=False)]
+    assert len(table) == 28558 + 3579 + 3573
+    for mode in MODES:
+        d = load_dataset("ferplus", {"protocol": mode, "votes": "label_csv"}, data_root=str(real_data))
+        got = {s: np.bincount(d.splits[s].labels, minlength=8).tolist() for s in ("train", "val", "test")}
+        assert got == expected_counts(table, mode), mode

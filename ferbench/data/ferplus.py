@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
@@ -33,13 +33,17 @@ CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "f
 VOTE_COLUMNS = CLASSES + ["unknown", "NF"]
 COLUMNS = ["Usage", "Image name"] + VOTE_COLUMNS
 PROTOCOLS = ("majority", "probability", "crossentropy", "multi_target")
-PARSER_VERSION = 1
+PARSER_VERSION = 2
+LABEL_CSV_FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")  # split codes 0, 1, 2
 
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     protocol: Literal["majority", "probability", "crossentropy", "multi_target"] = "majority"
     soft_targets: Literal["votes", "protocol"] = "votes"
+    votes: Literal["fer2013new", "label_csv"] = Field(
+        "fer2013new", description="fer2013new.csv (the README's label file) or FER2013{Train,Valid,Test}/label.csv "
+        "(what the official trainer src/train.py reads); they disagree on 1,602 images")
 
 
 def process_votes(raw: np.ndarray, mode: str) -> np.ndarray:
@@ -86,6 +90,9 @@ def process_votes(raw: np.ndarray, mode: str) -> np.ndarray:
     return np.array([e / s for e in emotion]) if s > 0 else np.array(unknown)
 
 
+VOTE_TABLES = {"fer2013new": "fer2013new.csv", "label_csv": "FER2013{Train,Valid,Test}/label.csv (the official trainer's)"}
+
+
 def find_votes(root: Path | None, path: str | None) -> Path:
     if path:
         p = Path(path).expanduser()
@@ -121,13 +128,55 @@ def parse_votes(path: Path) -> dict[str, np.ndarray]:
         last[names[i]] = i
     exported = np.zeros(len(df), bool)
     exported[list(last.values())] = True
-    return {"votes": votes, "exported": exported, "split": split}
+    return {"votes": votes, "exported": exported, "split": split, "names": names.astype(str)}
+
+
+def parse_label_csv(paths: list[Path], names: np.ndarray, exported: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
+    """The official trainer's vote tables (no header: image name, face box, 10 vote counts) placed on
+    the rows of the image table: a name's image is the row fer2013new.csv exports under it (the later
+    row of a reused name, as the official PNG export overwrites), so the face box is not needed for
+    the 48x48 crops. Returns the (N, 10) votes and the rows label.csv lists."""
+    import pandas as pd
+
+    row_of = {str(names[i]): int(i) for i in np.flatnonzero(exported)}
+    votes = np.zeros((len(names), len(VOTE_COLUMNS)), dtype=np.int16)
+    listed = np.zeros(len(names), bool)
+    for code, path in enumerate(paths):
+        try:
+            df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise FerbenchError(f"{path}: not a readable label.csv ({type(e).__name__})") from None
+        if df.shape[1] != 2 + len(VOTE_COLUMNS):
+            raise FerbenchError(f"{path}: expected 12 columns (name, face box, {len(VOTE_COLUMNS)} vote counts), got {df.shape[1]}")
+        counts = df.iloc[:, 2:].apply(lambda c: c.str.strip())
+        ok = counts.apply(lambda c: c.str.fullmatch(r"\d{1,3}")).to_numpy()
+        if not ok.all():
+            line, col = np.argwhere(~ok)[0]
+            raise FerbenchError(f"{path}: line {line + 1}: column {VOTE_COLUMNS[col]!r}: vote count "
+                                f"{df.iloc[line, col + 2]!r} is not a non-negative integer")
+        for line, name in enumerate(df.iloc[:, 0].str.strip()):
+            i = row_of.get(name)
+            if i is None or split[i] != code:
+                raise FerbenchError(f"{path}: line {line + 1}: image {name!r} is not a "
+                                    f"{LABEL_CSV_FOLDERS[code][7:]} image of fer2013new.csv")
+            votes[i] = counts.iloc[line].astype(int).to_numpy()
+            listed[i] = True
+    return {"votes": votes, "exported": listed}
 
 
 def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
+    o = options if isinstance(options, Options) else Options.model_validate(options)
     votes = find_votes(root, path)
     images = find_csv(root, None) if root is not None else find_csv(votes.parent.parent, None)
-    return {"votes": votes, "images": images}
+    files = {"votes": votes, "images": images}
+    if o.votes == "label_csv":
+        for folder in LABEL_CSV_FOLDERS:
+            p = votes.parent / folder / "label.csv"
+            if not p.is_file():
+                raise FerbenchError(f"ferplus votes: label_csv: expected {p} (data/{folder}/label.csv from microsoft/FERPlus): "
+                                    "file not found")
+            files[folder] = p
+    return files
 
 
 def select(votes: np.ndarray, exported: np.ndarray, split: np.ndarray, protocol: str) -> dict[str, np.ndarray]:
@@ -151,7 +200,13 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
     if not np.array_equal(img["split"], v["split"]):
         i = int(np.argmax(img["split"] != v["split"]))
         raise FerbenchError(f"{vpath}: line {i + 2}: Usage differs from {ipath}: the files are not row-aligned")
-    sel = cached_arrays("ferplus-select", file_digest(vpath), {"v": PARSER_VERSION, "protocol": o.protocol},
+    table_key = file_digest(vpath)
+    if o.votes == "label_csv":  # the official trainer's table, placed on fer2013new.csv's rows by image name
+        paths = [files[f] for f in LABEL_CSV_FOLDERS]
+        table_key = "-".join([table_key] + [file_digest(p) for p in paths])
+        v = {**v, **cached_arrays("ferplus-labelcsv", table_key, {"v": PARSER_VERSION},
+                                  lambda: parse_label_csv(paths, v["names"], v["exported"], v["split"]))}
+    sel = cached_arrays("ferplus-select", table_key, {"v": PARSER_VERSION, "protocol": o.protocol},
                         lambda: select(v["votes"], v["exported"], v["split"], o.protocol))
     votes8 = v["votes"][:, : len(CLASSES)].astype(np.float32)
     vote_dist = votes8 / np.maximum(votes8.sum(1, keepdims=True), 1)
@@ -163,8 +218,8 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
         m = sel["keep"] & (v["split"] == code)
         splits[name] = Split(img["images"][m], sel["label"][m], soft[m].astype(np.float32))
     ds = FerDataset("ferplus", CLASSES, splits,
-                    files={str(vpath): file_digest(vpath), str(ipath): file_digest(ipath)},
-                    notes={"protocol": o.protocol, "eval_protocol": "majority", "soft_targets": o.soft_targets,
+                    files={str(p): file_digest(p) for p in files.values()},
+                    notes={"protocol": o.protocol, "votes": VOTE_TABLES[o.votes], "eval_protocol": "majority", "soft_targets": o.soft_targets,
                            "fer2013_vs_ferplus": _label_comparison(img["labels"], v["votes"]),
                            "exported_images": {n: int((v["exported"] & (v["split"] == c)).sum()) for c, n in enumerate(USAGE_TO_SPLIT.values())}})
     check_split_nonempty(ds, str(vpath))
