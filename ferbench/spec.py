@@ -83,7 +83,7 @@ class TrainConfig(_Strict):
     step_size: int = Field(30, ge=1, description="epochs between lr drops (step schedule)")
     gamma: float = Field(0.1, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
-    loss: Literal["ce", "ldl", "sampled"] = Field(
+    loss: Literal["ce", "ldl", "sampled", "multi_target"] = Field(
         "ce", description="ldl: soft-target cross-entropy (ResFace module C); sampled: CE on a one-hot label drawn "
         "from each sample's target distribution every step (FER+ 'probability' mode)"
     )
@@ -532,9 +532,28 @@ def _check_recipes(spec: Spec, where: str) -> None:
             raise FerbenchError(_validation_line(f"{where}: {block}", e)) from None
 
 
-def resolve_train(spec: Spec, model: ModelEntry) -> TrainConfig:
+# FER+'s official training per label protocol (microsoft/FERPlus src/train.py `cost_func` and
+# `_process_target`), used where neither the recipe, the spec nor the model entry chooses a loss.
+PROTOCOL_TRAINING: dict[str, dict[str, Any]] = {
+    "majority": {"loss": "ce"},
+    "crossentropy": {"loss": "ldl", "ldl_source": "votes", "ldl_reduction": "sample"},
+    "probability": {"loss": "sampled"},
+    "multi_target": {"loss": "multi_target"},
+}
+
+
+def protocol_training(spec: Spec, model: ModelEntry, dataset: DatasetEntry | None) -> dict[str, Any]:
+    """The FER+ protocol's official loss for this model, unless a loss is chosen anywhere above it."""
     recipe = model.recipe or spec.recipe
-    merged = _merge(_merge(RECIPES[recipe], spec.train), model.train)
+    chosen = any("loss" in block for block in (RECIPES[recipe], spec.train, model.train))
+    if dataset is None or dataset.name != "ferplus" or chosen:
+        return {}
+    return PROTOCOL_TRAINING.get(str(dataset.options.get("protocol", "majority")), {})
+
+
+def resolve_train(spec: Spec, model: ModelEntry, dataset: DatasetEntry | None = None) -> TrainConfig:
+    recipe = model.recipe or spec.recipe
+    merged = _merge(_merge(_merge(RECIPES[recipe], protocol_training(spec, model, dataset)), spec.train), model.train)
     return TrainConfig.model_validate(merged)
 
 
@@ -555,7 +574,7 @@ def expand(spec: Spec, profile: str | None = None) -> list[Job]:
                 dep = by_key[(m.depends_on, d.id, seed)].id if m.depends_on else None
                 job = Job(
                     spec=spec.name, model=m, dataset=d, seed=seed, recipe=m.recipe or spec.recipe,
-                    train=resolve_train(spec, m), eval=resolve_eval(spec, m), depends_on=dep, profile=profile,
+                    train=resolve_train(spec, m, d), eval=resolve_eval(spec, m), depends_on=dep, profile=profile,
                 )
                 by_key[(m.id, d.id, seed)] = job
                 jobs.append(job)

@@ -230,3 +230,52 @@ def test_real_label_csv_counts_under_every_protocol(real_data):
         d = load_dataset("ferplus", {"protocol": mode, "votes": "label_csv"}, data_root=str(real_data))
         got = {s: np.bincount(d.splits[s].labels, minlength=8).tolist() for s in ("train", "val", "test")}
         assert got == expected_counts(table, mode), mode
+
+
+def test_multi_target_loss_is_the_official_formula():
+    import torch
+
+    from ferbench.engine.losses import multi_target_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 8)
+    processed = torch.zeros(6, 8)
+    processed[torch.arange(6), torch.randint(0, 8, (6,))] = 0.6
+    processed[:, 3] += 0.4
+    t = (1 - 0.001) * (processed > 0).float() + 0.001  # FERPlus _process_target
+    want = -torch.log((t * torch.softmax(logits, 1)).max(1).values).mean()  # FERPlus cost_func, per sample
+    assert torch.allclose(multi_target_loss(logits, processed), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("protocol, loss, extra", [
+    ("majority", "ce", {}), ("crossentropy", "ldl", {"ldl_reduction": "sample", "ldl_source": "votes"}),
+    ("probability", "sampled", {}), ("multi_target", "multi_target", {}),
+])
+def test_the_protocol_picks_the_official_loss_unless_the_spec_does(protocol, loss, extra):
+    from ferbench.spec import Spec, expand
+
+    def spec(**train):
+        return Spec.model_validate({"name": "p", "datasets": [{"name": "ferplus", "options": {"protocol": protocol}}],
+                                    "models": [{"id": "m", "arch": "resnet18", "train": train}]})
+
+    (job,) = expand(spec())
+    assert job.train.loss == loss and all(getattr(job.train, k) == v for k, v in extra.items())
+    (explicit,) = expand(spec(loss="ce"))
+    assert explicit.train.loss == "ce"  # a spec's own choice wins (ResFace's LDL paths stay explicit choices)
+
+
+def test_probability_draws_from_the_processed_distribution(small_ferplus):
+    root, vote_lines = small_ferplus
+    ds = load_dataset("ferplus", {"protocol": "probability"}, data_root=str(root))
+    assert ds.notes["soft_targets"] == "protocol"
+    last = {}
+    for i, (_, name, _) in enumerate(vote_lines):
+        if name:
+            last[name] = i
+    train_rows = [i for i in sorted(last.values()) if vote_lines[i][0] == "Training"
+                  and expected_label(vote_lines[i][2], "probability") is not None]
+    for target, i in zip(ds.splits["train"].targets, train_rows):
+        p = process_votes(np.asarray(vote_lines[i][2], float), "probability")[:8]
+        assert np.allclose(target, p / p.sum(), atol=1e-6)
+    votes = load_dataset("ferplus", {"protocol": "probability", "soft_targets": "votes"}, data_root=str(root))
+    assert votes.notes["soft_targets"] == "votes"

@@ -12,7 +12,10 @@ Label protocol as microsoft/FERPlus `src/ferplus.py` (`_process_data`, `load_fol
   `majority`, whatever the training protocol.
 Each sample keeps a target distribution: the annotators' normalised votes over the 8 emotions
 (`soft_targets: votes`, for label-distribution learning) or the protocol's processed distribution
-(`soft_targets: protocol`).
+(`soft_targets: protocol`, the default for every protocol but majority). The protocol also picks the
+official training loss unless a spec chooses one (`spec.protocol_training`): majority -> CE on the
+majority label, crossentropy -> per-sample soft CE on the processed distribution, probability -> CE
+on a one-hot label drawn from it each step, multi_target -> -log max(t * p) on the multi-hot target.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ LABEL_CSV_FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")  # split cod
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     protocol: Literal["majority", "probability", "crossentropy", "multi_target"] = "majority"
-    soft_targets: Literal["votes", "protocol"] = "votes"
+    soft_targets: Literal["votes", "protocol"] | None = Field(
+        None, description="the per-sample target distribution: the annotators' votes, or the protocol's processed "
+        "distribution; None: votes under majority (label-distribution learning), the processed one otherwise")
+
+    @property
+    def targets(self) -> str:
+        return self.soft_targets or ("votes" if self.protocol == "majority" else "protocol")
     votes: Literal["fer2013new", "label_csv"] = Field(
         "fer2013new", description="fer2013new.csv (the README's label file) or FER2013{Train,Valid,Test}/label.csv "
         "(what the official trainer src/train.py reads); they disagree on 1,602 images")
@@ -212,14 +221,14 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
     vote_dist = votes8 / np.maximum(votes8.sum(1, keepdims=True), 1)
     proc = sel["processed"][:, : len(CLASSES)]
     proc = proc / np.maximum(proc.sum(1, keepdims=True), 1e-12)
-    soft = vote_dist if o.soft_targets == "votes" else proc
+    soft = vote_dist if o.targets == "votes" else proc
     splits = {}
     for code, name in enumerate(USAGE_TO_SPLIT.values()):
         m = sel["keep"] & (v["split"] == code)
         splits[name] = Split(img["images"][m], sel["label"][m], soft[m].astype(np.float32))
     ds = FerDataset("ferplus", CLASSES, splits,
                     files={str(p): file_digest(p) for p in files.values()},
-                    notes={"protocol": o.protocol, "votes": VOTE_TABLES[o.votes], "eval_protocol": "majority", "soft_targets": o.soft_targets,
+                    notes={"protocol": o.protocol, "votes": VOTE_TABLES[o.votes], "eval_protocol": "majority", "soft_targets": o.targets,
                            "fer2013_vs_ferplus": _label_comparison(img["labels"], v["votes"]),
                            "exported_images": {n: int((v["exported"] & (v["split"] == c)).sum()) for c, n in enumerate(USAGE_TO_SPLIT.values())}})
     check_split_nonempty(ds, str(vpath))

@@ -5,7 +5,8 @@
   annotators' votes or a frozen teacher's softmax; reduced over N x classes as the article's formula
   (`ldl_reduction: paper`) or over N.
 - `sampled`: FER+'s "probability" mode: cross-entropy on a one-hot label drawn from each sample's
-  vote distribution every step.
+  target distribution every step.
+- `multi_target`: FER+'s "multi_target" mode: -log max_k t_k p_k on the multi-hot target.
 A model's own auxiliary loss (EmoNeXt's self-attention regulariser, `model.aux_loss`) is added.
 """
 
@@ -26,6 +27,16 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch
     return total / denom
 
 
+MULTI_TARGET_EPS = 0.001  # FERPlus _process_target: "to avoid ill-conditioned computation"
+
+
+def multi_target_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = MULTI_TARGET_EPS) -> torch.Tensor:
+    """FER+ multi_target: t = (1 - eps) * [target > 0] + eps, loss = mean over N of -log max_k t_k p_k
+    (p = softmax), computed as -max_k (log t_k + log p_k)."""
+    t = (1 - eps) * (target > 0).float() + eps
+    return -(t.log() + F.log_softmax(logits.float(), dim=1)).amax(dim=1).mean()
+
+
 def compute_loss(
     model: nn.Module, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, cfg: TrainConfig
 ) -> torch.Tensor:
@@ -34,6 +45,8 @@ def compute_loss(
         loss = soft_ce(logits, target, cfg.ldl_reduction)
         if cfg.ldl_hard_weight:
             loss = loss + cfg.ldl_hard_weight * F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    elif cfg.loss == "multi_target":
+        loss = multi_target_loss(logits, target)
     else:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
     aux = getattr(model, "aux_loss", None)
@@ -47,6 +60,8 @@ def uses_teacher(cfg: TrainConfig) -> bool:
 
 def check_targets(cfg: TrainConfig, has_votes: bool, has_teacher: bool, dataset: str) -> None:
     """Refuse a loss whose targets this dataset or job cannot provide."""
+    if cfg.loss == "multi_target" and not has_votes:
+        raise FerbenchError(f"dataset {dataset!r} has no annotator votes: train.loss=multi_target needs FER+'s")
     if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and not has_votes:
         raise FerbenchError(f"dataset {dataset!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
     if uses_teacher(cfg) and not has_teacher:

@@ -25,7 +25,7 @@ from ferbench.records import RunRecord
 from ferbench.report.tables import pooled_ci, runs_frame
 
 BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data")
-LABELS_OF_LOSS = {"ce": "hard", "ldl": "distribution", "sampled": "distribution"}
+LABELS_OF_LOSS = {"ce": "hard", "ldl": "distribution", "sampled": "distribution", "multi_target": "distribution"}
 COLUMN_OF_SELECTION = {"last": "last", "best-val": "best", None: "last"}
 
 
