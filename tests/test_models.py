@@ -123,3 +123,25 @@ def test_unknown_model_and_option_are_one_line_errors():
         create_model("resnet18", 7, 48, stn=False)
     with pytest.raises(FerbenchError, match="option attention='spatial': Input should be 'batch' or 'feature'"):
         create_model("emonext-atto", 7, 48, attention="spatial")
+
+
+def test_resface_product_fusion_and_channel_branch_are_efficientfaces():
+    """EfficientFace's Modulator: att = sigmoid(Channel(F) * Spatial(F)), Channel = GAP -> FC -> BN1d ->
+    ReLU -> FC (zengqunzhao/EfficientFace models/modulator.py), re-derived from the module's own layers."""
+    import torch
+
+    from ferbench.models.resface import ChannelSpatialAggregation
+
+    torch.manual_seed(0)
+    csa = ChannelSpatialAggregation(64, 16, 4, "product", "fc_bn").eval()
+    assert [type(m).__name__ for m in csa.channel] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    f = torch.randn(2, 64, 12, 12)
+    with torch.no_grad():
+        zc = csa.channel(f.mean((2, 3)))[:, :, None, None].expand_as(f)
+        zs = csa.spatial(f).expand_as(f)
+        torch.testing.assert_close(csa(f), torch.sigmoid(zc * zs) * f)
+    summed = ChannelSpatialAggregation(64, 16, 4, "sum").eval()  # the overview article's branch and formula
+    assert [type(m).__name__ for m in summed.channel] == ["Linear", "ReLU", "Linear"]
+    with torch.no_grad():
+        zc = summed.channel(f.mean((2, 3)))[:, :, None, None]
+        torch.testing.assert_close(summed(f), torch.sigmoid(zc + summed.spatial(f)) * f)

@@ -1,16 +1,23 @@
 """ResFace (Qu & Niu, MBE 2023): ResNet trunk + local branch + channel-spatial aggregation + LDL.
 
-No code was published. This follows REFERENCE.md §3, whose design matches EfficientFace with a
-ResNet trunk [inferred]. Modules (the paper's ablation letters):
-- A: the ResNet-18/50 backbone (torchvision layout, random init).
-- B: `local` branch from the stem output: the map is cut into 4 spatial patches, each goes through
-  its own two stride-2 conv blocks, the patches are re-assembled and a ConvTranspose2d restores the
-  spatial size to that of the stage-2 output (bilinear resize if an odd input size leaves them a
-  pixel apart) [inferred]; plus `csa`, channel-spatial aggregation on the stage-2 output F:
-  Z = sigmoid(Z_c + Z_s) (overview article, `csa_fusion="sum"`) or sigmoid(Z_c) * sigmoid(Z_s)
-  (EfficientFace, `"product"`); F_final = F_local + F * Z, then stages 3-4.
-- C: label-distribution learning. That is a training choice (`train.loss: ldl` with targets from
+No code was published. Sources, part by part (REFERENCE.md section 3):
+- ResNet-18/50 trunk (torchvision layout, random init): the paper's abstract.
+- Local branch [inferred from the overview article + EfficientFace's design]: from the stem output,
+  the map is cut into 4 spatial patches, each through its own two stride-2 conv blocks, re-assembled,
+  and a ConvTranspose2d restores the spatial size of the stage-2 output (bilinear resize if an odd
+  input size leaves them a pixel apart); F_final = F_local + F_mod goes on to stages 3-4.
+- Channel-spatial aggregation on the stage-2 output F, F_mod = F * Z:
+  - `csa_fusion="sum"`: Z = sigmoid(Z_c + Z_s), the overview article's formula;
+    `"product"`: Z = sigmoid(Z_c * Z_s), EfficientFace's code (`Modulator`: one sigmoid of the product).
+  - channel branch GAP -> FC -> FC (`csa_channel="fc"`, the overview article) or
+    GAP -> FC -> BN1d -> ReLU -> FC (`"fc_bn"`, EfficientFace's `Channel`); reduction 16.
+  - spatial branch 1x1 -> two 3x3 convs (dilation 4) -> 1x1 to one map, each but the last with BN
+    and ReLU: EfficientFace's `Spatial` (the article names the layers, not the dilation).
+- C, label-distribution learning, is a training choice (`train.loss: ldl` with targets from
   annotator votes or a teacher job), not a module: the "compact aggregation" is stages 3-4 -> FC.
+The paper's ablation letters as the overview article defines them: A = local feature extraction
+(the trunk with the ConvTranspose2d path), B = channel-spatial aggregation, C = compact aggregation
++ LDL (`benchmarks/resface_ablation.yaml`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pydantic import Field
 
 from ferbench.models import Variant, register
 
-OPTIONS = ("local", "csa", "csa_fusion", "csa_reduction", "csa_dilation")
+OPTIONS = ("local", "csa", "csa_fusion", "csa_channel", "csa_reduction", "csa_dilation")
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -60,12 +67,13 @@ class LocalBranch(nn.Module):
 
 
 class ChannelSpatialAggregation(nn.Module):
-    """Z_c from GAP->FC->FC, Z_s from 1x1 -> two dilated 3x3 -> 1x1; returns F * Z."""
+    """Z_c from GAP -> FC (-> BN1d) -> ReLU -> FC, Z_s from 1x1 -> two dilated 3x3 -> 1x1; returns F * Z."""
 
-    def __init__(self, channels: int, reduction: int, dilation: int, fusion: str):
+    def __init__(self, channels: int, reduction: int, dilation: int, fusion: str, channel_branch: str = "fc"):
         super().__init__()
         mid = max(channels // reduction, 8)
-        self.channel = nn.Sequential(nn.Linear(channels, mid), nn.ReLU(inplace=True), nn.Linear(mid, channels))
+        norm = [nn.BatchNorm1d(mid)] if channel_branch == "fc_bn" else []
+        self.channel = nn.Sequential(nn.Linear(channels, mid), *norm, nn.ReLU(inplace=True), nn.Linear(mid, channels))
         self.spatial = nn.Sequential(
             conv_bn_relu(channels, mid, kernel=1),
             conv_bn_relu(mid, mid, dilation=dilation),
@@ -77,7 +85,7 @@ class ChannelSpatialAggregation(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         zc = self.channel(f.mean((2, 3)))[:, :, None, None]
         zs = self.spatial(f)
-        z = torch.sigmoid(zc + zs) if self.fusion == "sum" else torch.sigmoid(zc) * torch.sigmoid(zs)
+        z = torch.sigmoid(zc + zs) if self.fusion == "sum" else torch.sigmoid(zc * zs)
         return f * z
 
 
@@ -91,6 +99,7 @@ class ResFace(nn.Module):
         local: bool = True,
         csa: bool = True,
         csa_fusion: Literal["sum", "product"] = "sum",
+        csa_channel: Literal["fc", "fc_bn"] = "fc",
         csa_reduction: Annotated[int, Field(ge=1)] = 16,
         csa_dilation: Annotated[int, Field(ge=1)] = 4,
     ):
@@ -104,7 +113,7 @@ class ResFace(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         c2 = 128 * (4 if depth == 50 else 1)
         self.local = LocalBranch(64, 128, c2) if local else None
-        self.csa = ChannelSpatialAggregation(c2, csa_reduction, csa_dilation, csa_fusion) if csa else None
+        self.csa = ChannelSpatialAggregation(c2, csa_reduction, csa_dilation, csa_fusion, csa_channel) if csa else None
         self.fc = net.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
