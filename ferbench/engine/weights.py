@@ -31,13 +31,32 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = safe_torch_load(path)
     except Exception as e:  # noqa: BLE001  (unpicklable or hostile files are bad input)
         raise FerbenchError(f"{path}: not a loadable weights file ({first_line(e)})") from None
-    for key in ("model", "state_dict", "model_ema"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    sd = unwrap_state_dict(sd)
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise FerbenchError(f"{path}: expected a state dict of tensors")
     return sd
+
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_ema", "module")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
+
+
+def unwrap_state_dict(obj: Any) -> Any:
+    """A checkpoint as users meet it -> its state dict: a training checkpoint's `state_dict` /
+    `model_state_dict` / `model` / `model_ema` entry (EfficientFace and most repositories save
+    {"epoch", "state_dict", "optimizer", ...}), with a `module.` (DataParallel) or `_orig_mod.`
+    (torch.compile) prefix that every key carries removed."""
+    for _ in range(2):  # a wrapper inside a wrapper (e.g. {"model": {"state_dict": ...}})
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if isinstance(obj, dict) and obj:
+        for prefix in WRAPPER_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(prefix) for k in obj):
+                obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
 
 
 def load_pretrained(model: nn.Module, path: str | Path,

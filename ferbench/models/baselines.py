@@ -32,7 +32,16 @@ for _depth in (18, 50):
     register(Variant(f"resnet{_depth}", "resnet", build_resnet, {"depth": _depth},
                      description=f"torchvision ResNet-{_depth}", paper=True))
 
+def convnext_checkpoint_filter(state_dict: dict, model: nn.Module) -> dict:
+    """FB ConvNeXt checkpoints (`downsample_layers`, `stages.i.j`, `pwconv1`) mapped to timm's keys with
+    timm's own converter; timm-keyed weights pass through."""
+    from timm.models.convnext import checkpoint_filter_fn
+
+    return checkpoint_filter_fn(state_dict, model)
+
+
 for _size, _paper in [("atto", False), ("femto", False), ("pico", False), ("nano", False), ("tiny", True),
                       ("small", True), ("base", True), ("large", True), ("xlarge", True)]:
     register(Variant(f"convnext-{_size}", "convnext", build_timm_convnext, {"size": _size},
-                     options=("drop_path_rate",), description=f"timm convnext_{_size}", paper=_paper))
+                     options=("drop_path_rate",), description=f"timm convnext_{_size}", paper=_paper,
+                     checkpoint_filter=convnext_checkpoint_filter))

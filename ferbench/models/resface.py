@@ -126,11 +126,24 @@ class ResFace(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
 
 
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """torchvision ResNet weights (or an EfficientFace-style ResNet checkpoint) for a ResFace trunk:
+    its stem is `stem.0` / `stem.1` where torchvision has `conv1` / `bn1`; layers 1-4 and `fc` match."""
+    renames = (("conv1.", "stem.0."), ("bn1.", "stem.1."))
+    out = {}
+    for k, v in state_dict.items():
+        for old, new in renames:
+            if k.startswith(old):
+                k = new + k[len(old):]
+        out[k] = v
+    return out
+
+
 def build_resface(num_classes: int, input_size: int, in_chans: int, depth: int, **options) -> nn.Module:
     return ResFace(num_classes, input_size, in_chans, depth=depth, **options)
 
 
 for _depth in (18, 50):
     register(Variant(f"resface-r{_depth}", "resface", build_resface, {"depth": _depth}, options=OPTIONS, paper=True,
-                     signature=ResFace,
+                     signature=ResFace, checkpoint_filter=checkpoint_filter_fn,
                      description=f"ResFace with a ResNet-{_depth} trunk (local branch + channel-spatial aggregation)"))

@@ -1,0 +1,64 @@
+"""Checkpoints as users meet them, each built here from a state dict the test makes: wrappers,
+DataParallel / torch.compile prefixes, FB <-> timm ConvNeXt keys, torchvision ResNets into ResFace,
+an EfficientFace-style LDG checkpoint. Each loads non-strictly with loaded / kept-init lists."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from ferbench.engine.weights import load_pretrained
+from ferbench.models import create_model, get_variant
+
+
+def _load(arch: str, payload, tmp_path, num_classes: int = 7, in_chans: int = 3):
+    torch.save(payload, tmp_path / "w.pth")
+    model = create_model(arch, num_classes, 48, in_chans)
+    info = load_pretrained(model, tmp_path / "w.pth", get_variant(arch).checkpoint_filter)
+    return model, info
+
+
+def test_an_efficientface_style_ldg_checkpoint_loads_into_resnet50(tmp_path):
+    """EfficientFace saves {"epoch", "state_dict", "best_acc", "optimizer"} from nn.DataParallel, so
+    every key starts with `module.`; its LDG head has another class count (kept at init here)."""
+    torch.manual_seed(0)
+    ldg = torchvision.models.resnet50(num_classes=12)
+    payload = {"epoch": 40, "best_acc": 0.9, "optimizer": {"state": {}, "param_groups": []},
+               "state_dict": {f"module.{k}": v for k, v in ldg.state_dict().items()}}
+    model, info = _load("resnet50", payload, tmp_path)
+    assert sorted(info["kept_init"]) == ["fc.bias", "fc.weight"] and len(info["unused"]) == 2
+    assert torch.equal(model.layer4[2].conv3.weight, ldg.layer4[2].conv3.weight)
+
+
+def test_a_model_state_dict_wrapper_and_a_compiled_prefix_are_unwrapped(tmp_path):
+    src = torchvision.models.resnet18(num_classes=7)
+    payload = {"model_state_dict": {f"_orig_mod.{k}": v for k, v in src.state_dict().items()}, "step": 3}
+    model, info = _load("resnet18", payload, tmp_path)
+    assert info["kept_init"] == [] and torch.equal(model.fc.weight, src.fc.weight)
+
+
+def test_torchvision_resnet_weights_load_into_the_resface_trunk(tmp_path):
+    src = torchvision.models.resnet18(num_classes=1000)
+    model, info = _load("resface-r18", src.state_dict(), tmp_path)
+    assert torch.equal(model.stem[0].weight, src.conv1.weight) and torch.equal(model.stem[1].running_var, src.bn1.running_var)
+    assert torch.equal(model.layer3[1].conv2.weight, src.layer3[1].conv2.weight)
+    kept = set(info["kept_init"])
+    assert {"fc.weight", "fc.bias"} <= kept and any(k.startswith("local.") for k in kept) and any(k.startswith("csa.") for k in kept)
+    assert not any(k.startswith(("stem.", "layer")) for k in kept)
+
+
+def test_fb_convnext_keys_load_into_the_timm_baseline_and_timm_keys_pass_through(tmp_path):
+    from ferbench.models.emonext import timm_to_fb
+
+    torch.manual_seed(1)
+    src = create_model("convnext-atto", 1000, 48, 3)
+    fb = {"model": {timm_to_fb(k): v for k, v in src.state_dict().items()}}  # FB's release layout
+    assert "downsample_layers.0.0.weight" in fb["model"]
+    model, info = _load("convnext-atto", fb, tmp_path)
+    own = model.state_dict()
+    for k, v in src.state_dict().items():
+        if not k.startswith("head.fc"):
+            assert torch.equal(own[k], v.reshape(own[k].shape)), k
+    assert set(info["kept_init"]) == {"head.fc.weight", "head.fc.bias"}
+    again, info2 = _load("convnext-atto", src.state_dict(), tmp_path)
+    assert set(info2["kept_init"]) == {"head.fc.weight", "head.fc.bias"}
