@@ -163,3 +163,44 @@ def test_clip_before_unscale_without_a_scaler_on_this_device_is_refused():
     cfg = TrainConfig.model_validate({"clip_before_unscale": True, "clip_grad_norm": 1.0, "amp": "fp16"})
     with pytest.raises(FerbenchError, match="no grad scaler runs here"):
         precision(cfg, torch.device("cpu"))  # fp16 autocast (and with it the automatic scaler) is CUDA-only
+
+
+def test_the_code_recipe_keeps_the_last_partial_batch_449_steps_at_batch_64():
+    import numpy as np
+
+    from ferbench.data import Split
+    from ferbench.engine.train import setup
+
+    cfg = TrainConfig.model_validate({**RECIPES["emonext-code"], "input_size": 12, "ema": None})
+    assert cfg.drop_last is False and cfg.batch_size == 64
+    split = Split(np.zeros((28709, 4, 4), np.uint8), np.zeros(28709, np.int64))  # FER-2013's training split size
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    assert setup(model, split, cfg, torch.device("cpu"), None).steps_per_epoch == 449
+    assert setup(model, split, TrainConfig.model_validate({**RECIPES["emonext-paper"], "ema": None}),
+                 torch.device("cpu"), None).steps_per_epoch == 448  # the paper recipe keeps drop_last
+
+
+def test_a_partial_last_batch_counts_every_image_once(tmp_path):
+    import numpy as np
+
+    from ferbench.data import Split
+    from ferbench.engine.train import LoopState, NoProgress, setup, train_one_epoch
+
+    cfg = TrainConfig.model_validate({"batch_size": 8, "input_size": 12, "drop_last": False, "channels_last": False,
+                                      "in_chans": 1, "lr": 1e-9, "momentum": 0.0})
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 3))
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (20, 12, 12), dtype=np.uint8), rng.integers(0, 3, 20))
+    tr = setup(model, split, cfg, torch.device("cpu"), None)
+    row = train_one_epoch(tr, 0, 0, LoopState(), NoProgress())
+    assert tr.steps_per_epoch == 3 and row["step"] == 3
+    assert row["train_acc"] * 20 == pytest.approx(round(row["train_acc"] * 20))  # a count of 20 images, not 24
+
+
+def test_the_code_recipe_validates_the_live_model_and_tests_the_ema():
+    from ferbench.spec import EVAL_PRESETS, EvalConfig
+
+    code = EvalConfig.model_validate(EVAL_PRESETS["emonext-code"])
+    assert (code.use_ema, code.val_uses_ema, code.tta, code.val_mode) == (True, False, "tencrop", "random_crop")
+    assert EvalConfig.model_validate(EVAL_PRESETS["emonext-paper"]).val_uses_ema is None  # as use_ema

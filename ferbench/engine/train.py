@@ -114,7 +114,9 @@ def setup(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device
     batch = min(cfg.batch_size, len(train))
     if batch % world:
         raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
-    steps_per_epoch = len(train) // batch
+    if not cfg.drop_last and world > 1:
+        raise FerbenchError("train.drop_last: false runs in one process (a partial last batch cannot be split evenly)")
+    steps_per_epoch = len(train) // batch if cfg.drop_last else -(-len(train) // batch)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
     ema = ModelEma(core, cfg.ema) if cfg.ema else None
@@ -186,8 +188,9 @@ def fit(
             t0 = time.perf_counter()
             row = train_one_epoch(tr, epoch, seed, loop, progress)
             if val is not None:
-                row.update(validate(tr.eval_model(eval_cfg.use_ema), val, cfg, eval_cfg, epoch_generator(seed, epoch, 2), device))
-                _track_best(loop, row["val_acc"], epoch, tr.eval_model(eval_cfg.use_ema))
+                val_model = tr.eval_model(eval_cfg.use_ema if eval_cfg.val_uses_ema is None else eval_cfg.val_uses_ema)
+                row.update(validate(val_model, val, cfg, eval_cfg, epoch_generator(seed, epoch, 2), device))
+                _track_best(loop, row["val_acc"], epoch, val_model)
             if test is not None:  # recorded for a paper's test-selected number; never used to select
                 row["test_acc"] = test_accuracy(tr.eval_model(eval_cfg.use_ema), test, cfg, device)
             row["seconds"] = time.perf_counter() - t0
@@ -225,9 +228,10 @@ def train_one_epoch(tr: Trainer, epoch: int, seed: int, loop: LoopState, progres
         progress.advance()
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == tr.steps_per_epoch:
             _check_finite(step_loss, i, loop.step, epoch)
-    seen = tr.steps_per_epoch * tr.batch
-    rows_per_step = len(range(tr.batch)[tr.mine])
-    loss_sum = dist.all_reduce(step_loss.sum() * rows_per_step)
+    sizes = [min(tr.batch, len(tr.images) - i * tr.batch) for i in range(tr.steps_per_epoch)]  # the last may be partial
+    seen = sum(sizes)
+    my_rows = torch.tensor([len(range(n)[tr.mine]) for n in sizes], device=tr.device, dtype=step_loss.dtype)
+    loss_sum = dist.all_reduce((step_loss * my_rows).sum())
     correct = dist.all_reduce(step_correct.sum())
     return {"epoch": epoch + 1, "step": loop.step, "lr": tr.opt.param_groups[0]["lr"],
             "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}

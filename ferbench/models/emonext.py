@@ -38,7 +38,7 @@ SIZES = {  # depths, dims
     "xlarge": ([3, 3, 27, 3], [256, 512, 1024, 2048]),
 }
 PAPER_SIZES = ("tiny", "small", "base", "large", "xlarge")
-OPTIONS = ("stn", "se", "sa_reg", "se_placement", "attention", "attn_scale", "sa_weight",
+OPTIONS = ("stn", "se", "sa_reg", "se_placement", "attention", "attn_scale", "sa_weight", "head_init",
            "drop_path_rate", "layer_scale_init")
 
 
@@ -161,6 +161,7 @@ class EmoNeXt(nn.Module):
         sa_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0,
         drop_path_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1,
         layer_scale_init: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6,
+        head_init: Literal["trunc_normal", "torch_default"] = "trunc_normal",
     ):
         super().__init__()
         if se_placement not in ("downsample", "stage"):
@@ -195,6 +196,8 @@ class EmoNeXt(nn.Module):
         self.apply(self._init)
         if self.stn is not None:
             self.stn.reset_to_identity()
+        if head_init == "torch_default":  # the official get_model() puts a fresh nn.Linear on after loading weights
+            self.head.reset_parameters()
 
     @staticmethod
     def _init(m: nn.Module) -> None:
