@@ -69,8 +69,9 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     input_size: int = Field(48, ge=8, le=1024)
     in_chans: Literal[1, 3] = 3
-    normalize: Literal["none", "half"] = Field(
-        "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5"
+    normalize: Literal["none", "half", "imagenet"] = Field(
+        "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5; imagenet: per-channel "
+        "ImageNet mean/std (EfficientFace's RAF-DB pipeline; needs in_chans 3)"
     )
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
@@ -108,6 +109,12 @@ class TrainConfig(_Strict):
     ema: EmaConfig | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _imagenet_needs_colour_channels(self) -> "TrainConfig":
+        if self.normalize == "imagenet" and self.in_chans != 3:
+            raise ValueError("normalize: imagenet is per colour channel: it needs in_chans: 3")
+        return self
 
     @model_validator(mode="after")
     def _clip_needs_a_scaler(self) -> "TrainConfig":

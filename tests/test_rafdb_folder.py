@@ -33,7 +33,7 @@ def test_rafdb_layout_labels_and_val_rule(tmp_path):
     assert ds.classes[0] == "surprise" and ds.classes[6] == "neutral"
     assert len(ds.splits["test"]) == 14
     assert len(ds.splits["train"]) + len(ds.splits["val"]) == 40
-    assert ds.splits["train"].images.shape[1:] == (48, 48)
+    assert ds.splits["train"].images.shape[1:] == (48, 48, 3)  # RGB, as the papers
     # label 1 (Surprise) -> class 0: train_00007 has label (7 % 7) + 1 = 1
     assert "stratified 0.2" in ds.notes["val_rule"]
     again = load_dataset("rafdb", {"size": 48, "val_fraction": 0.2}, data_root=str(tmp_path))
@@ -89,3 +89,58 @@ def test_ckplus_subject_folds(real_data):
     ds = load_dataset("folder", {"groups_key": "subject", "folds": 10, "fold": 0}, path=str(real_data / "ckplus48" / "ckplus48.npz"))
     assert ds.classes == ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
     assert sum(len(s) for s in ds.splits.values()) == 981
+
+
+def test_rafdb_in_colour_end_to_end(tmp_path):
+    """RGB arrays from the generated colour tree through augmentation, ImageNet normalisation, a
+    3-channel model and ten-crop TTA, to a complete record; grey stays an option."""
+    import json
+
+    import yaml
+
+    from ferbench import api
+    from ferbench.data import load_dataset
+
+    root = make_rafdb(tmp_path / "d", n_train=70, n_test=14)
+    ds = load_dataset("rafdb", {"size": 32}, data_root=str(root))
+    x = ds.splits["train"].images
+    assert x.shape[1:] == (32, 32, 3) and x.dtype == np.uint8 and not np.array_equal(x[..., 0], x[..., 1])
+    assert ds.notes["color"].startswith("RGB")
+    grey = load_dataset("rafdb", {"size": 32, "color": "grey"}, data_root=str(root))
+    assert grey.splits["train"].images.shape[1:] == (32, 32)
+    spec = {"name": "rgb", "datasets": [{"name": "rafdb", "options": {"size": 32}}],
+            "models": [{"id": "m", "arch": "resnet18"}], "eval": {"tta": "tencrop"},
+            "train": {"epochs": 1, "batch_size": 8, "input_size": 28, "in_chans": 3, "normalize": "imagenet",
+                      "augment": {"resize_ratio": 1.1, "rotation": 10}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    (o,) = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", data_root=str(root), estimate=False)
+    assert o.status == "complete", o.reason
+    manifest = json.loads((tmp_path / "runs" / "rgb" / o.job.id / "manifest.json").read_text())
+    assert manifest["data_notes"]["color"].startswith("RGB")
+    spec["train"]["in_chans"] = 1
+    spec["train"]["normalize"] = "half"
+    (tmp_path / "s1.yaml").write_text(yaml.safe_dump(spec))
+    (bad,) = api.run_spec(tmp_path / "s1.yaml", runs_dir=tmp_path / "runs1", data_root=str(root), estimate=False)
+    assert bad.status == "failed" and "train.in_chans must be 3" in bad.reason
+
+
+def test_rafdb_without_validation_selects_nothing_on_it(tmp_path):
+    import json
+
+    import yaml
+
+    from ferbench import api
+    from ferbench.data import load_dataset
+
+    root = make_rafdb(tmp_path / "d", n_train=28, n_test=14)
+    ds = load_dataset("rafdb", {"size": 32, "val": "none"}, data_root=str(root))
+    assert set(ds.splits) == {"train", "test"} and len(ds.splits["train"]) == 28
+    assert "selects its reported epoch on the test set" in ds.notes["val_rule"]
+    spec = {"name": "noval", "datasets": [{"name": "rafdb", "options": {"size": 32, "val": "none"}}],
+            "models": [{"id": "m", "arch": "resnet18"}], "eval": {"test_each_epoch": True},
+            "train": {"epochs": 2, "batch_size": 8, "input_size": 24}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    (o,) = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", data_root=str(root), estimate=False)
+    assert o.status == "complete", o.reason
+    metrics = json.loads((tmp_path / "runs" / "noval" / o.job.id / "metrics.json").read_text())
+    assert "val" not in metrics and set(metrics["test"]) == {"last"}  # no best-validation model exists

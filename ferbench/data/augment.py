@@ -32,7 +32,10 @@ from ferbench.spec import AugmentConfig
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) -> float (N, 1, H, W) in [0, 1]; warps happen here, so padding is black."""
+    """uint8 (N, H, W) grey or (N, H, W, 3) colour -> float (N, C, H, W) in [0, 1]; warps happen here,
+    so padding is black."""
+    if images.ndim == 4:
+        return images.permute(0, 3, 1, 2).float().div_(255.0)
     return images.unsqueeze(1).float().div_(255.0)
 
 
@@ -44,11 +47,19 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def finish(x: torch.Tensor, in_chans: int, normalize: str) -> torch.Tensor:
     """Normalise and repeat grey to 3 channels when the model wants 3 (explicit, as the papers do)."""
     if normalize == "half":
         x = x.mul(2.0).sub_(1.0)  # (x - 0.5) / 0.5 in one new tensor
-    return x.expand(-1, 3, -1, -1) if in_chans == 3 and x.shape[1] == 1 else x
+    x = x.expand(-1, 3, -1, -1) if in_chans == 3 and x.shape[1] == 1 else x
+    if normalize == "imagenet":  # per channel, after a grey image is repeated
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    return x
 
 
 _BASE_GRIDS: dict[tuple[int, str], torch.Tensor] = {}
@@ -120,18 +131,19 @@ def augment_batch(
 
     In data-parallel training each rank holds rows `part` of a global batch of `n_total`: the matrices
     are drawn for the whole global batch (same stream on every rank) and sliced, so the result equals
-    the single-process one. With out_chans=3 the grey image is repeated (channels-last on the CPU).
+    the single-process one. With out_chans=3 a grey image is repeated (channels-last on the CPU); a
+    colour image (C = 3) is warped per channel.
     """
     theta = to_device(random_affine(n_total or x.shape[0], cfg, gen)[part], x.device)
     # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
     # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
     warp = min(out_size, max(x.shape[-2:]))
     y = F.grid_sample(x, affine_grid(theta, warp).to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    if warp != out_size and y.device.type == "cpu":
+    if warp != out_size and y.device.type == "cpu" and y.shape[1] == 1:  # the grey fast path
         return upsample_bilinear(y, out_size, out_chans)
     if warp != out_size:
         y = F.interpolate(y, size=(out_size, out_size), mode="bilinear", align_corners=False)
-    return y.expand(-1, 3, -1, -1) if out_chans == 3 else y
+    return y.expand(-1, 3, -1, -1) if out_chans == 3 and y.shape[1] == 1 else y
 
 
 class _UpsamplePlan(NamedTuple):

@@ -3,14 +3,17 @@
 Labels 1..7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral (class index = label - 1);
 12,271 train / 3,068 test. RAF-DB has no validation split: `val_fraction` of train is carved off,
 stratified per class with a fixed seed (`val_seed`), and the rule is recorded with every run.
-Images are decoded once, converted to grey and resized to `size` (the pipeline is grey; the papers
-use RGB: a recorded deviation), then cached keyed by the label file and image files.
+Images are decoded once, in RGB as the papers train (`color: rgb`, (N, H, W, 3) arrays; `grey` is an
+option), resized to `size`, then cached keyed by the label file, the image files and the colour mode.
+`val: none` keeps all of train for training, as EfficientFace did (it has no validation split and
+reports its best test epoch): the record says so and no model is selected on validation.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +32,9 @@ class Options(BaseModel):
     size: int = Field(100, ge=16, le=512, description="images are resized to size x size")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     val_seed: int = 0
+    color: Literal["rgb", "grey"] = Field("rgb", description="rgb as the papers train; grey converts on decode")
+    val: Literal["carve", "none"] = Field("carve", description="carve: val_fraction of train becomes validation; none: "
+                                          "no validation split, as EfficientFace (which selects on the test set)")
 
 
 def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
@@ -69,7 +75,7 @@ def _image_path(folder: Path, name: str) -> Path:
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-def decode(path: Path, size: int) -> np.ndarray:
+def decode(path: Path, size: int, color: str = "grey") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -79,7 +85,7 @@ def decode(path: Path, size: int) -> np.ndarray:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the "
                                     f"{MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes (a face crop is far smaller)")
-            im = im.convert("L")
+            im = im.convert("RGB" if color == "rgb" else "L")  # (size, size, 3) or (size, size) uint8
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
@@ -112,18 +118,25 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
         h.update(f"{name}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
 
     def build() -> dict[str, np.ndarray]:
-        images = np.stack([decode(_image_path(files["images"], n), o.size) for n, _ in entries])
+        images = np.stack([decode(_image_path(files["images"], n), o.size, o.color) for n, _ in entries])
         return {"images": images, "labels": np.array([l for _, l in entries], np.int64),
                 "is_test": np.array([n.startswith("test_") for n, _ in entries])}
 
-    a = cached_arrays("rafdb", h.hexdigest(), {"v": PARSER_VERSION, "size": o.size}, build)
+    a = cached_arrays("rafdb", h.hexdigest(), {"v": PARSER_VERSION, "size": o.size, "color": o.color}, build)
     train_rows = np.flatnonzero(~a["is_test"])
-    val_mask = carve_val(a["labels"][train_rows], o.val_fraction, o.val_seed)
     pick = lambda rows: Split(a["images"][rows], a["labels"][rows])  # noqa: E731
-    splits = {"train": pick(train_rows[~val_mask]), "val": pick(train_rows[val_mask]), "test": pick(np.flatnonzero(a["is_test"]))}
+    if o.val == "none":
+        splits = {"train": pick(train_rows), "test": pick(np.flatnonzero(a["is_test"]))}
+        rule = ("none: no validation split, as EfficientFace, which selects its reported epoch on the test set; "
+                "ferbench selects nothing on validation and shows a best-test number only as that paper's rule, labelled test-selected")
+    else:
+        val_mask = carve_val(a["labels"][train_rows], o.val_fraction, o.val_seed)
+        splits = {"train": pick(train_rows[~val_mask]), "val": pick(train_rows[val_mask]), "test": pick(np.flatnonzero(a["is_test"]))}
+        rule = f"stratified {o.val_fraction:g} of train per class, seed {o.val_seed}"
     ds = FerDataset("rafdb", CLASSES, splits, files={str(files["labels"]): label_digest},
-                    notes={"val_rule": f"stratified {o.val_fraction:g} of train per class, seed {o.val_seed}",
-                           "color": "converted to grey (papers use RGB)", "size": o.size})
+                    notes={"val_rule": rule,
+                           "color": "RGB, as the papers" if o.color == "rgb" else "converted to grey (papers use RGB)",
+                           "size": o.size})
     check_split_nonempty(ds, str(files["labels"]))
     return ds
 

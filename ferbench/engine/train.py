@@ -114,6 +114,9 @@ def setup(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device
     batch = min(cfg.batch_size, len(train))
     if batch % world:
         raise FerbenchError(f"train.batch_size {batch} must be divisible by the {world} data-parallel processes")
+    if train.images.ndim == 4 and cfg.in_chans != 3:
+        raise FerbenchError(f"the training images are colour (N, H, W, {train.images.shape[-1]}): train.in_chans must be 3 "
+                            "(or load the dataset in grey, e.g. rafdb option color: grey)")
     if not cfg.drop_last and world > 1:
         raise FerbenchError("train.drop_last: false runs in one process (a partial last batch cannot be split evenly)")
     steps_per_epoch = len(train) // batch if cfg.drop_last else -(-len(train) // batch)
