@@ -59,7 +59,8 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
     for j in jobs:
         check_options(j.model.arch, j.model.options, where=f"models.{j.model.id}: ")
         parse_options(j.dataset.name, j.dataset.options, where=f"datasets.{j.dataset.id}: ")
-    for weights in dict.fromkeys(j.model.weights for j in jobs if j.model.weights):
+    files = [j.model.weights for j in jobs if j.model.weights] + [j.model.teacher.weights for j in jobs if j.model.teacher]
+    for weights in dict.fromkeys(files):
         read_state_dict(Path(weights))  # a missing or unloadable weights file: one line before any record
     loaded: dict[str, FerDataset] = {}
     for j in jobs:
@@ -200,6 +201,8 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
         progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                       f"kept init for {len(kept)}: {', '.join(kept[:8])}" + (" ..." if len(kept) > 8 else ""))
     teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
+    if job.model.teacher is not None:
+        teacher = teacher_from_file(job, ds.num_classes, device, manifest)
     return model, teacher
 
 
@@ -219,6 +222,24 @@ def load_teacher(job: Job, runs_dir: Path, num_classes: int, device: Any):
         p.requires_grad_(False)
     if (tjob.train.input_size, tjob.train.in_chans, tjob.train.normalize) != (job.train.input_size, job.train.in_chans, job.train.normalize):
         raise JobFailed("teacher and student must share input_size, in_chans and normalize")
+    return model
+
+
+def teacher_from_file(job: Job, num_classes: int, device: Any, manifest: Manifest):
+    """The frozen teacher a model entry names by file (`teacher: {arch, weights}`): built for this
+    job's classes and input, every tensor loaded (a teacher that kept any init would teach noise)."""
+    from ferbench.engine.weights import load_pretrained
+
+    t = job.model.teacher
+    model = create_model(t.arch, num_classes, job.train.input_size, job.train.in_chans, **t.options)
+    info = load_pretrained(model, t.weights, get_variant(t.arch).checkpoint_filter)
+    if info["kept_init"]:
+        raise JobFailed(f"teacher {t.weights}: {len(info['kept_init'])} tensors of {t.arch} with {num_classes} classes "
+                        f"did not load ({', '.join(info['kept_init'][:4])}): the teacher must match its arch and classes")
+    manifest.add(teacher={"file": t.weights, "arch": t.arch, "loaded": len(info["loaded"]), "unused": info["unused"]})
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model
 
 

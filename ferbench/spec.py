@@ -164,6 +164,15 @@ class DatasetEntry(_Strict):
         return self
 
 
+class TeacherFile(_Strict):
+    """A frozen teacher loaded from a checkpoint file (e.g. EfficientFace's LDG, a ResNet-50 saved
+    from DataParallel) instead of a `depends_on` job of the spec."""
+
+    arch: str
+    weights: str = Field(description="local checkpoint file; every tensor of the teacher must load from it")
+    options: dict[str, Any] = {}
+
+
 class ModelEntry(_Strict):
     id: str
     arch: str
@@ -171,6 +180,7 @@ class ModelEntry(_Strict):
     recipe: str | None = None
     train: dict[str, Any] = {}
     depends_on: str | None = Field(None, description="id of a model entry whose checkpoint this one needs")
+    teacher: TeacherFile | None = Field(None, description="a frozen teacher from a file (ldl_source: teacher)")
     weights: str | None = Field(None, description="local file of pretrained weights (FB, timm or torchvision keys)")
 
     @field_validator("id")
@@ -248,6 +258,8 @@ class Spec(_Strict):
         if dupes:
             raise ValueError(f"model ids must be unique, repeated: {', '.join(dupes)}")
         for m in self.models:
+            if m.depends_on is not None and m.teacher is not None:
+                raise ValueError(f"model {m.id!r}: a teacher comes from depends_on or from teacher, not both")
             if m.depends_on is not None and m.depends_on not in ids:
                 raise ValueError(f"model {m.id!r} depends_on {m.depends_on!r}, which is not a model id here")
         if len(set(self.seeds)) != len(self.seeds):

@@ -62,3 +62,32 @@ def test_fb_convnext_keys_load_into_the_timm_baseline_and_timm_keys_pass_through
     assert set(info["kept_init"]) == {"head.fc.weight", "head.fc.bias"}
     again, info2 = _load("convnext-atto", src.state_dict(), tmp_path)
     assert set(info2["kept_init"]) == {"head.fc.weight", "head.fc.bias"}
+
+
+def test_an_efficientface_style_ldg_checkpoint_teaches_a_resface_student(tmp_path):
+    """teacher: {arch, weights} freezes a file's model as the LDL target source (EfficientFace's LDG,
+    saved from DataParallel under `state_dict`); a teacher file that does not fully load fails the job."""
+    import json
+
+    import yaml
+
+    from ferbench import api
+
+    torch.manual_seed(0)
+    ldg = create_model("resnet18", 7, 32, 3)
+    torch.save({"epoch": 9, "state_dict": {f"module.{k}": v for k, v in ldg.state_dict().items()}}, tmp_path / "ldg.pth.tar")
+    spec = {"name": "t", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 8}}],
+            "models": [{"id": "s", "arch": "resface-r18", "teacher": {"arch": "resnet18", "weights": str(tmp_path / "ldg.pth.tar")},
+                        "train": {"loss": "ldl", "ldl_source": "teacher"}}],
+            "train": {"epochs": 1, "batch_size": 16, "input_size": 32}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    (o,) = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
+    assert o.status == "complete", o.reason
+    manifest = json.loads((tmp_path / "runs" / "t" / o.job.id / "manifest.json").read_text())
+    assert manifest["teacher"]["arch"] == "resnet18" and manifest["teacher"]["loaded"] == len(ldg.state_dict())
+    torch.save({"state_dict": {f"module.{k}": v for k, v in create_model("resnet18", 12, 32, 3).state_dict().items()}},
+               tmp_path / "ldg12.pth.tar")  # an LDG with another head: it cannot teach these 7 classes
+    spec["models"][0]["teacher"]["weights"] = str(tmp_path / "ldg12.pth.tar")
+    (tmp_path / "s2.yaml").write_text(yaml.safe_dump(spec))
+    (bad,) = api.run_spec(tmp_path / "s2.yaml", runs_dir=tmp_path / "runs2", estimate=False)
+    assert bad.status == "failed" and "did not load (fc.weight, fc.bias)" in bad.reason

@@ -65,7 +65,7 @@ def check_targets(cfg: TrainConfig, has_votes: bool, has_teacher: bool, dataset:
     if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and not has_votes:
         raise FerbenchError(f"dataset {dataset!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
     if uses_teacher(cfg) and not has_teacher:
-        raise FerbenchError("train.ldl_source=teacher needs a model entry with depends_on: <teacher model id>")
+        raise FerbenchError("train.ldl_source=teacher needs a teacher: depends_on: <teacher model id>, or teacher: {arch, weights}")
 
 
 def draw_labels(host_targets: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
