@@ -37,9 +37,28 @@ def register(variant: Variant) -> None:
     _REGISTRY[variant.name] = variant
 
 
+_PLUGINS_LOADED = False
+
+
 def _ensure_loaded() -> None:
-    """Import every family module (each registers its variants on import; importing twice is a no-op)."""
+    """Import every family module (each registers its variants on import; importing twice is a no-op),
+    then, once, every installed package's `ferbench.models` entry point (a module that registers its
+    variants on import, or a function that does when called)."""
+    global _PLUGINS_LOADED
     from ferbench.models import baselines, emonext, resface  # noqa: F401
+
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="ferbench.models"):
+        try:
+            loaded = ep.load()
+            if callable(loaded):
+                loaded()
+        except Exception as e:  # noqa: BLE001  (a broken plug-in is named in one line, never a traceback)
+            raise FerbenchError(f"entry point ferbench.models {ep.name!r} ({ep.value}) failed to load: {e}") from None
 
 
 def variants() -> dict[str, Variant]:
@@ -49,9 +68,41 @@ def variants() -> dict[str, Variant]:
 
 def get_variant(name: str) -> Variant:
     _ensure_loaded()
+    if name not in _REGISTRY and ":" in name:
+        register(external_variant(name))
     if name not in _REGISTRY:
-        raise FerbenchError(f"unknown model {name!r} (see `ferbench models`; e.g. {', '.join(sorted(_REGISTRY)[:6])}, ...)")
+        raise FerbenchError(f"unknown model {name!r} (see `ferbench models`; e.g. {', '.join(sorted(_REGISTRY)[:6])}, ...; "
+                            "or your own as 'package.module:function')")
     return _REGISTRY[name]
+
+
+REQUIRED_PARAMETERS = ("num_classes", "input_size", "in_chans")
+
+
+def external_variant(name: str) -> Variant:
+    """A researcher's own model named `package.module:function`: a callable with the registry's
+    signature (num_classes, input_size, in_chans, **options); its other keyword parameters are its
+    options, typed by their annotations like a built-in family's."""
+    import importlib
+    import inspect
+
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise FerbenchError(f"model {name!r}: cannot import module {module_name!r} ({e})") from None
+    build = getattr(module, attr, None)
+    if not callable(build):
+        raise FerbenchError(f"model {name!r}: module {module_name!r} has no callable {attr!r}")
+    params = inspect.signature(build).parameters
+    missing = [p for p in REQUIRED_PARAMETERS if p not in params]
+    if missing:
+        raise FerbenchError(f"model {name!r}: {attr}() must take {', '.join(REQUIRED_PARAMETERS)} (and options as keywords); "
+                            f"it lacks {', '.join(missing)}")
+    options = tuple(p for p in params if p not in REQUIRED_PARAMETERS
+                    and params[p].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    return Variant(name, "external", build, options=options, signature=build,
+                   description=(inspect.getdoc(build) or f"{module_name}.{attr}").splitlines()[0])
 
 
 def check_options(name: str, options: dict[str, Any], where: str = "") -> None:
@@ -69,8 +120,10 @@ def check_options(name: str, options: dict[str, Any], where: str = "") -> None:
 
     from pydantic import TypeAdapter, ValidationError
 
-    hints = get_type_hints(v.signature.__init__, include_extras=True)
+    hints = get_type_hints(v.signature.__init__ if isinstance(v.signature, type) else v.signature, include_extras=True)
     for key, value in options.items():
+        if key not in hints:  # an unannotated option of a researcher's own builder: passed as given
+            continue
         try:
             TypeAdapter(hints[key]).validate_python(value, strict=isinstance(value, str) and hints[key] is bool)
         except ValidationError as e:
