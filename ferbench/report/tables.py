@@ -50,6 +50,12 @@ def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int 
     return bootstrap_mean_ci(np.stack(hits).astype(float), reps, seed=seed)  # (seeds, N): images resampled
 
 
+def claim_matches(claim: dict[str, Any], model_id: str, arch: str, dataset: str) -> bool:
+    """Whether runs of this model id, architecture and dataset count for `claim`: its model id and
+    dataset, and its architecture when it names one (a ResFace-R50 claim never counts an R18 run)."""
+    return claim["model"] == model_id and claim["dataset"] == dataset and claim.get("arch") in (None, arch)
+
+
 def fmt_pct(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.{digits}f}"
 
@@ -73,8 +79,8 @@ def accuracy_table(
             accs = sub[f"acc_{which}"].to_numpy(float)
             recs = [r for r in records if r.id in set(sub["run"])]
             ci = pooled_ci(recs, which)
-            claim = next((c for c in claims if c["model"] == sub["model_id"].iloc[0] and c["dataset"] == d
-                          and c.get("arch") in (None, sub["arch"].iloc[0]) and c.get("metric", "accuracy") == "accuracy"), None)
+            claim = next((c for c in claims if c.get("metric", "accuracy") == "accuracy"
+                          and claim_matches(c, sub["model_id"].iloc[0], sub["arch"].iloc[0], d)), None)
             mean = float(accs.mean())
             cells[d] = {
                 "mean": mean, "std": float(accs.std(ddof=1)) if accs.size > 1 else None, "n": int(accs.size),

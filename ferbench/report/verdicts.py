@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ferbench.records import RunRecord
-from ferbench.report.tables import pooled_ci, runs_frame
+from ferbench.report.tables import claim_matches, pooled_ci, runs_frame
 
 BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data")
 LABELS_OF_LOSS = {"ce": "hard", "ldl": "distribution", "sampled": "distribution", "multi_target": "distribution"}
@@ -89,11 +89,11 @@ def claim_verdicts(claims: list[dict[str, Any]], records: list[RunRecord]) -> li
 def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> list[dict[str, Any]]:
     base = {"model": claim["model"], "arch": claim.get("arch"), "dataset": claim["dataset"], "claim": claim["value"] / 100,
             "source": claim["source"]}
-    same_model = [r for r in records if r.complete and r.job["job"]["model"]["id"] == claim["model"]
-                  and r.job["job"]["dataset"]["id"] == claim["dataset"]]
-    matched = [r for r in same_model if claim.get("arch") in (None, r.job["job"]["model"]["arch"])]
-    if not matched:
-        ran = sorted({r.job["job"]["model"]["arch"] for r in same_model})
+    keys = {r.id: (r.job["job"]["model"]["id"], r.job["job"]["model"]["arch"], r.job["job"]["dataset"]["id"])
+            for r in records if r.complete}  # (model id, arch, dataset)
+    matched = [r for r in records if r.id in keys and claim_matches(claim, *keys[r.id])]
+    if not matched:  # say why: the model ran, but as another architecture, or not at all
+        ran = sorted({a for m, a, d in keys.values() if m == claim["model"] and d == claim["dataset"]})
         why = (f"{claim['model']} ran as {', '.join(ran)}, the claim is about {claim['arch']}" if ran
                else f"no complete run of {claim['model']} on {claim['dataset']}")
         return [{**base, "verdict": "no matching run", "why": why, "label": None, "mean": None, "ci": None,
