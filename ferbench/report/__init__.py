@@ -230,6 +230,7 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
     `with_records` also copies the records behind each page (no checkpoints) to <page>/records/."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
     rendered: list[tuple[Path, bytes]] = []
+    copies: list[tuple[Path, Path]] = []  # (spec folder, its page's records/ folder)
     for folder in spec_folders(target, runs_dir):
         ctx, figs = build_context(folder)
         records = ctx.pop("records")
@@ -238,30 +239,32 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
             raise FerbenchError(f"{folder}: a report would be written outside {out}")
         html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
         md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
+        summary = page_summary(ctx)
         # figures first, pages after: a write that fails (a full disk) never leaves a page without its figures
         rendered += [(dest / "figures" / n, b) for n, b in figs.items()]
-        rendered += _exports(dest, formats, ctx, records)
-        rendered += [(dest / "verdicts.json", json.dumps(page_summary(ctx), indent=2).encode())]
+        rendered += _exports(dest, formats, ctx, records, summary["verdicts"])
+        rendered += [(dest / "verdicts.json", json.dumps(summary, indent=2).encode())]
         rendered += [(dest / name, text.encode()) for name, text, fmt in (("report.md", md, "md"), ("index.html", html, "html"))
                      if fmt in formats]
+        if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
+            copies.append((folder, dest / "records"))
     for path, data in rendered:
         write_bytes_atomic(path, data)
-    if with_records:
-        for folder in spec_folders(target, runs_dir):
-            if folder.resolve() != (out / folder.resolve().name / "records" / folder.resolve().name).resolve():
-                copy_records(folder, out / folder.resolve().name / "records")
+    for folder, records_dir in copies:
+        copy_records(folder, records_dir)
     index = write_index(out)
     return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
 
 
-def _exports(dest: Path, formats: tuple[str, ...], ctx: dict[str, Any], records: list[RunRecord]) -> list[tuple[Path, bytes]]:
+def _exports(dest: Path, formats: tuple[str, ...], ctx: dict[str, Any], records: list[RunRecord],
+             verdicts: list[dict[str, Any]]) -> list[tuple[Path, bytes]]:
     from ferbench.report import exports
 
     out = []
     if "csv" in formats:
         out.append((dest / "results.csv", exports.results_csv(records)))
     if "json" in formats:
-        out.append((dest / "results.json", exports.results_json(records, page_summary(ctx)["verdicts"])))
+        out.append((dest / "results.json", exports.results_json(records, verdicts)))
     if "latex" in formats and ctx["tables"]["last"]["rows"]:
         out.append((dest / "results.tex", exports.latex_table(ctx["tables"], "last", ctx["name"])))
     return out
