@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,13 +46,14 @@ class Options(BaseModel):
     soft_targets: Literal["votes", "protocol"] | None = Field(
         None, description="the per-sample target distribution: the annotators' votes, or the protocol's processed "
         "distribution; None: votes under majority (label-distribution learning), the processed one otherwise")
-
-    @property
-    def targets(self) -> str:
-        return self.soft_targets or ("votes" if self.protocol == "majority" else "protocol")
     votes: Literal["fer2013new", "label_csv"] = Field(
         "fer2013new", description="fer2013new.csv (the README's label file) or FER2013{Train,Valid,Test}/label.csv "
         "(what the official trainer src/train.py reads); they disagree on 1,602 images")
+
+    @property
+    def targets(self) -> str:
+        """The target distribution in use (`soft_targets`, or its protocol's default)."""
+        return self.soft_targets or ("votes" if self.protocol == "majority" else "protocol")
 
 
 def process_votes(raw: np.ndarray, mode: str) -> np.ndarray:
@@ -117,18 +118,27 @@ def find_votes(root: Path | None, path: str | None) -> Path:
     raise FerbenchError(f"ferplus: expected {cands[0]} (fer2013new.csv from microsoft/FERPlus): file not found")
 
 
+def vote_counts(columns: Any, path: Path, first_line: int) -> np.ndarray:
+    """(N, 10) vote counts from a frame's 10 text columns (VOTE_COLUMNS' order), each 0-999: one line
+    naming the file, line and column of the first that is not (either official table)."""
+    votes = np.zeros((len(columns), len(VOTE_COLUMNS)), dtype=np.int16)
+    for j, col in enumerate(VOTE_COLUMNS):
+        raw = columns.iloc[:, j]
+        s = raw.str.strip()
+        ok = s.str.fullmatch(r"\d{1,3}").to_numpy()
+        if not ok.all():
+            i = int(np.argmax(~ok))
+            raise FerbenchError(f"{path}: line {i + first_line}: column {col!r}: vote count {raw.iloc[i]!r} is not a "
+                                "non-negative integer")
+        votes[:, j] = s.astype(np.int64).to_numpy()
+    return votes
+
+
 def parse_votes(path: Path) -> dict[str, np.ndarray]:
     """Usage codes, names present, and the (N, 10) vote table, validated."""
     df = read_csv_frame(path, COLUMNS)
     split = split_codes(df, path)
-    votes = np.zeros((len(df), len(VOTE_COLUMNS)), dtype=np.int16)
-    for j, col in enumerate(VOTE_COLUMNS):
-        s = df[col].str.strip()
-        ok = s.str.fullmatch(r"\d{1,3}").to_numpy()
-        if not ok.all():
-            i = int(np.argmax(~ok))
-            raise FerbenchError(f"{path}: line {i + 2}: column {col!r}: vote count {df[col].iloc[i]!r} is not a non-negative integer")
-        votes[:, j] = s.astype(np.int64).to_numpy()
+    votes = vote_counts(df[VOTE_COLUMNS], path, first_line=2)  # line 1 is the header
     names = df["Image name"].str.strip().to_numpy()
     # the official export: unnamed rows dropped; a reused name keeps its last row
     keep = names != ""
@@ -157,19 +167,15 @@ def parse_label_csv(paths: list[Path], names: np.ndarray, exported: np.ndarray, 
             raise FerbenchError(f"{path}: not a readable label.csv ({type(e).__name__})") from None
         if df.shape[1] != 2 + len(VOTE_COLUMNS):
             raise FerbenchError(f"{path}: expected 12 columns (name, face box, {len(VOTE_COLUMNS)} vote counts), got {df.shape[1]}")
-        counts = df.iloc[:, 2:].apply(lambda c: c.str.strip())
-        ok = counts.apply(lambda c: c.str.fullmatch(r"\d{1,3}")).to_numpy()
-        if not ok.all():
-            line, col = np.argwhere(~ok)[0]
-            raise FerbenchError(f"{path}: line {line + 1}: column {VOTE_COLUMNS[col]!r}: vote count "
-                                f"{df.iloc[line, col + 2]!r} is not a non-negative integer")
-        for line, name in enumerate(df.iloc[:, 0].str.strip()):
-            i = row_of.get(name)
-            if i is None or split[i] != code:
-                raise FerbenchError(f"{path}: line {line + 1}: image {name!r} is not a "
-                                    f"{LABEL_CSV_FOLDERS[code][7:]} image of fer2013new.csv")
-            votes[i] = counts.iloc[line].astype(int).to_numpy()
-            listed[i] = True
+        counts = vote_counts(df.iloc[:, 2:], path, first_line=1)  # no header
+        rows = np.array([row_of.get(name, -1) for name in df.iloc[:, 0].str.strip()], dtype=np.int64)
+        wrong = (rows < 0) | (split[np.maximum(rows, 0)] != code)
+        if wrong.any():
+            line = int(np.argmax(wrong))
+            raise FerbenchError(f"{path}: line {line + 1}: image {df.iloc[line, 0].strip()!r} is not a "
+                                f"{LABEL_CSV_FOLDERS[code][7:]} image of fer2013new.csv")
+        votes[rows] = counts
+        listed[rows] = True
     return {"votes": votes, "exported": listed}
 
 
