@@ -117,11 +117,9 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
 
     from ferbench.engine import dist
     from ferbench.launch import run_local, run_submitit, run_workers, submitit_executor
-    from ferbench.machine import pick_device
+    from ferbench.machine import check_threads, pick_device
     from ferbench.records import check_writable, write_spec_snapshot
     from ferbench.runner import prepare
-
-    from ferbench.machine import check_threads
 
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)

@@ -119,7 +119,8 @@ def _from_tree(root: Path, o: Options) -> FerDataset:
     classes = o.classes or sorted(d.name for d in split_dirs["train"].iterdir() if d.is_dir())
     files = {s: sorted((f, classes.index(c.name)) for c in d.iterdir() if c.is_dir() and c.name in classes
                        for f in c.iterdir() if f.suffix.lower() in EXTS) for s, d in split_dirs.items()}
-    empty = [c for c, i in ((c, classes.index(c)) for c in classes) if not any(y == i for _, y in files["train"])]
+    present = {y for _, y in files["train"]}
+    empty = [c for i, c in enumerate(classes) if i not in present]
     if empty:
         raise FerbenchError(f"{root / 'train'}: class folder(s) {', '.join(map(repr, empty))} hold no images "
                             f"({', '.join(sorted(EXTS))}); remove them or add images")

@@ -125,13 +125,14 @@ def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
     a = cached_arrays("rafdb", h.hexdigest(), {"v": PARSER_VERSION, "size": o.size, "color": o.color}, build)
     train_rows = np.flatnonzero(~a["is_test"])
     pick = lambda rows: Split(a["images"][rows], a["labels"][rows])  # noqa: E731
+    test = pick(np.flatnonzero(a["is_test"]))
     if o.val == "none":
-        splits = {"train": pick(train_rows), "test": pick(np.flatnonzero(a["is_test"]))}
+        splits = {"train": pick(train_rows), "test": test}
         rule = ("none: no validation split, as EfficientFace, which selects its reported epoch on the test set; "
                 "ferbench selects nothing on validation and shows a best-test number only as that paper's rule, labelled test-selected")
     else:
         val_mask = carve_val(a["labels"][train_rows], o.val_fraction, o.val_seed)
-        splits = {"train": pick(train_rows[~val_mask]), "val": pick(train_rows[val_mask]), "test": pick(np.flatnonzero(a["is_test"]))}
+        splits = {"train": pick(train_rows[~val_mask]), "val": pick(train_rows[val_mask]), "test": test}
         rule = f"stratified {o.val_fraction:g} of train per class, seed {o.val_seed}"
     ds = FerDataset("rafdb", CLASSES, splits, files={str(files["labels"]): label_digest},
                     notes={"val_rule": rule,
