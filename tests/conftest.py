@@ -85,3 +85,14 @@ def small_fer(tmp_path) -> tuple[Path, dict]:
     rows = [rows[i] for i in order]
     path = write_fer_csv(tmp_path / "data" / "fer2013" / "fer2013.csv.gz", rows, gz=True)
     return path, {"rows": rows, "truth": truth}
+
+
+def run_spec_dict(folder: Path, spec: dict, runs_dir: Path | None = None, name: str = "s.yaml") -> list:
+    """Write `spec` to folder/name and run it into runs_dir (default folder/runs) without the time
+    probe; the jobs' outcomes."""
+    import yaml
+
+    from ferbench import api
+
+    (folder / name).write_text(yaml.safe_dump(spec))
+    return api.run_spec(folder / name, runs_dir=runs_dir or folder / "runs", estimate=False)

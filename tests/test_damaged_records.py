@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from ferbench import api
 from ferbench.cli import app
+from tests.conftest import run_spec_dict
 
 SPEC = {"name": "dm", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
         "models": [{"id": "m", "arch": "resnet18"}, {"id": "n", "arch": "resnet18", "train": {"lr": 0.05}}],
@@ -27,8 +28,7 @@ SPEC = {"name": "dm", "datasets": [{"name": "synthfer", "options": {"n_train": 3
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pristine")
-    (d / "s.yaml").write_text(yaml.safe_dump(SPEC))
-    api.run_spec(d / "s.yaml", runs_dir=d / "runs", estimate=False)
+    run_spec_dict(d, SPEC)
     return d / "runs"
 
 
@@ -158,8 +158,7 @@ FULL = {"name": "fd", "datasets": [{"name": "synthfer", "options": {"n_train": 3
 
 
 def test_a_full_disk_mid_run_keeps_the_previous_checkpoint_and_a_later_run_resumes_exactly(tmp_path):
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(FULL))
-    api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "whole", estimate=False)
+    run_spec_dict(tmp_path, FULL, tmp_path / "whole")
     whole = next((tmp_path / "whole" / "fd").glob("m__*"))
     size = (whole / "checkpoint.pt").stat().st_size
     small = tmp_path / "small"

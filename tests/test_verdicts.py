@@ -17,6 +17,7 @@ from ferbench import api
 from ferbench.records import discover
 from ferbench.report.tables import pooled_ci, runs_frame
 from ferbench.report.verdicts import claim_verdicts
+from tests.conftest import run_spec_dict
 
 SPEC = {"name": "vd", "datasets": [{"name": "synthfer", "options": {"n_train": 48, "n_val": 16, "n_test": 48}}],
         "models": [{"id": "zeta", "arch": "resnet18"}, {"id": "alpha", "arch": "resnet18", "train": {"lr": 0.05}}],
@@ -26,8 +27,7 @@ SPEC = {"name": "vd", "datasets": [{"name": "synthfer", "options": {"n_train": 4
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("vd")
-    (d / "s.yaml").write_text(yaml.safe_dump(SPEC))
-    api.run_spec(d / "s.yaml", runs_dir=d / "runs", estimate=False)
+    run_spec_dict(d, SPEC)
     return d / "runs"
 
 
@@ -155,9 +155,7 @@ def test_records_published_with_a_page_render_the_same_page_without_checkpoints(
 
 
 def test_per_epoch_test_accuracy_changes_no_weight_and_gives_the_paper_rule(runs, tmp_path):
-    spec = {**SPEC, "eval": {"test_each_epoch": True}}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
-    outcomes = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
+    outcomes = run_spec_dict(tmp_path, {**SPEC, "eval": {"test_each_epoch": True}})
     plain = {r.id: r for r in discover(runs / "vd")}
     assert {o.job.id for o in outcomes} == set(plain)  # not part of the job's identity
     with_test = {r.id: r for r in discover(tmp_path / "runs" / "vd")}
