@@ -21,10 +21,11 @@ LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning befor
 @dataclass
 class PlannedJob:
     job: Job
-    status: str  # done | resume | new | failed (a finished-but-failed record runs again) | other data
+    status: str  # done | resume | new | evaluate (no training) | failed (runs again) | other data
     epochs_done: int
     estimate_s: float | None  # what is left of it; None when not estimated
     conflict: str | None = None  # why its record cannot be reused (status "other data")
+    trained_in: str | None = None  # status evaluate: the finished record whose training it reuses
 
 
 @dataclass
@@ -53,6 +54,19 @@ class Plan:
         smaller = [p for p in self.spec.profiles if p != self.profile]
         hint = f"; try --profile {' or --profile '.join(smaller)}" if smaller else ""
         return f"estimated {format_seconds(total)} on {self.device}{hint} (`ferbench plan` lists each job)"
+
+    def leakage(self) -> list[str]:
+        """A line per dataset split whose test set is not independent of its training set (subjects
+        on both sides, near-identical images across them): `data.leakage` notes."""
+        from ferbench.runner import dataset_key
+
+        out = []
+        for j in self.jobs:
+            note = self.datasets[dataset_key(j.job)].notes.get("leakage")
+            line = f"dataset {j.job.dataset.id} ({j.job.dataset.options or 'default split'}): {note}" if note else None
+            if line and line not in out:
+                out.append(line)
+        return out
 
 
 class RunHooks:
@@ -87,7 +101,7 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
           estimate: bool) -> Plan:
     from ferbench.estimate import epochs_done, job_seconds, probe
     from ferbench.records import read_manifest
-    from ferbench.runner import data_conflict, dataset_key
+    from ferbench.runner import data_conflict, dataset_key, find_trained
 
     plan = Plan(spec, profile, device, runs_dir, datasets=datasets)
     for job in jobs:
@@ -97,29 +111,37 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
         state = {"complete": "done", "failed": "failed"}.get(manifest.get("status", ""), "resume" if done else "new")
         ds = datasets[dataset_key(job)]
         conflict = data_conflict(job, ds, job_dir, manifest)
+        donor = find_trained(job, ds, runs_dir) if state in ("new", "failed") and job.train.epochs else None
         if conflict:
             state = "other data"
+        elif donor is not None or (state == "new" and job.train.epochs == 0):
+            state, done = "evaluate", job.train.epochs
         secs = None
         if state in ("done", "other data"):
             secs = 0.0
         elif estimate:
-            secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state == "resume" else 0)
-        plan.jobs.append(PlannedJob(job, state, done, secs, conflict))
+            secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state in ("resume", "evaluate") else 0)
+        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None))
     return plan
 
 
 def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None,
              runs_dir: str | Path = "runs", data_root: str | None = None, device: str = "auto",
-             threads: int | None = None, hooks: RunHooks | None = None, estimate: bool = True) -> list[Any]:
+             threads: int | None = None, hooks: RunHooks | None = None, estimate: bool = True,
+             train: bool = True) -> list[Any]:
     """Train and evaluate every job of a spec (finished ones skipped, interrupted ones resumed) with
-    the spec's launcher (`overrides` may set `launcher.*`); returns each job's `Outcome`."""
+    the spec's launcher (`overrides` may set `launcher.*`); returns each job's `Outcome`.
+
+    With `train=False` (`ferbench eval`) nothing trains: a job is evaluated when a finished record
+    holds its training (it differs only in evaluation settings) or it has `train.epochs: 0`; any
+    other unfinished job is returned as `untrained` and left alone."""
     import torch
 
     from ferbench.engine import dist
     from ferbench.launch import run_local, run_submitit, run_workers, submitit_executor
     from ferbench.machine import check_threads, pick_device
     from ferbench.records import check_writable, write_spec_snapshot
-    from ferbench.runner import prepare
+    from ferbench.runner import Outcome, prepare
 
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)
@@ -138,6 +160,9 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     conflict = next((p.conflict for p in plan.jobs if p.conflict), None)
     if conflict:  # a record made from other data is never reused, resumed or overwritten
         raise FerbenchError(conflict)
+    all_jobs = jobs
+    untrained = [] if train else [p.job for p in plan.jobs if p.status not in ("done", "evaluate")]
+    jobs = [j for j in jobs if j not in untrained]
     if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
         return run_local(jobs, runs_dir, datasets, dev)
     executor = submitit_executor(runs_dir, lc) if lc.name == "submitit" else None
@@ -145,12 +170,20 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{lc.workers} workers" if lc.workers > 1 else "local"))
     try:
         if lc.name == "submitit":
-            return run_submitit(jobs, executor, runs_dir, data_root, str(dev), threads, hooks.outcome)
-        if lc.workers > 1:
-            return run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, hooks.outcome)
-        return run_local(jobs, runs_dir, datasets, dev, hooks.progress_for, hooks.outcome)
+            outcomes = run_submitit(jobs, executor, runs_dir, data_root, str(dev), threads, hooks.outcome)
+        elif lc.workers > 1:
+            outcomes = run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, hooks.outcome)
+        else:
+            outcomes = run_local(jobs, runs_dir, datasets, dev, hooks.progress_for, hooks.outcome)
+        for job in untrained:
+            outcomes.append(Outcome(job, "untrained", reason="no finished record holds its training: `ferbench run` it"))
+            hooks.outcome(outcomes[-1])
     finally:
         hooks.done()
+    if not untrained:
+        return outcomes
+    by_id = {o.job.id: o for o in outcomes}
+    return [by_id[j.id] for j in all_jobs if j.id in by_id]
 
 
 def report_spec(target: str | None = None, runs_dir: str | Path = "runs", out: str | Path = "reports",
@@ -164,12 +197,52 @@ def report_spec(target: str | None = None, runs_dir: str | Path = "runs", out: s
 
 
 def compare(a: str, b: str, runs_dir: str | Path = "runs", dataset: str | None = None,
-            out: str | Path | None = None) -> tuple[dict[str, Any], list[Path]]:
-    """Two families (or model ids) side by side with paired statistics; also written under `out` if given."""
+            out: str | Path | None = None, published: str | Path | None = "reports") -> tuple[dict[str, Any], list[Path]]:
+    """Two families (or model ids) side by side with paired statistics; also written under `out` if given.
+    With no complete run under `runs_dir`, the records published under `published` are compared."""
     from ferbench.report.compare import compare as compare_records, write_compare
 
-    result = compare_records(a, b, Path(runs_dir), dataset)
+    result = compare_records(a, b, Path(runs_dir), dataset, Path(published) if published else None)
     return result, (write_compare(result, Path(out)) if out is not None else [])
+
+
+def find_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A run folder named by its path, or as <spec>/<job-id> under `runs_dir`."""
+    path = Path(run)
+    if not path.is_dir() and (Path(runs_dir) / path).is_dir():
+        path = Path(runs_dir) / path
+    if not path.is_dir():
+        raise FerbenchError(f"{run}: no such run folder (give runs/<spec>/<job-id>, or <spec>/<job-id> under --runs-dir)")
+    return path
+
+
+def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta: str | None = None,
+            runs_dir: str | Path = "runs", out: str | Path | None = None) -> Any:
+    """Class probabilities for image files and folders from a finished run's model (`predict.Predictions`);
+    also written to `out` (.csv or .json) when given, if any image was predicted."""
+    from ferbench.predict import predict_files, write_predictions
+    from ferbench.trained import load_run
+
+    if tta is not None and tta not in ("none", "flip", "tencrop"):
+        raise FerbenchError(f"--tta {tta!r}: expected none, flip or tencrop")
+    result = predict_files(load_run(find_run(run, runs_dir), which), list(inputs), tta)
+    if out is not None and result.files:
+        write_predictions(result, Path(out))
+    return result
+
+
+def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | Path | None = None,
+           runs_dir: str | Path = "runs", tolerance: float = 1e-4) -> Any:
+    """A finished run's model as ONNX, TorchScript or a torch.export program, with its sidecar JSON and parity check (`export.Exported`)."""
+    from ferbench.export import default_path, export_model
+    from ferbench.trained import load_run
+
+    from ferbench.export import SUFFIX
+
+    if fmt not in SUFFIX:
+        raise FerbenchError(f"--format {fmt!r}: expected {', '.join(SUFFIX)}")
+    tm = load_run(find_run(run, runs_dir), which)
+    return export_model(tm, fmt, Path(out) if out else default_path(tm, fmt), tolerance)
 
 
 def list_models() -> list[dict[str, Any]]:

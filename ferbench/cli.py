@@ -87,13 +87,13 @@ def _plan_table(plan: Any) -> Table:
     for p in plan.jobs:
         status = f"resume after epoch {p.epochs_done}" if p.status == "resume" else p.status
         est = "-" if p.estimate_s is None else format_seconds(p.estimate_s)
-        t.add_row(p.job.id, p.job.model.id, p.job.dataset.id, str(p.job.seed), status, est)
+        t.add_row(p.job.id, p.job.model.id, p.job.split_label, str(p.job.seed), status, est)
     return t
 
 
 def _plan_json(plan: Any) -> dict[str, Any]:
     return {"spec": plan.spec.name, "profile": plan.profile, "device": str(plan.device), "estimate_s": plan.estimate_s,
-            "jobs": [{"id": p.job.id, "model": p.job.model.id, "dataset": p.job.dataset.id, "seed": p.job.seed,
+            "jobs": [{"id": p.job.id, "model": p.job.model.id, "dataset": p.job.dataset.id, "fold": p.job.fold, "seed": p.job.seed,
                       "depends_on": p.job.depends_on, "status": p.status, "epochs_done": p.epochs_done,
                       "estimate_s": p.estimate_s} for p in plan.jobs]}
 
@@ -127,6 +127,8 @@ def plan(
                       "rough)", highlight=False)
     if p.warning():
         _warn(p.warning())
+    for line in p.leakage():
+        _warn(f"leakage: {line}")
 
 
 class RichRun:
@@ -149,13 +151,15 @@ class RichRun:
                       f"threads, {launcher}{est}) -> {escape(str(plan.runs_dir / plan.spec.name))}", highlight=False)
         if plan.warning():
             _warn(plan.warning())
+        for line in plan.leakage():
+            _warn(f"leakage: {line}")
         self.started = True
         self.bar.start()
 
     def progress_for(self, job: Any) -> RichEpochs:
         if self.current is not None:
             self.current.close()
-        self.current = RichEpochs(self.bar, f"{job.model.id}/{job.dataset.id}/s{job.seed}")
+        self.current = RichEpochs(self.bar, f"{job.model.id}/{job.split_label}/s{job.seed}")
         self.running = f"job {job.id}"
         return self.current
 
@@ -189,6 +193,7 @@ def run(
     cpus: Optional[int] = typer.Option(None, "--cpus", help="SLURM CPUs per job"),
     mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="SLURM memory per job"),
     time_min: Optional[int] = typer.Option(None, "--time-min", help="SLURM time limit per job (minutes)"),
+    log: list[str] = typer.Option([], "--log", help="also log each epoch to: tensorboard (event files in each job folder's tensorboard/)"),
 ) -> None:
     """Train and evaluate every (model x dataset x seed) job of SPEC; finished jobs are skipped,
     interrupted ones resume from their last checkpoint."""
@@ -197,7 +202,8 @@ def run(
     hooks = RichRun()
     try:
         overrides = _overrides(set_, name=launcher, workers=workers, executor=executor, partition=partition,
-                               gpus_per_node=gpus, cpus_per_task=cpus, mem_gb=mem_gb, timeout_min=time_min)
+                               gpus_per_node=gpus, cpus_per_task=cpus, mem_gb=mem_gb, timeout_min=time_min,
+                               log=log or None)
         outcomes = api.run_spec(spec, profile, overrides, runs_dir, data_root, device, threads, hooks, estimate)
     except FerbenchError as e:
         _fail(str(e))
@@ -208,15 +214,43 @@ def run(
         raise typer.Exit(130) from None
     if not hooks.started:  # a data-parallel rank > 0: rank 0 reports
         return
+    _outcome_table(outcomes)
+
+
+def _outcome_table(outcomes: list[Any]) -> None:
+    """The jobs' outcomes as a table; exit 1 when any failed or was left untrained."""
     table = Table(title=f"{outcomes[0].job.spec}: test accuracy (last epoch)")
     for col in ("model", "dataset", "seed", "status", "test acc", "seconds"):
         table.add_column(col)
     for o in outcomes:
         acc = "-" if o.test_acc is None else f"{o.test_acc:.4f}"
-        table.add_row(o.job.model.id, o.job.dataset.id, str(o.job.seed), o.status, acc, f"{o.seconds:.1f}")
+        table.add_row(o.job.model.id, o.job.split_label, str(o.job.seed), o.status, acc, f"{o.seconds:.1f}")
     console.print(table)
-    if any(o.status == "failed" for o in outcomes):
+    if any(o.status in ("failed", "untrained") for o in outcomes):
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    spec: SpecArg,
+    profile: ProfileOpt = None,
+    set_: SetOpt = [],
+    runs_dir: RunsDirOpt = Path("runs"),
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Evaluate without training: each job of SPEC whose training a finished record holds (it differs
+    only in evaluation settings, e.g. --set eval.tta=tencrop) or that has train.epochs: 0 with
+    weights: gets an ordinary run record; the others are listed as untrained."""
+    from ferbench import api
+
+    hooks = RichRun()
+    try:
+        outcomes = api.run_spec(spec, profile, _overrides(set_), runs_dir, data_root, device, None, hooks, False, train=False)
+    except FerbenchError as e:
+        _fail(str(e))
+    if hooks.started:
+        _outcome_table(outcomes)
 
 
 @app.command()
@@ -256,6 +290,9 @@ def compare(
         res, written = api.compare(a, b, runs_dir, dataset, out)
     except FerbenchError as e:
         _fail(str(e))
+    if res["records_from"] != str(runs_dir):
+        err.print(f"no run records under {runs_dir}: comparing the published records under {res['records_from']}",
+                  markup=False, highlight=False)
     for p in written:
         err.print(f"wrote {p}", markup=False, highlight=False)
     if as_json:
@@ -441,6 +478,65 @@ def data_plot(
             console.print(f"wrote {p}", markup=False, highlight=False)
     except FerbenchError as e:
         _fail(str(e))
+
+
+RunArg = Annotated[str, typer.Argument(help="a finished run: runs/<spec>/<job-id>, or <spec>/<job-id> under --runs-dir")]
+WhichOpt = Annotated[str, typer.Option("--which", help="last (the model the run's test numbers are for) or best (best validation epoch)")]
+
+
+@app.command()
+def predict(
+    run: RunArg,
+    images: list[str] = typer.Argument(..., help="face-crop image files or folders of them (searched recursively)"),
+    which: WhichOpt = "last",
+    tta: Optional[str] = typer.Option(None, "--tta", help="none, flip or tencrop (default: as the run evaluated)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image) or .json here"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+) -> None:
+    """Class probabilities for face crops from a finished run's model. Undecodable images are refused
+    one line each and the rest predicted; exit 1 when any was refused, 2 when none was predicted."""
+    from ferbench import api
+
+    try:
+        res = api.predict(run, images, which, tta, runs_dir, out)
+    except FerbenchError as e:
+        _fail(str(e))
+    for line in res.refused:
+        err.print(f"[bold yellow]refused:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if not res.files:
+        _fail("no image could be predicted; nothing written")
+    if out is not None:
+        err.print(f"wrote {out} ({len(res.files)} images)", markup=False, highlight=False)
+    else:
+        t = Table(title=escape(f"{res.run} ({res.selection} model, TTA {res.tta})"))
+        for c in ("file", "prediction", *res.classes):
+            t.add_column(escape(c))
+        for row in res.rows():
+            t.add_row(escape(row["file"]), escape(row["prediction"]), *(f"{row[c]:.3f}" for c in res.classes))
+        console.print(t)
+    if res.refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: RunArg,
+    fmt: str = typer.Option("onnx", "--format", help="onnx (opset 18, checked in onnxruntime), torchscript or pt2 (torch.export)"),
+    which: WhichOpt = "last",
+    out: Optional[Path] = typer.Option(None, "--out", help="the file to write (default exports/<job-id>-<which>.onnx|.pt|.pt2)"),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="largest max-abs logit difference against PyTorch accepted"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+) -> None:
+    """A finished run's model as ONNX, TorchScript or a torch.export program, with a JSON of its inputs and classes; the file is
+    run against PyTorch on a batch and written only if the logits agree."""
+    from ferbench import api
+
+    try:
+        res = api.export(run, fmt, which, out, runs_dir, tolerance)
+    except FerbenchError as e:
+        _fail(str(e))
+    console.print(f"wrote {escape(str(res.path))} and {escape(str(res.sidecar))}; parity on {res.batch} images: "
+                  f"max abs logit difference {res.max_abs_diff:.3g}", highlight=False)
 
 
 def main() -> None:

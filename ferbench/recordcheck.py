@@ -102,9 +102,11 @@ def check_predictions(arrays: dict[str, np.ndarray], n_classes: int) -> str | No
             return f"predictions.npz: {key} must be a 1-D integer array, got {a.dtype} {a.shape}"
     for key, a in arrays.items():
         if key.endswith((".logits", ".targets")):
-            n = len(arrays.get(key.split(".")[0] + ".labels", []))
-            if a.shape != (n, n_classes) or a.dtype.kind != "f":
-                return f"predictions.npz: {key} must be float ({n}, {n_classes}), got {a.dtype} {a.shape}"
+            prefix = key.rsplit(".", 2 if key.endswith(".logits") else 1)[0]  # test | cross.<id>
+            n = len(arrays.get(prefix + ".labels", []))
+            k = a.shape[-1] if prefix.startswith("cross.") and a.ndim == 2 and a.shape[-1] else n_classes  # target classes
+            if a.shape != (n, k) or a.dtype.kind != "f":
+                return f"predictions.npz: {key} must be float ({n}, {k}), got {a.dtype} {a.shape}"
     return None
 
 

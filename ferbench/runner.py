@@ -32,8 +32,8 @@ from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import check_options, create_model, get_variant
-from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, remove_orphans, write_json_atomic,
-                              write_npz_atomic, write_text_atomic)
+from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, read_manifest, remove_orphans,
+                              write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
 
@@ -49,30 +49,52 @@ class Outcome:
 def dataset_key(job: Job) -> str:
     """Jobs with equal keys share one loaded dataset."""
     d = job.dataset
-    return json.dumps([d.name, d.options, d.path, d.subset.model_dump() if d.subset else None], sort_keys=True)
+    return json.dumps([d.name, d.options, d.path, d.subset.model_dump() if d.subset else None,
+                       [t.model_dump() for t in d.cross]], sort_keys=True)
 
 
 def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
     """Validate every job and load each distinct dataset once. Raises FerbenchError, writes nothing."""
+    from ferbench.hub import resolve_weights
     from ferbench.engine.weights import read_state_dict
 
+    from ferbench.engine.sinks import check_available
+
+    check_available(sorted({name for j in jobs for name in j.log}))
     for j in jobs:
+        if j.train.epochs == 0 and not j.model.weights:
+            raise FerbenchError(f"models.{j.model.id}: train.epochs: 0 evaluates pretrained weights without training, "
+                                "but the model names no weights: (a file, timm:<tag> or hf-hub:<org>/<repo>)")
         check_options(j.model.arch, j.model.options, where=f"models.{j.model.id}: ")
         parse_options(j.dataset.name, j.dataset.options, where=f"datasets.{j.dataset.id}: ")
     files = [j.model.weights for j in jobs if j.model.weights] + [j.model.teacher.weights for j in jobs if j.model.teacher]
     for weights in dict.fromkeys(files):
-        read_state_dict(Path(weights))  # a missing or unloadable weights file: one line before any record
+        read_state_dict(resolve_weights(weights).path)  # missing, not cached or unloadable: one line before any record
     loaded: dict[str, FerDataset] = {}
     for j in jobs:
         key = dataset_key(j)
         if key not in loaded:
             subset = j.dataset.subset.model_dump() if j.dataset.subset else None
             loaded[key] = load_dataset(j.dataset.name, j.dataset.options, j.dataset.path, data_root, subset)
+            load_cross_targets(j, loaded[key], data_root)
         t = j.train
         if t.loss in ("ldl", "sampled") and t.ldl_source == "votes" and loaded[key].splits["train"].targets is None:
             raise FerbenchError(f"models.{j.model.id}: train.loss={t.loss} needs target distributions, but dataset "
                                 f"{j.dataset.id!r} has no annotator votes (use ldl_source: teacher with depends_on)")
     return loaded
+
+
+def load_cross_targets(job: Job, ds: FerDataset, data_root: str | None) -> None:
+    """The datasets the job's dataset entry names under `cross`, loaded into `ds.cross` with their
+    class maps checked (one line for a bad target or map, before any record)."""
+    from ferbench.data.crossmap import class_map
+
+    for t in job.dataset.cross:
+        where = f"datasets.{job.dataset.id}.cross.{t.id}"
+        parse_options(t.name, t.options, where=f"{where}: ")
+        target = load_dataset(t.name, t.options, t.path, data_root)
+        class_map(ds.classes, target.classes, t.map, where)
+        ds.cross[t.id] = target
 
 
 def data_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, Any]) -> str | None:
@@ -144,7 +166,8 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
     """Train and evaluate one job into runs_dir/<spec>/<job-id>/; resumable and idempotent."""
     from ferbench.engine import dist
     from ferbench.engine.checkpoint import CheckpointWriter
-    from ferbench.engine.train import NoProgress, fit, precision
+    from ferbench.engine.sinks import Tee, open_sinks
+    from ferbench.engine.train import NoProgress, precision
 
     keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
     progress = progress or NoProgress()
@@ -161,14 +184,16 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             job_dir, dist.is_main(), job_id=job.id, seed=job.seed,
             environment={**environment(device), "data_parallel_processes": dist.world()[1]},
             data_files=ds.files, data_content_sha256=ds.content_digest(), data_notes=ds.notes, classes=ds.classes,
-            class_counts=ds.counts(),
+            class_counts=ds.counts(), image_shape=list(ds.splits["train"].images.shape[1:]),
             fidelity={"recipe": job.recipe, **job.model.options},
         )
+        sinks = open_sinks(job.log, job_dir) if dist.is_main() else []
+        progress = Tee(progress, *sinks) if sinks else progress
         try:
             model, teacher = build(job, ds, runs_dir, device, manifest, progress)
             manifest.add(precision=precision(job.train, device))
             with CheckpointWriter() as writer:  # the last checkpoint is written while the test splits are evaluated
-                res = fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, writer)
+                res = train_phase(job, ds, model, teacher, device, runs_dir, manifest, progress, writer)
                 arrays, metrics = evaluate(job, ds, res, device)
             if not dist.is_main():
                 return Outcome(job, "complete", time.perf_counter() - t0)
@@ -182,6 +207,80 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             except FerbenchError as not_written:  # a full disk: the record stays `running`, so a rerun resumes it
                 reason += f" (and the record could not be updated: {not_written})"
             return Outcome(job, "failed", time.perf_counter() - t0, reason=reason)
+        finally:
+            for sink in sinks:
+                sink.close()
+
+
+def train_phase(job: Job, ds: FerDataset, model: Any, teacher: Any, device: Any, runs_dir: Path, manifest: Manifest,
+                progress: Any, writer: Any) -> Any:
+    """Phase 3: the trained models to evaluate. `train.epochs: 0` evaluates the weights as built; a job
+    whose training a finished record already did (same `Job.training_id`, same data) reuses that
+    record's stored models; anything else trains (resuming from the job's own checkpoint)."""
+    import torch
+
+    from ferbench.engine import dist
+    from ferbench.engine.train import FitResult, fit
+
+    job_dir = runs_dir / job.spec / job.id
+    if job.train.epochs == 0:
+        fmt = torch.channels_last if job.train.channels_last else torch.contiguous_format
+        return FitResult(model.to(device, memory_format=fmt).eval(), None, -1, 0, False, [])
+    donor = None
+    if not (job_dir / "checkpoint.pt").exists() and dist.world()[1] == 1:
+        donor = find_trained(job, ds, runs_dir)
+    if donor is None:
+        return fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, writer)
+    progress.note(f"evaluating the training of {donor.name} (it differs from this job only in evaluation settings)")
+    return reuse_training(job, donor, model, device, job_dir, manifest)
+
+
+def find_trained(job: Job, ds: FerDataset, runs_dir: Path) -> Path | None:
+    """A complete record of this spec, with its checkpoint, whose training is this job's (equal
+    `training_id`) and whose data is this job's data; None if there is none."""
+    from ferbench.trained import read_job
+
+    want = job.training_id
+    for job_yaml in sorted((runs_dir / job.spec).glob("*/job.yaml")):
+        folder = job_yaml.parent
+        if folder.name == job.id or not is_complete(folder) or not (folder / "checkpoint.pt").is_file():
+            continue
+        try:
+            other = read_job(folder)
+        except FerbenchError:
+            continue  # a damaged record is never a donor
+        if other.training_id == want and data_conflict(job, ds, folder, read_manifest(folder)) is None:
+            return folder
+    return None
+
+
+def reuse_training(job: Job, donor: Path, model: Any, device: Any, job_dir: Path, manifest: Manifest) -> Any:
+    """The donor record's final and best models, as `fit` would have returned them; its checkpoint is
+    linked (or copied) into this job's folder and its history copied, so the record stands alone."""
+    import os
+    import shutil
+
+    import torch
+
+    from ferbench.engine.checkpoint import load_checkpoint
+    from ferbench.engine.train import FitResult
+    from ferbench.trained import selected_state
+
+    ck_path = job_dir / "checkpoint.pt"
+    try:
+        os.link(donor / "checkpoint.pt", ck_path)
+    except OSError:
+        shutil.copyfile(donor / "checkpoint.pt", ck_path)
+    if (donor / "history.csv").is_file():
+        write_text_atomic(job_dir / "history.csv", (donor / "history.csv").read_text())
+    ck = load_checkpoint(ck_path)
+    model.load_state_dict(selected_state(ck, job, "last", donor))
+    fmt = torch.channels_last if job.train.channels_last else torch.contiguous_format
+    donor_manifest = read_manifest(donor)
+    manifest.add(trained_in=donor.name, **{k: donor_manifest[k] for k in ("pretrained", "teacher", "precision") if k in donor_manifest})
+    epochs = int(ck.get("epoch") or 0)
+    return FitResult(model.to(device, memory_format=fmt).eval(), ck.get("best_state"), int(ck.get("best_epoch", -1)),
+                     len(ck.get("history") or []), epochs < job.train.epochs, ck.get("history") or [])
 
 
 def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manifest, progress: Any) -> tuple[Any, Any]:
@@ -193,11 +292,17 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
     np.random.seed(job.seed % 2**32)
     model = create_model(job.model.arch, ds.num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
     if job.model.weights:
+        from ferbench.hub import resolve_weights
         from ferbench.engine.weights import load_pretrained
 
-        info = load_pretrained(model, job.model.weights, get_variant(job.model.arch).checkpoint_filter)
-        manifest.add(pretrained={"file": job.model.weights, **info})
+        source = resolve_weights(job.model.weights)
+        info = load_pretrained(model, source.path, get_variant(job.model.arch).checkpoint_filter)
+        manifest.add(pretrained={**source.record(), **info})
         kept = info["kept_init"]
+        if kept and job.train.epochs == 0:
+            raise JobFailed(f"train.epochs: 0 evaluates {job.model.weights} as it is, but {len(kept)} tensors of "
+                            f"{job.model.arch} did not load from it ({', '.join(kept[:4])}): the file must hold the whole "
+                            "model for these classes")
         progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                       f"kept init for {len(kept)}: {', '.join(kept[:8])}" + (" ..." if len(kept) > 8 else ""))
     teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
@@ -228,15 +333,17 @@ def load_teacher(job: Job, runs_dir: Path, num_classes: int, device: Any):
 def teacher_from_file(job: Job, num_classes: int, device: Any, manifest: Manifest):
     """The frozen teacher a model entry names by file (`teacher: {arch, weights}`): built for this
     job's classes and input, every tensor loaded (a teacher that kept any init would teach noise)."""
+    from ferbench.hub import resolve_weights
     from ferbench.engine.weights import load_pretrained
 
     t = job.model.teacher
+    source = resolve_weights(t.weights)
     model = create_model(t.arch, num_classes, job.train.input_size, job.train.in_chans, **t.options)
-    info = load_pretrained(model, t.weights, get_variant(t.arch).checkpoint_filter)
+    info = load_pretrained(model, source.path, get_variant(t.arch).checkpoint_filter)
     if info["kept_init"]:
         raise JobFailed(f"teacher {t.weights}: {len(info['kept_init'])} tensors of {t.arch} with {num_classes} classes "
                         f"did not load ({', '.join(info['kept_init'][:4])}): the teacher must match its arch and classes")
-    manifest.add(teacher={"file": t.weights, "arch": t.arch, "loaded": len(info["loaded"]), "unused": info["unused"]})
+    manifest.add(teacher={**source.record(), "arch": t.arch, "loaded": len(info["loaded"]), "unused": info["unused"]})
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -276,7 +383,41 @@ def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str,
                 raise JobFailed(f"non-finite logits on the {split} split ({which} model): the weights are not finite")
             arrays[f"{split}.{which}.logits"] = logits
             metrics[split][which] = classification_report(logits, s.labels, ds.classes)
+    evaluate_cross(job, ds, res.model, best_model, device, arrays, metrics)
     return arrays, metrics
+
+
+def evaluate_cross(job: Job, ds: FerDataset, last: Any, best: Any, device: Any, arrays: dict[str, np.ndarray],
+                   metrics: dict[str, Any]) -> None:
+    """Cross-dataset evaluation: each `cross` target's images through the last and best models,
+    scored on the target classes the map keeps (`data.crossmap`); arrays under `cross.<id>.*` with the
+    target-class logits, metrics under metrics["cross"][id]."""
+    from ferbench.data.crossmap import class_map
+    from ferbench.engine import dist
+    from ferbench.engine.evaluate import predict
+    from ferbench.metrics import classification_report
+
+    for t in job.dataset.cross:
+        target = ds.cross[t.id]
+        cmap = class_map(ds.classes, target.classes, t.map, f"datasets.{job.dataset.id}.cross.{t.id}")
+        parts = [target.splits[s] for s in (("train", "val", "test") if t.split == "all" else ("test",)) if s in target.splits]
+        images = np.concatenate([p.images for p in parts])
+        rows, labels = cmap.target_labels(np.concatenate([p.labels for p in parts]), target.classes)
+        images = images[rows]
+        if images.ndim == 4 and job.train.in_chans == 1 or images.ndim == 3 and ds.splits["train"].images.ndim == 4:
+            raise JobFailed(f"cross target {t.id}: its images are {'colour' if images.ndim == 4 else 'grey'}, "
+                            "unlike the training images (load it with the matching colour option)")
+        arrays[f"cross.{t.id}.labels"] = labels
+        entry: dict[str, Any] = {"dataset": t.name, "split": t.split, "classes": cmap.classes, "dropped_classes": cmap.dropped,
+                                 "images": int(len(labels)), "map": t.map or "same names"}
+        for which, m in (("last", last), ("best", best)):
+            if m is None:
+                continue
+            logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), images)
+            scores = cmap.target_logits(logits)
+            arrays[f"cross.{t.id}.{which}.logits"] = scores
+            entry[which] = classification_report(scores, labels, cmap.classes)
+        metrics.setdefault("cross", {})[t.id] = entry
 
 
 def record(job: Job, job_dir: Path, num_classes: int, arrays: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:

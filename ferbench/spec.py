@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ferbench.errors import FerbenchError, first_line
 
@@ -30,6 +30,18 @@ _SLUG_RULE = "must be 1-80 letters, digits, '_', '-', '+' or '.'"
 def _slug_error(kind: str, value: str) -> ValueError:
     shown = repr(value) if len(value) <= 40 else f"{value[:37]!r}... ({len(value)} characters)"
     return ValueError(f"{kind} {shown} {_SLUG_RULE}")
+
+
+def _slug(kind: str) -> AfterValidator:
+    """A validator for names that become folder names."""
+    def check(v: str) -> str:
+        if not _SLUG.match(v):
+            raise _slug_error(kind, v)
+        return v
+    return AfterValidator(check)
+
+
+SlugId = Annotated[str, _slug("id")]
 MAX_SEED = 2**32 - 1  # what every RNG ferbench seeds (Python, NumPy, torch) accepts
 
 
@@ -64,7 +76,7 @@ class EmaConfig(_Strict):
 class TrainConfig(_Strict):
     """A fully resolved training recipe; every field is recorded in the job."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=0, description="0: evaluate the model's weights: as they are, without training")
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     input_size: int = Field(48, ge=8, le=1024)
@@ -99,6 +111,9 @@ class TrainConfig(_Strict):
     clip_grad_norm: float | None = Field(None, gt=0)
     clip_before_unscale: bool = Field(False, description="EmoNeXt code clips scaled gradients (needs a grad scaler)")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="autocast on CUDA (auto: bf16); the CPU computes in fp32")
+    sampler: Literal["uniform", "balanced"] = Field(
+        "uniform", description="balanced: each epoch draws as many images as the split holds, with replacement, each "
+        "class equally likely (class-balanced sampling, as several AffectNet results train); uniform: a permutation")
     drop_last: bool = Field(True, description="false: the last, partial batch of each epoch is trained too (the "
                             "official EmoNeXt DataLoader: 449 steps at batch 64 on FER-2013's 28,709 images)")
     grad_scaler: bool | None = Field(
@@ -148,12 +163,29 @@ class SubsetConfig(_Strict):
     test: int | None = Field(None, ge=1)
 
 
+class CrossTarget(_Strict):
+    """Another dataset the models trained on an entry are also tested on (cross-dataset evaluation)."""
+
+    id: SlugId
+    name: str
+    path: str | None = None
+    options: dict[str, Any] = {}
+    split: Literal["all", "test"] = Field("all", description="all: every image of the target (train, val and test)")
+    map: dict[str, str] | None = Field(
+        None, description="training class -> target class; a target class no training class maps to is dropped with its "
+        "images, a training class mapped to nothing is never predicted; None: the classes both name alike")
+
+
 class DatasetEntry(_Strict):
     name: str
     id: str | None = None
     path: str | None = None
     options: dict[str, Any] = {}
     subset: SubsetConfig | None = None
+    folds: Literal["all"] | list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="k-fold cross-validation as an axis, like seeds: one job per fold ('all', or these fold "
+        "indices), k = options.folds; each job's options.fold says which (a dataset with folds: folder, ckplus48)")
+    cross: list[CrossTarget] = Field([], description="other datasets to test the trained models on, with a class map")
 
     @model_validator(mode="after")
     def _default_id(self) -> "DatasetEntry":
@@ -169,26 +201,20 @@ class TeacherFile(_Strict):
     from DataParallel) instead of a `depends_on` job of the spec."""
 
     arch: str
-    weights: str = Field(description="local checkpoint file; every tensor of the teacher must load from it")
+    weights: str = Field(description="checkpoint file (or timm:<tag> / hf-hub:<org>/<repo>); every tensor of the teacher must load from it")
     options: dict[str, Any] = {}
 
 
 class ModelEntry(_Strict):
-    id: str
+    id: SlugId
     arch: str
     options: dict[str, Any] = {}
     recipe: str | None = None
     train: dict[str, Any] = {}
     depends_on: str | None = Field(None, description="id of a model entry whose checkpoint this one needs")
     teacher: TeacherFile | None = Field(None, description="a frozen teacher from a file (ldl_source: teacher)")
-    weights: str | None = Field(None, description="local file of pretrained weights (FB, timm or torchvision keys)")
-
-    @field_validator("id")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not _SLUG.match(v):
-            raise _slug_error("id", v)
-        return v
+    weights: str | None = Field(None, description="pretrained weights: a local file (FB, timm or torchvision keys), "
+                                "timm:<pretrained tag> or hf-hub:<org>/<repo>[@revision] through the Hugging Face cache")
 
 
 class ClaimConditions(_Strict):
@@ -229,10 +255,12 @@ class LauncherConfig(_Strict):
     cpus_per_task: int | None = Field(None, ge=1)
     mem_gb: int | None = Field(None, ge=1)
     timeout_min: int = Field(24 * 60, ge=1)
+    log: list[Literal["tensorboard"]] = Field([], description="progress sinks besides the terminal: tensorboard "
+                                              "writes each job's epoch rows as event files under its folder's tensorboard/")
 
 
 class Spec(_Strict):
-    name: str
+    name: Annotated[str, _slug("name")]
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)
     models: list[ModelEntry] = Field(min_length=1)
@@ -243,13 +271,6 @@ class Spec(_Strict):
     claims: list[Claim] = []
     profiles: dict[str, dict[str, Any]] = {}
     launcher: LauncherConfig = LauncherConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not _SLUG.match(v):
-            raise _slug_error("name", v)
-        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":
@@ -299,12 +320,17 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
 }
 # Job fields that only add information to a record: left out of the job id and the condition hash, so
 # records made before they existed are still found and seeds made with and without them still pool.
+NOT_IDENTITY = ("data_root", "profile", "log")  # where a job ran from and what it reported to, not what it computed
+# Evaluation settings that never touch training (validation crops, EMA choice and the val split do: they select
+# the best epoch and stop early): a job differing from a finished one only in these reuses its training.
+EVAL_ONLY = ("tta", "tta_resize_ratio")
 IDENTITY_EXEMPT: tuple[tuple[str, ...], ...] = (("eval", "test_each_epoch"),)
 # Fields added after JOB_FORMAT 1 that change training: part of the identity only when not at the value
 # every earlier job ran with, so the ids of jobs made before they existed do not change.
 IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "ema", "rule"): "flat", ("train", "ema", "power"): 2 / 3, ("train", "grad_scaler"): None,
-    ("train", "drop_last"): True, ("eval", "val_uses_ema"): None,
+    ("train", "drop_last"): True, ("eval", "val_uses_ema"): None, ("dataset", "folds"): None,
+    ("train", "sampler"): "uniform", ("dataset", "cross"): [],
 }
 
 
@@ -320,12 +346,14 @@ def _drop_exempt(job: dict[str, Any]) -> None:
 
 
 def condition_hash(job: dict[str, Any]) -> str:
-    """8 hex digits of a job (as dumped to job.yaml) without its seed, data location and profile:
-    equal for the seeds of one experiment, different for two experiments with one model id."""
+    """8 hex digits of a job (as dumped to job.yaml) without its seed, cross-validation fold, data
+    location and profile: equal for the seeds (and folds) of one experiment, different for two
+    experiments with one model id."""
     d = copy.deepcopy(job)
-    for k in ("seed", "data_root", "profile"):
+    for k in ("seed", *NOT_IDENTITY):
         d.pop(k, None)
     d.get("dataset", {}).pop("path", None)
+    d.get("dataset", {}).get("options", {}).pop("fold", None)  # the folds of a cross-validation pool like seeds
     _drop_exempt(d)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -343,6 +371,18 @@ class Job(_Strict):
     depends_on: str | None = None  # job id
     data_root: str | None = None  # where the data was found; not part of the identity
     profile: str | None = None  # the profile the spec was run with; recorded, not part of the identity
+    log: list[str] = []  # progress sinks (launcher.log); not part of the identity
+
+    @property
+    def fold(self) -> int | None:
+        """The cross-validation fold this job tests on (its dataset's options.fold), if any."""
+        fold = self.dataset.options.get("fold")
+        return fold if isinstance(fold, int) else None
+
+    @property
+    def split_label(self) -> str:
+        """The dataset id, with the fold when the job has one: ckplus/f3."""
+        return self.dataset.id if self.fold is None else f"{self.dataset.id}/f{self.fold}"
 
     def condition(self) -> str:
         """Hash of everything but the seed: runs with equal conditions are seeds of one experiment."""
@@ -350,7 +390,7 @@ class Job(_Strict):
 
     def identity(self) -> dict[str, Any]:
         """The content the job id hashes: everything that changes the result."""
-        d = self.model_dump(mode="json", exclude={"data_root", "profile"})
+        d = self.model_dump(mode="json", exclude=set(NOT_IDENTITY))
         d["dataset"].pop("path", None)
         _drop_exempt(d)
         d["format"] = JOB_FORMAT
@@ -358,9 +398,26 @@ class Job(_Strict):
 
     @property
     def id(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        return f"{self.model.id}__{self.dataset.id}__s{self.seed}__{digest}"
+        return f"{self.model.id}__{self.dataset.id}__s{self.seed}__{_digest(self.identity())}"
+
+    def training_identity(self) -> dict[str, Any]:
+        """The part of the identity that decides the trained weights: all but the evaluation-only
+        settings (`EVAL_ONLY`, and whether the test split is evaluated). Two jobs that differ only in
+        those share one training: the second evaluates the first's stored models (`runner.find_trained`)."""
+        d = self.identity()
+        for key in EVAL_ONLY:
+            d["eval"].pop(key, None)
+        d["dataset"].pop("cross", None)  # what else the models are tested on
+        d["eval"]["splits"] = [s for s in d["eval"]["splits"] if s == "val"]  # validation selects and stops early
+        return d
+
+    @property
+    def training_id(self) -> str:
+        return _digest(self.training_identity())
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -589,21 +646,43 @@ def resolve_eval(spec: Spec, model: ModelEntry) -> EvalConfig:
 
 
 def expand(spec: Spec, profile: str | None = None) -> list[Job]:
-    """Every (model x dataset x seed) job, dependencies first."""
+    """Every (model x dataset [x fold] x seed) job, dependencies first."""
     jobs: list[Job] = []
-    by_key: dict[tuple[str, str, int], Job] = {}
+    by_key: dict[tuple[str, str, Any, int], Job] = {}
     order = _dependency_order(spec.models)
+    entries = [(d, f) for d in spec.datasets for f in fold_entries(d)]
     for m in order:
-        for d in spec.datasets:
+        for d, f in entries:
             for seed in spec.seeds:
-                dep = by_key[(m.depends_on, d.id, seed)].id if m.depends_on else None
+                fold = f.options.get("fold")
+                dep = by_key[(m.depends_on, d.id, fold, seed)].id if m.depends_on else None
                 job = Job(
-                    spec=spec.name, model=m, dataset=d, seed=seed, recipe=m.recipe or spec.recipe,
+                    spec=spec.name, model=m, dataset=f, seed=seed, recipe=m.recipe or spec.recipe,
                     train=resolve_train(spec, m, d), eval=resolve_eval(spec, m), depends_on=dep, profile=profile,
+                    log=list(spec.launcher.log),
                 )
-                by_key[(m.id, d.id, seed)] = job
+                by_key[(m.id, d.id, fold, seed)] = job
                 jobs.append(job)
     return jobs
+
+
+def fold_entries(d: DatasetEntry) -> list[DatasetEntry]:
+    """A dataset entry as its jobs see it: itself, or with `folds:` one entry per fold (options.fold set),
+    so a fold's job is the job of a spec naming that fold in its options."""
+    if d.folds is None:
+        return [d]
+    from ferbench.data import parse_options
+
+    opts = parse_options(d.name, d.options, where=f"datasets.{d.id}: ")
+    k = getattr(opts, "folds", None)
+    if not isinstance(k, int) or not hasattr(opts, "fold"):
+        raise FerbenchError(f"datasets.{d.id}.folds: dataset {d.name!r} has no cross-validation folds (folder and "
+                            "ckplus48 have: options.folds sets k)")
+    chosen = list(range(k)) if d.folds == "all" else list(dict.fromkeys(d.folds))
+    bad = [i for i in chosen if i >= k]
+    if bad:
+        raise FerbenchError(f"datasets.{d.id}.folds: fold {bad[0]} out of range for k = {k} (options.folds)")
+    return [d.model_copy(update={"options": {**d.options, "fold": i}, "folds": None}) for i in chosen]
 
 
 def _dependency_order(models: list[ModelEntry]) -> list[ModelEntry]:

@@ -56,6 +56,11 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
     assert (tmp_path / "cmp" / "index.html").exists() and (tmp_path / "cmp" / "report.md").exists()
     with pytest.raises(FerbenchError, match="no complete runs of 'emonext'"):
         api.compare("resface", "emonext", tmp_path / "runs")
+    # a fresh clone has no runs/: compare reads the records published beside the pages
+    api.report_spec("ldl", tmp_path / "runs", tmp_path / "reports", with_records=True)
+    again, _ = api.compare("resface", "resnet", tmp_path / "clone-runs", published=tmp_path / "reports")
+    assert again["records_from"] == str(tmp_path / "reports")
+    assert again["datasets"]["synthfer"]["pairs"][0]["acc_diff"] == pair["acc_diff"]
 
     # a run of another spec (another experiment's conditions) is listed but never paired
     other = {"name": "other", "datasets": DATA, "train": {**TRAIN, "input_size": 24}, "models": [{"id": "base24", "arch": "resnet18"}]}

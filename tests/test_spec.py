@@ -52,7 +52,7 @@ def test_profile_and_set_overrides_apply_with_wildcards_and_ids():
     [
         (lambda d: d["models"][0].update(trian={}), "models[0].trian: unknown key"),
         (lambda d: d.update(seeds="zero"), "seeds: Input should be a valid list"),
-        (lambda d: d["train"].update(epochs=0), ".yaml: train: epochs: Input should be greater than or equal to 1"),
+        (lambda d: d["train"].update(epochs=-1), ".yaml: train: epochs: Input should be greater than or equal to 0"),
         (lambda d: d["train"].update(batch_size=-3), "batch_size: Input should be greater than or equal to 1"),
         (lambda d: d.pop("models"), "models: required key missing"),
         (lambda d: d["models"][1].update(id="a"), "model ids must be unique"),

@@ -3,7 +3,6 @@ the exports parsed back, row order, mixed code versions and the reports index.""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path

@@ -41,6 +41,7 @@ class FerDataset:
     splits: dict[str, Split]
     files: dict[str, str] = field(default_factory=dict)  # source path -> sha256, for the manifest
     notes: dict[str, Any] = field(default_factory=dict)  # protocol facts recorded with each run
+    cross: dict[str, "FerDataset"] = field(default_factory=dict)  # datasets[].cross targets by id (runner.prepare)
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -82,10 +83,10 @@ class DatasetKind:
 
 
 def _registry() -> dict[str, DatasetKind]:
-    from ferbench.data import fer2013, ferplus, folder, rafdb, synthetic
+    from ferbench.data import affectnet, ckplus48, fer2013, ferplus, folder, rafdb, synthetic
 
     return {"synthfer": synthetic.KIND, "fer2013": fer2013.KIND, "ferplus": ferplus.KIND, "rafdb": rafdb.KIND,
-            "folder": folder.KIND}
+            "folder": folder.KIND, "ckplus48": ckplus48.KIND, "affectnet": affectnet.KIND}
 
 
 def dataset_names() -> list[str]:

@@ -2,21 +2,27 @@
 
 Tree: splits `train`, `test` and optionally `val` (else carved from train like RAF-DB); class names
 and order from `classes` (default: sorted folder names). NPZ: arrays named by `images_key`,
-`labels_key` and optionally `groups_key` (e.g. subject ids) and `classes_key`; with groups, the data
-is split into `folds` grouped folds so that one person never straddles train and test: fold `fold`
-is the test set, fold (`fold` + 1) mod folds is validation, the rest train.
+`labels_key` and optionally `groups_key` (e.g. subject ids; by default a `subject` or `groups` array
+is used when the file has one) and `classes_key`; with groups, the data is split into `folds` grouped
+folds so that one person never straddles train and test: fold `fold` is the test set, fold
+(`fold` + 1) mod folds is validation, the rest train. `split: random` deals images to folds at
+random instead (frame-level, as leaky papers do): on data with subject ids that is recorded as a
+leakage warning. Every split of an .npz counts the test images that have a near-identical twin in
+train (a 64-bit difference hash within Hamming distance 2: consecutive video frames).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
+from ferbench.data.leakage import leakage_notes
 from ferbench.data.rafdb import carve_val
 from ferbench.errors import FerbenchError, first_line
 
@@ -29,10 +35,11 @@ class Options(BaseModel):
     size: int = Field(48, ge=8, le=512)
     images_key: str = "images"
     labels_key: str = "label"
-    groups_key: str | None = None
+    groups_key: str | None = Field("auto", description="array of subject ids; auto: 'subject' or 'groups' if present")
     classes_key: str | None = "class_names"
-    folds: int = Field(5, ge=2)
+    folds: int = Field(5, ge=3, description="k: fold `fold` is test, the next validation, the rest train")
     fold: int = Field(0, ge=0)
+    split: Literal["grouped", "random"] = Field("grouped", description="random: frame-level random folds (leaks subjects)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     val_seed: int = 0
 
@@ -67,9 +74,14 @@ def _read_npz(path: Path, keys: list[str]) -> tuple[dict[str, np.ndarray], list[
         raise FerbenchError(f"{path}: not a readable .npz of plain arrays ({first_line(e)})") from None
 
 
+AUTO_GROUP_KEYS = ("subject", "groups")
+
+
 def _from_npz(path: Path, o: Options) -> FerDataset:
-    z, names = _read_npz(path, [o.images_key, o.labels_key] + [k for k in (o.groups_key, o.classes_key) if k])
-    for key in (o.images_key, o.labels_key) + ((o.groups_key,) if o.groups_key else ()):
+    group_keys = list(AUTO_GROUP_KEYS) if o.groups_key == "auto" else [o.groups_key] if o.groups_key else []
+    z, names = _read_npz(path, [o.images_key, o.labels_key] + group_keys + ([o.classes_key] if o.classes_key else []))
+    groups_key = next((k for k in group_keys if k in z), None) if o.groups_key == "auto" else o.groups_key
+    for key in (o.images_key, o.labels_key) + ((groups_key,) if groups_key else ()):
         if key not in z:
             raise FerbenchError(f"{path}: array {key!r} missing (has {', '.join(names)})")
     images, labels = z[o.images_key], z[o.labels_key]
@@ -79,8 +91,9 @@ def _from_npz(path: Path, o: Options) -> FerDataset:
         raise FerbenchError(f"{path}: {o.labels_key!r} must be integers, one per image ({len(images)}), "
                             f"got {labels.dtype} {labels.shape}")
     labels = labels.astype(np.int64)
-    if o.groups_key and len(z[o.groups_key]) != len(images):
-        raise FerbenchError(f"{path}: {o.groups_key!r} must have one entry per image ({len(images)}), got {len(z[o.groups_key])}")
+    groups = z[groups_key] if groups_key else None
+    if groups is not None and len(groups) != len(images):
+        raise FerbenchError(f"{path}: {groups_key!r} must have one entry per image ({len(images)}), got {len(groups)}")
     if labels.size and labels.min() < 0:
         raise FerbenchError(f"{path}: {o.labels_key!r} must be class indices >= 0 (found {labels.min()})")
     classes = o.classes or ([str(c) for c in z[o.classes_key]] if o.classes_key and o.classes_key in z else None)
@@ -88,14 +101,19 @@ def _from_npz(path: Path, o: Options) -> FerDataset:
         classes = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
     if labels.size and labels.max() >= len(classes):
         raise FerbenchError(f"{path}: labels must be in 0..{len(classes) - 1} for {len(classes)} classes (found {labels.max()})")
-    if o.groups_key:
-        if o.fold >= o.folds:
-            raise FerbenchError(f"folder: fold {o.fold} out of range for {o.folds} folds")
-        f = grouped_folds(z[o.groups_key], o.folds)
+    if o.fold >= o.folds and (groups is not None or o.split == "random"):
+        raise FerbenchError(f"folder: fold {o.fold} out of range for {o.folds} folds")
+    if groups is not None or o.split == "random":
+        if o.split == "random":
+            f = np.random.default_rng(o.val_seed).permutation(len(labels)) % o.folds
+            rule = f"random (frame-level) folds, seed {o.val_seed}: fold {o.fold} of {o.folds} is test, fold {(o.fold + 1) % o.folds} val"
+        else:
+            f = grouped_folds(groups, o.folds)
+            rule = f"grouped by {groups_key!r}: fold {o.fold} of {o.folds} is test, fold {(o.fold + 1) % o.folds} val"
         test, val = f == o.fold, f == (o.fold + 1) % o.folds
-        splits = {"train": Split(images[~test & ~val], labels[~test & ~val]),
+        train = ~test & ~val
+        splits = {"train": Split(images[train], labels[train]),
                   "val": Split(images[val], labels[val]), "test": Split(images[test], labels[test])}
-        rule = f"grouped by {o.groups_key!r}: fold {o.fold} of {o.folds} is test, fold {(o.fold + 1) % o.folds} val"
     else:
         rng = np.random.default_rng(o.val_seed)
         order = rng.permutation(len(labels))
@@ -104,10 +122,14 @@ def _from_npz(path: Path, o: Options) -> FerDataset:
         test[order[:n_test]] = True
         tr = np.flatnonzero(~test)
         vm = carve_val(labels[tr], o.val_fraction, o.val_seed)
+        train = np.zeros(len(labels), bool)
+        train[tr[~vm]] = True
         splits = {"train": Split(images[tr[~vm]], labels[tr[~vm]]), "val": Split(images[tr[vm]], labels[tr[vm]]),
                   "test": Split(images[test], labels[test])}
         rule = f"random 20 % test, {o.val_fraction:g} of the rest val, seed {o.val_seed} (no groups: frames may leak)"
-    return FerDataset(path.stem, classes, splits, files={str(path): file_digest(path)}, notes={"split_rule": rule})
+    notes = leakage_notes(images[train], images[test], None if groups is None else groups[train],
+                          None if groups is None else groups[test], groups_key)
+    return FerDataset(path.stem, classes, splits, files={str(path): file_digest(path)}, notes={"split_rule": rule, **notes})
 
 
 def _from_tree(root: Path, o: Options) -> FerDataset:

@@ -75,7 +75,9 @@ def _image_path(folder: Path, name: str) -> Path:
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-def decode(path: Path, size: int, color: str = "grey") -> np.ndarray:
+def decode(path: Path, size: int, color: str = "grey", box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """An image file as uint8 (size, size) grey or (size, size, 3) RGB; `box` (left, top, width, height)
+    crops a face first (clamped to the image). One line naming the file for anything undecodable."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -85,6 +87,12 @@ def decode(path: Path, size: int, color: str = "grey") -> np.ndarray:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the "
                                     f"{MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes (a face crop is far smaller)")
+            if box is not None:
+                left, top = max(0, box[0]), max(0, box[1])
+                right, bottom = min(im.width, box[0] + box[2]), min(im.height, box[1] + box[3])
+                if right <= left or bottom <= top:
+                    raise FerbenchError(f"{path}: face box {box} lies outside the {im.width}x{im.height} image")
+                im = im.crop((left, top, right, bottom))
             im = im.convert("RGB" if color == "rgb" else "L")  # (size, size, 3) or (size, size) uint8
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)

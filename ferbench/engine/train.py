@@ -213,7 +213,7 @@ def fit(
 def train_one_epoch(tr: Trainer, epoch: int, seed: int, loop: LoopState, progress: Progress) -> dict[str, Any]:
     """One pass over the training split in the (seed, epoch) order; the epoch's history row so far."""
     tr.model.train()
-    host_order = torch.randperm(len(tr.images), generator=epoch_generator(seed, epoch, 0))
+    host_order = epoch_order(tr, epoch_generator(seed, epoch, 0))
     order = to_device(host_order, tr.device)
     aug_gen = epoch_generator(seed, epoch, 1)
     step_loss = torch.empty(tr.steps_per_epoch, device=tr.device)  # each step's mean loss
@@ -238,6 +238,16 @@ def train_one_epoch(tr: Trainer, epoch: int, seed: int, loop: LoopState, progres
     correct = dist.all_reduce(step_correct.sum())
     return {"epoch": epoch + 1, "step": loop.step, "lr": tr.opt.param_groups[0]["lr"],
             "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+
+def epoch_order(tr: Trainer, gen: torch.Generator) -> torch.Tensor:
+    """The epoch's training rows: a permutation, or (`sampler: balanced`) as many draws with
+    replacement, each image weighted 1 / its class's count so every class is equally likely."""
+    if tr.cfg.sampler == "uniform":
+        return torch.randperm(len(tr.images), generator=gen)
+    labels = tr.labels.cpu()
+    weights = 1.0 / torch.bincount(labels).double()[labels]
+    return torch.multinomial(weights, len(labels), replacement=True, generator=gen)
 
 
 def _batch(tr: Trainer, glob: torch.Tensor, host_glob: torch.Tensor, gen: torch.Generator

@@ -44,8 +44,11 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDat
 def unwrap_state_dict(obj: Any) -> Any:
     """A checkpoint as users meet it -> its state dict: a training checkpoint's `state_dict` /
     `model_state_dict` / `model` / `model_ema` entry (EfficientFace and most repositories save
-    {"epoch", "state_dict", "optimizer", ...}), with a `module.` (DataParallel) or `_orig_mod.`
+    {"epoch", "state_dict", "optimizer", ...}); a ferbench checkpoint's EMA weights where its run kept an
+    EMA (what it tested unless eval.use_ema was off), else its model; with a `module.` (DataParallel) or `_orig_mod.`
     (torch.compile) prefix that every key carries removed."""
+    if isinstance(obj, dict) and "rng_torch" in obj and isinstance(obj.get("model"), dict):
+        return obj.get("ema") or obj["model"]  # a ferbench checkpoint: the model its run tested (EMA when kept)
     for _ in range(2):  # a wrapper inside a wrapper (e.g. {"model": {"state_dict": ...}})
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)

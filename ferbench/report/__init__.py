@@ -20,10 +20,11 @@ import markupsafe
 import numpy as np
 import yaml
 
+from ferbench.hub import weights_label
 from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
-from ferbench.report.tables import accuracy_table, fmt_pct, metric_rows
+from ferbench.report.tables import accuracy_table, cross_table, fmt_pct, fold_table, metric_rows
 from ferbench.report.verdicts import claim_verdicts
 from ferbench.records import RunRecord, copy_records, discover, write_bytes_atomic, write_text_atomic
 
@@ -82,7 +83,7 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
             "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, pixels in {'[-1, 1]' if t.get('normalize', 'half') == 'half' else '[0, 1]'}",
             "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
-            "pretraining": (f"{Path(j['model']['weights']).name} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
+            "pretraining": (f"{weights_label(j['model']['weights'])} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
                             if j["model"].get("weights") else "none (random init)"),
             "tta": e["tta"],
             "options": ", ".join(f"{k}={v}" for k, v in j["model"]["options"].items()) or "defaults",
@@ -147,6 +148,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     for which in ("last", "best"):
         datasets, rows = accuracy_table(records, claims, which)
         tables[which] = {"datasets": datasets, "rows": rows}
+    folds = {which: fold_table(records, which) for which in ("last", "best")}
     groups = metric_rows(records, "last")
     for g in groups:
         name = fig_name("confusion", g["model"], g["dataset"])
@@ -180,8 +182,8 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         hist = {}
         for r in records:
             j = r.job["job"]
-            if j["dataset"]["id"] == d and r.complete:
-                hist.setdefault(r.label, []).append(r.history())
+            if j["dataset"]["id"] == d and r.complete and (rows := r.history()):  # train.epochs: 0 has none
+                hist.setdefault(r.label, []).append(rows)
         if hist:
             name = fig_name("curves", d)
             figs[name] = figures.curves_figure(hist, f"{d}: accuracy per epoch (mean over seeds)")
@@ -203,8 +205,21 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         "data_figs": data_figs, "curve_figs": curve_figs, "problems": problems, "conditions": conditions(records),
         "environments": envs, "claims": claims, "verdicts": claim_verdicts(claims, records),
         "code_versions": versions if len(versions) > 1 else {}, "records": records,
+        "folds": folds, "leakage": leakage_rows(records), "cross": {w: cross_table(records, w) for w in ("last", "best")},
     }
     return ctx, figs
+
+
+def leakage_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Per dataset id: how many complete runs were tested on data not independent of their training
+    data (their manifest's `data_notes.leakage`), with the first such note."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        note = r.manifest.get("data_notes", {}).get("leakage") if r.complete else None
+        if note:
+            row = out.setdefault(r.job["job"]["dataset"]["id"], {"dataset": r.job["job"]["dataset"]["id"], "runs": 0, "note": note})
+            row["runs"] += 1
+    return list(out.values())
 
 
 def _label_figure(g: dict[str, Any], figs: dict[str, bytes]) -> str | None:

@@ -74,9 +74,14 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
     }
 
 
-def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[str, Any]:
+def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, published: Path | None = None) -> dict[str, Any]:
+    """A against B on every dataset both ran on, from the complete records under `runs_dir`; when
+    there is no record there at all (a fresh clone), from the records published under `published`
+    (reports/<page>/records/), so a reader compares what the pages were rendered from."""
     unreadable: list[dict[str, str]] = []
-    found = discover(runs_dir, unreadable)
+    found = discover(runs_dir, unreadable) if runs_dir.exists() or published is None else []
+    if published is not None and published.is_dir() and not found and not unreadable:
+        found, runs_dir = discover(published, unreadable), published
     records = [r for r in found if r.complete]
     damaged = len(unreadable) + sum(r.status == "unreadable" for r in found)
     if dataset:
@@ -90,7 +95,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None) -> dict[
                             + (f"; {damaged} damaged record(s) were left out: `ferbench report` lists why" if damaged else ""))
     from ferbench.report import conditions
 
-    out: dict[str, Any] = {"a": a, "b": b, "datasets": {}, "conditions": conditions(ra_all + rb_all)}
+    out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all)}
     for d in sorted({r.job["job"]["dataset"]["id"] for r in ra_all} & {r.job["job"]["dataset"]["id"] for r in rb_all}):
         rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job["job"]["dataset"]["id"] == d])}
         variants = []

@@ -36,18 +36,50 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fold_of(record: RunRecord) -> int | None:
+    """The cross-validation fold a run tested on (its dataset's options.fold), if any."""
+    fold = record.job["job"]["dataset"].get("options", {}).get("fold")
+    return fold if isinstance(fold, int) else None
+
+
 def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int = 0) -> tuple[float, float] | None:
-    """Bootstrap 95 % CI of the seed-mean test accuracy, resampling test samples (paired across seeds)."""
-    hits = []
+    """Bootstrap 95 % CI of the seed-mean test accuracy, resampling test samples (paired across seeds).
+
+    Cross-validation runs (several folds) are first joined per seed: the folds' test sets together
+    cover the data once, so each seed contributes one row over every tested image. None when the
+    records cannot be paired (a seed missing a fold, test sets of different sizes)."""
+    hits: dict[int, dict[int | None, np.ndarray]] = {}
     for r in records:
         p = r.predictions()
         key = f"test.{which}.logits"
         if key not in p:
             return None
-        hits.append(p[key].argmax(1) == p["test.labels"])
-    if not hits or len({h.size for h in hits}) != 1:
+        hits.setdefault(r.job["job"]["seed"], {})[fold_of(r)] = p[key].argmax(1) == p["test.labels"]
+    folds = {tuple(sorted(per, key=str)) for per in hits.values()}
+    if len(folds) != 1:
         return None
-    return bootstrap_mean_ci(np.stack(hits).astype(float), reps, seed=seed)  # (seeds, N): images resampled
+    rows = [np.concatenate([per[f] for f in sorted(per, key=str)]) for per in hits.values()]
+    if not rows or len({h.size for h in rows}) != 1:
+        return None
+    return bootstrap_mean_ci(np.stack(rows).astype(float), reps, seed=seed)  # (seeds, N): images resampled
+
+
+def fold_table(records: list[RunRecord], which: str = "last") -> list[dict[str, Any]]:
+    """Per (model, dataset) run under several cross-validation folds: each fold's test accuracy (mean
+    over seeds), and the mean and sample std over folds, as CK+ papers report them."""
+    df = runs_frame(records)
+    if df.empty or f"acc_{which}" not in df:
+        return []
+    df["fold"] = [next((fold_of(r) for r in records if r.id == run), None) for run in df["run"]]
+    out = []
+    for (model, dataset), sub in df.groupby(["model", "dataset"], sort=False):
+        per_fold = sub.dropna(subset=["fold"]).groupby("fold")[f"acc_{which}"].mean()
+        if len(per_fold) < 2:
+            continue
+        out.append({"model": model, "dataset": dataset, "folds": {int(f): float(a) for f, a in per_fold.items()},
+                    "mean": float(per_fold.mean()), "std": float(per_fold.std(ddof=1)),
+                    "seeds": int(sub.groupby("fold").size().min())})
+    return out
 
 
 def claim_matches(claim: dict[str, Any], model_id: str, arch: str, dataset: str) -> bool:
@@ -135,3 +167,24 @@ def _median_latency(metrics: list[dict[str, Any]]) -> float | None:
 def _nanmean(xs: list[float | None]) -> float | None:
     v = [x for x in xs if x is not None]
     return float(np.mean(v)) if v else None
+
+
+def cross_table(records: list[RunRecord], which: str = "last") -> list[dict[str, Any]]:
+    """Per (model, training dataset, cross target): the target's test accuracy (mean and std over
+    seeds and folds), the images scored and the target classes the map dropped."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if not r.complete:
+            continue
+        for target, entry in (r.metrics().get("cross") or {}).items():
+            if which in entry:
+                groups.setdefault((r.label, r.job["job"]["dataset"]["id"], target), []).append(entry)
+    out = []
+    for (model, dataset, target), entries in groups.items():
+        accs = np.array([e[which]["accuracy"] for e in entries])
+        out.append({"model": model, "trained_on": dataset, "target": target, "target_dataset": entries[0]["dataset"],
+                    "mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else None,
+                    "n": len(accs), "images": entries[0]["images"], "classes": entries[0]["classes"],
+                    "dropped": entries[0]["dropped_classes"],
+                    "balanced_accuracy": float(np.mean([e[which]["balanced_accuracy"] for e in entries]))})
+    return out

@@ -16,11 +16,11 @@ the test set or shows the best of several runs is biased upward) but do not bloc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ferbench.hub import weights_label
 from ferbench.records import RunRecord
 from ferbench.report.tables import claim_matches, pooled_ci, runs_frame
 
@@ -36,7 +36,7 @@ def run_conditions(rec: RunRecord, n_seeds: int, which: str) -> dict[str, Any]:
     subset = {k: v for k, v in (j["dataset"].get("subset") or {}).items() if v}
     return {
         "input_size": t["input_size"], "in_chans": t["in_chans"], "epochs": t["epochs"],
-        "pretraining": Path(j["model"]["weights"]).name if j["model"].get("weights") else "none",
+        "pretraining": weights_label(j["model"]["weights"]) if j["model"].get("weights") else "none",
         "labels": LABELS_OF_LOSS.get(t["loss"], t["loss"]),
         "data": "full" if not subset else "subset (" + ", ".join(f"{k} {v}" for k, v in subset.items()) + ")",
         "selection": "last" if which == "last" else "best-val", "seeds": n_seeds,
