@@ -223,7 +223,12 @@ def train_phase(job: Job, ds: FerDataset, model: Any, teacher: Any, device: Any,
     from ferbench.engine.train import FitResult, fit
 
     job_dir = runs_dir / job.spec / job.id
-    if job.train.epochs == 0:
+    if job.train.epochs == 0:  # the weights as loaded, kept as the record's checkpoint (predict, export read it)
+        from ferbench.engine.checkpoint import save_checkpoint
+
+        if dist.is_main():
+            save_checkpoint(job_dir / "checkpoint.pt", {"model": model.state_dict(), "ema": None, "best_state": None,
+                                                        "epoch": 0, "history": [], "rng_torch": torch.get_rng_state()})
         fmt = torch.channels_last if job.train.channels_last else torch.contiguous_format
         return FitResult(model.to(device, memory_format=fmt).eval(), None, -1, 0, False, [])
     donor = None

@@ -83,6 +83,11 @@ def test_epochs_zero_evaluates_a_checkpoint_and_reproduces_its_runs_test_metrics
     got = json.loads((tmp_path / "runs" / "ev0" / outcome.job.id / "metrics.json").read_text())
     own = json.loads((folder / "runs" / "ev" / first / "metrics.json").read_text())
     assert got["test"]["last"] == own["test"]["last"] and got["epochs_run"] == 0
+    # a released checkpoint evaluated this way is a run: predict and export read it like any other
+    tm = load_run(tmp_path / "runs" / "ev0" / outcome.job.id)
+    test = load_dataset(DATA["name"], DATA["options"]).splits["test"]
+    np.testing.assert_array_equal(predict(tm.model, test.images, tm.job.train, torch.device("cpu")),
+                                  np.load(tmp_path / "runs" / "ev0" / outcome.job.id / "predictions.npz")["test.last.logits"])
     api.report_spec("ev0", tmp_path / "runs", tmp_path / "reports")  # a record without epochs reports like any other
     page = (tmp_path / "reports" / "ev0" / "report.md").read_text()
     assert "unreadable" not in page and f"{100 * own['test']['last']['accuracy']:.2f}" in page

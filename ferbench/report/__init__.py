@@ -24,7 +24,7 @@ from ferbench.hub import weights_label
 from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
-from ferbench.report.tables import accuracy_table, cross_table, fmt_pct, fold_table, metric_rows
+from ferbench.report.tables import accuracy_table, cross_table, fmt_pct, fold_of, fold_table, metric_rows
 from ferbench.report.verdicts import claim_verdicts
 from ferbench.records import RunRecord, copy_records, discover, write_bytes_atomic, write_text_atomic
 
@@ -217,7 +217,9 @@ def leakage_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     for r in records:
         note = r.manifest.get("data_notes", {}).get("leakage") if r.complete else None
         if note:
-            row = out.setdefault(r.job["job"]["dataset"]["id"], {"dataset": r.job["job"]["dataset"]["id"], "runs": 0, "note": note})
+            fold = fold_of(r)
+            row = out.setdefault(r.job["job"]["dataset"]["id"], {"dataset": r.job["job"]["dataset"]["id"], "runs": 0,
+                                                                  "note": note if fold is None else f"e.g. fold {fold}: {note}"})
             row["runs"] += 1
     return list(out.values())
 
