@@ -86,7 +86,7 @@ SPEC_CASES = [
     ("label-smoothing", _set(["train", "label_smoothing"], 1.5), None, ["label_smoothing"]),
     ("optimizer-enum", _set(["train", "optimizer"], "adam"), None, ["optimizer", "'adam'"]),
     ("unknown-arch", _set(["models", 0, "arch"], "resnet19"), None, ["unknown model 'resnet19'"]),
-    ("unknown-dataset", _set(["datasets", 0, "name"], "affectnet"), None, ["unknown dataset 'affectnet'"]),
+    ("unknown-dataset", _set(["datasets", 0, "name"], "oulu-casia"), None, ["unknown dataset 'oulu-casia'"]),
     ("unknown-recipe", _set(["models", 0, "recipe"], "magic"), None, ["unknown recipe 'magic'"]),
     ("duplicate-ids", lambda d: d["models"].append({"id": "m", "arch": "resnet18"}), None, ["unique"]),
     ("depends-unknown", _set(["models", 0, "depends_on"], "ghost"), None, ["'ghost'"]),

@@ -106,8 +106,8 @@ def test_missing_dataset_file(tmp_path):
 def test_unknown_model_and_dataset(tmp_path):
     r = ferbench("run", write_spec(tmp_path / "s.yaml", {**TINY, "models": [{"id": "x", "arch": "resnet19"}]}), cwd=tmp_path)
     _assert_clean_failure(r, tmp_path, "unknown model 'resnet19'")
-    r = ferbench("run", write_spec(tmp_path / "s.yaml", {**TINY, "datasets": [{"name": "affectnet"}]}), cwd=tmp_path)
-    _assert_clean_failure(r, tmp_path, "unknown dataset 'affectnet'")
+    r = ferbench("run", write_spec(tmp_path / "s.yaml", {**TINY, "datasets": [{"name": "oulu-casia"}]}), cwd=tmp_path)
+    _assert_clean_failure(r, tmp_path, "unknown dataset 'oulu-casia'")
 
 
 def test_data_info_json_for_synthfer(tmp_path):

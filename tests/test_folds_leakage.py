@@ -61,18 +61,17 @@ def test_folds_all_expands_one_job_per_fold_and_the_report_pools_them(tmp_path):
                                         "folds": [0, 1]},
                                        {"name": "folder", "id": "lab-random", "path": str(path),
                                         "options": {"folds": 3, "split": "random"}, "folds": [2]}],
-            "models": [{"id": "r", "arch": "resnet18"}], "seeds": [0, 1],
+            "models": [{"id": "r", "arch": "resnet18"}], "seeds": [0],
             "train": {"epochs": 1, "batch_size": 16, "input_size": 32, "in_chans": 1}}
     (tmp_path / "s.yaml").write_text(json.dumps(spec))
     plan = api.plan_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
-    assert [(p.job.split_label, p.job.seed) for p in plan.jobs] == [
-        ("lab/f0", 0), ("lab/f0", 1), ("lab/f1", 0), ("lab/f1", 1), ("lab-random/f2", 0), ("lab-random/f2", 1)]
-    assert len({p.job.id for p in plan.jobs}) == 6
+    assert [(p.job.split_label, p.job.seed) for p in plan.jobs] == [("lab/f0", 0), ("lab/f1", 0), ("lab-random/f2", 0)]
+    assert len({p.job.id for p in plan.jobs}) == 3
     assert plan.leakage() and all("lab-random" in line for line in plan.leakage())
     # a fold's job is the job of a spec naming that fold in its options
     single = {**spec, "datasets": [{**spec["datasets"][0], "folds": None, "options": {"folds": 3, "fold": 1}}]}
     (tmp_path / "one.yaml").write_text(json.dumps(single))
-    assert api.load(tmp_path / "one.yaml")[1][0].id == plan.jobs[2].job.id
+    assert api.load(tmp_path / "one.yaml")[1][0].id == plan.jobs[1].job.id
 
     result = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs"), "--no-estimate"])
     assert result.exit_code == 0, result.output
@@ -87,7 +86,7 @@ def test_folds_all_expands_one_job_per_fold_and_the_report_pools_them(tmp_path):
     assert pooled_ci(records, "last") is not None  # folds joined per seed: every image once per seed
     api.report_spec("cv", tmp_path / "runs", tmp_path / "reports")
     page = (tmp_path / "reports" / "cv" / "report.md").read_text()
-    assert "Cross-validation folds" in page and "**Leakage.**" in page and "lab-random (2 run(s))" in page
+    assert "Cross-validation folds" in page and "**Leakage.**" in page and "lab-random (1 run(s))" in page
     assert len({r.label for r in discover(tmp_path / "runs" / "cv")}) == 1  # folds pool like seeds: one experiment
 
 

@@ -18,13 +18,14 @@ SPECS = sorted((REPO / "benchmarks").glob("*.yaml"))
 
 
 def needs(spec_path: Path) -> set[str]:
-    return {d.name for d in load_spec(spec_path).datasets}
+    """The datasets a spec reads: its entries and their cross-dataset targets."""
+    return {n for d in load_spec(spec_path).datasets for n in (d.name, *(t.name for t in d.cross))}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_smoke_profile_runs_and_reports(spec, tmp_path):
     names = needs(spec)
-    if names & {"fer2013", "ferplus"}:
+    if names & {"fer2013", "ferplus", "ckplus48"}:
         root = os.environ.get("FERBENCH_DATA")
         if not root:
             pytest.skip("needs FERBENCH_DATA (CI sets it to ../shared/data)")
@@ -46,7 +47,10 @@ def test_smoke_profile_runs_and_reports(spec, tmp_path):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_cpu_and_default_settings_validate(spec):
     s = load_spec(spec)
-    if "cpu" in s.profiles:
+    if "cpu" in s.profiles:  # at least 3 runs per experiment: seeds, or seeds x cross-validation folds
+        from ferbench.spec import fold_entries
+
         cpu = load_spec(spec, "cpu")
-        assert len(cpu.seeds) >= 3 if spec.stem != "quickstart" else True
+        folds = min(len(fold_entries(d)) for d in cpu.datasets)
+        assert len(cpu.seeds) * folds >= 3 if spec.stem != "quickstart" else True
     assert "smoke" in s.profiles
