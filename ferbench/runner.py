@@ -358,8 +358,6 @@ def teacher_from_file(job: Job, num_classes: int, device: Any, manifest: Manifes
 def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Phase 4: logits and classification reports on the job's eval splits, for the last and the
     best-validation model."""
-    from ferbench.engine import dist
-    from ferbench.engine.evaluate import predict
     from ferbench.metrics import classification_report
 
     arrays: dict[str, np.ndarray] = {}
@@ -383,7 +381,7 @@ def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str,
         for which, m in (("last", res.model), ("best", best_model)):
             if m is None:
                 continue
-            logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), s.images)
+            logits = job_logits(job, m, s.images, device)
             if not np.isfinite(logits).all():
                 raise JobFailed(f"non-finite logits on the {split} split ({which} model): the weights are not finite")
             arrays[f"{split}.{which}.logits"] = logits
@@ -392,14 +390,20 @@ def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str,
     return arrays, metrics
 
 
+def job_logits(job: Job, model: Any, images: np.ndarray, device: Any) -> np.ndarray:
+    """Logits of `images` under the job's evaluation transform and TTA, sharded across data-parallel ranks."""
+    from ferbench.engine import dist
+    from ferbench.engine.evaluate import predict
+
+    return dist.sharded(lambda part: predict(model, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), images)
+
+
 def evaluate_cross(job: Job, ds: FerDataset, last: Any, best: Any, device: Any, arrays: dict[str, np.ndarray],
                    metrics: dict[str, Any]) -> None:
     """Cross-dataset evaluation: each `cross` target's images through the last and best models,
     scored on the target classes the map keeps (`data.crossmap`); arrays under `cross.<id>.*` with the
     target-class logits, metrics under metrics["cross"][id]."""
     from ferbench.data.crossmap import class_map
-    from ferbench.engine import dist
-    from ferbench.engine.evaluate import predict
     from ferbench.metrics import classification_report
 
     for t in job.dataset.cross:
@@ -418,7 +422,7 @@ def evaluate_cross(job: Job, ds: FerDataset, last: Any, best: Any, device: Any, 
         for which, m in (("last", last), ("best", best)):
             if m is None:
                 continue
-            logits = dist.sharded(lambda part: predict(m, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), images)
+            logits = job_logits(job, m, images, device)
             scores = cmap.target_logits(logits)
             arrays[f"cross.{t.id}.{which}.logits"] = scores
             entry[which] = classification_report(scores, labels, cmap.classes)
