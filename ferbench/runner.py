@@ -55,10 +55,10 @@ def dataset_key(job: Job) -> str:
 
 def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
     """Validate every job and load each distinct dataset once. Raises FerbenchError, writes nothing."""
-    from ferbench.hub import resolve_weights
-    from ferbench.engine.weights import read_state_dict
-
+    from ferbench.engine.losses import check_targets
     from ferbench.engine.sinks import check_available
+    from ferbench.engine.weights import read_state_dict
+    from ferbench.hub import resolve_weights
 
     check_available(sorted({name for j in jobs for name in j.log}))
     for j in jobs:
@@ -77,24 +77,21 @@ def prepare(jobs: list[Job], data_root: str | None) -> dict[str, FerDataset]:
             subset = j.dataset.subset.model_dump() if j.dataset.subset else None
             loaded[key] = load_dataset(j.dataset.name, j.dataset.options, j.dataset.path, data_root, subset)
             load_cross_targets(j, loaded[key], data_root)
-        t = j.train
-        if t.loss in ("ldl", "sampled") and t.ldl_source == "votes" and loaded[key].splits["train"].targets is None:
-            raise FerbenchError(f"models.{j.model.id}: train.loss={t.loss} needs target distributions, but dataset "
-                                f"{j.dataset.id!r} has no annotator votes (use ldl_source: teacher with depends_on)")
+        check_targets(j.train, loaded[key].splits["train"].targets is not None,
+                      j.depends_on is not None or j.model.teacher is not None, j.dataset.id, where=f"models.{j.model.id}: ")
     return loaded
 
 
 def load_cross_targets(job: Job, ds: FerDataset, data_root: str | None) -> None:
-    """The datasets the job's dataset entry names under `cross`, loaded into `ds.cross` with their
-    class maps checked (one line for a bad target or map, before any record)."""
+    """The datasets the job's dataset entry names under `cross`, loaded into `ds.cross` beside their
+    class maps (checked here: one line for a bad target or map, before any record)."""
     from ferbench.data.crossmap import class_map
 
     for t in job.dataset.cross:
         where = f"datasets.{job.dataset.id}.cross.{t.id}"
         parse_options(t.name, t.options, where=f"{where}: ")
         target = load_dataset(t.name, t.options, t.path, data_root)
-        class_map(ds.classes, target.classes, t.map, where)
-        ds.cross[t.id] = target
+        ds.cross[t.id] = target, class_map(ds.classes, target.classes, t.map, where)
 
 
 def data_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, Any]) -> str | None:
@@ -403,12 +400,10 @@ def evaluate_cross(job: Job, ds: FerDataset, last: Any, best: Any, device: Any, 
     """Cross-dataset evaluation: each `cross` target's images through the last and best models,
     scored on the target classes the map keeps (`data.crossmap`); arrays under `cross.<id>.*` with the
     target-class logits, metrics under metrics["cross"][id]."""
-    from ferbench.data.crossmap import class_map
     from ferbench.metrics import classification_report
 
     for t in job.dataset.cross:
-        target = ds.cross[t.id]
-        cmap = class_map(ds.classes, target.classes, t.map, f"datasets.{job.dataset.id}.cross.{t.id}")
+        target, cmap = ds.cross[t.id]
         parts = [target.splits[s] for s in (("train", "val", "test") if t.split == "all" else ("test",)) if s in target.splits]
         images = np.concatenate([p.images for p in parts])
         rows, labels = cmap.target_labels(np.concatenate([p.labels for p in parts]), target.classes)

@@ -130,8 +130,6 @@ def class_probabilities(tm: TrainedModel, images: np.ndarray, tta: str = "none")
 
 def preprocess(tm: TrainedModel, images: np.ndarray) -> torch.Tensor:
     """The network's input for uint8 training-shaped images: the run's centre-view evaluation transform."""
-    from ferbench.data.augment import finish, to_unit
-    from ferbench.engine.evaluate import views
+    from ferbench.engine.evaluate import network_input
 
-    t = tm.job.train
-    return finish(views(to_unit(torch.from_numpy(images)), t.input_size, "none", 1.0)[0], t.in_chans, t.normalize).contiguous()
+    return network_input(torch.from_numpy(images), tm.job.train)[0].contiguous()

@@ -95,7 +95,6 @@ SPEC_CASES = [
     ("dataset-option-key", _set(["datasets", 0, "options", "n_trian"], 5), None, ["unknown option", "n_trian"]),
     ("subset-zero", _set(["datasets", 0, "subset"], {"train": 0}), None, ["subset.train"]),
     ("bad-id", _set(["models", 0, "id"], "a/b"), None, ["id 'a/b'"]),
-    ("ldl-without-votes", lambda d: d.update(datasets=[{"name": "fer2013"}]) or d["train"].update(loss="ldl"), None, ["fer2013"]),
     ("seed-negative", _set(["seeds"], [-1]), None, ["seeds[0]", "greater than or equal to 0"]),
     ("seed-beyond-32-bits", _set(["seeds"], [2**40]), None, ["seeds[0]", "4294967295"]),
     ("seeds-empty", _set(["seeds"], []), None, ["seeds", "at least 1 item"]),
@@ -170,6 +169,22 @@ def test_bad_fer2013_file(tmp_path, name, content, needles):
     else:
         write_fer_csv(csv, content)
     check(invoke(["run", fer_spec(tmp_path, csv)], tmp_path), tmp_path, str(csv), *needles)
+
+
+TARGET_CASES = [
+    ("ldl-without-votes", {"loss": "ldl"}, ["models.m: dataset 'fer2013' has no annotator votes", "train.loss=ldl"]),
+    ("sampled-without-votes", {"loss": "sampled"}, ["train.loss=sampled needs them"]),
+    ("multi-target-without-votes", {"loss": "multi_target"}, ["models.m: dataset 'fer2013'", "multi_target needs FER+'s"]),
+    ("teacher-without-teacher", {"loss": "ldl", "ldl_source": "teacher"}, ["models.m: train.ldl_source=teacher needs a teacher"]),
+]
+
+
+@pytest.mark.parametrize("name, train, needles", TARGET_CASES, ids=[c[0] for c in TARGET_CASES])
+def test_loss_whose_targets_the_data_lacks(tmp_path, name, train, needles):
+    """The loss/target rule (`losses.check_targets`) is checked for every job before any record."""
+    csv = write_fer_csv(tmp_path / "fer.csv", fer_rows())
+    p = spec_with(tmp_path, lambda d: d.update(datasets=[{"name": "fer2013", "path": str(csv)}]) or d["train"].update(train))
+    check(invoke(["run", p], tmp_path), tmp_path, *needles)
 
 
 def test_missing_data_file(tmp_path):

@@ -145,3 +145,17 @@ def test_resface_product_fusion_and_channel_branch_are_efficientfaces():
     with torch.no_grad():
         zc = summed.channel(f.mean((2, 3)))[:, :, None, None]
         torch.testing.assert_close(summed(f), torch.sigmoid(zc + summed.spatial(f)) * f)
+
+
+def test_a_family_with_every_added_module_off_is_its_base_family():
+    """`compare emonext convnext` must not count a fully ablated EmoNeXt (the ConvNeXt rows of
+    emonext_table2) as an EmoNeXt, nor a ResFace without its branches as a ResFace."""
+    from ferbench.models import family_of
+
+    assert family_of("emonext-atto") == "emonext"
+    assert family_of("emonext-atto", {"stn": False, "se": False, "sa_reg": False}) == "convnext"
+    assert family_of("emonext-atto", {"stn": False, "se": False}) == "emonext"  # the attention loss is still on
+    assert family_of("resface-r18", {"local": False, "csa": False}) == "resnet"
+    assert family_of("resface-r18", {"local": False}) == "resface"
+    assert family_of("convnext-atto") == "convnext" and family_of("resnet18") == "resnet"
+    assert family_of("myfer-small") == "myfer"  # a plug-in not installed here: its leading letters

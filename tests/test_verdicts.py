@@ -44,10 +44,15 @@ def test_verdicts_inside_above_below_and_not_comparable(runs):
     claims = [claim(100 * mean, conditions={"input_size": 24, "epochs": 1, "pretraining": "none", "labels": "hard"}),
               claim(min(100.0, 100 * hi + 5)), claim(max(0.0, 100 * lo - 5)),
               claim(100 * mean, conditions={"input_size": 224, "pretraining": "imagenet-22k", "selection": "best-test"}),
-              claim(90.0, arch="resnet50")]
+              claim(90.0, arch="resnet50"), claim(90.0, model="omega")]
     v = claim_verdicts(claims, records)
-    assert [x["verdict"] for x in v] == ["reproduced", "below", "above", "not comparable", "no matching run"]
+    assert [x["verdict"] for x in v] == ["reproduced", "below", "above", "not comparable", "no matching run",
+                                         "no matching run"]
     assert v[0]["ci"] == (lo, hi) and v[0]["n"] == 2 and "paper's stated conditions" in v[0]["why"]
+    frame = runs_frame(zeta)
+    assert v[0]["std"] == pytest.approx(frame["acc_last"].std(ddof=1))  # the headline's mean ± std over seeds
+    assert v[0]["cost"] == {"params_m": pytest.approx(frame.params.iloc[0] / 1e6), "gmacs": frame.gmacs.iloc[0], "input_size": 24}
+    assert v[5]["why"] == "no complete run of omega on synthfer (runs here on synthfer: alpha, zeta)"
     assert v[1]["diff"] < 0 and "a different outcome under the same conditions" in v[1]["why"]
     assert v[3]["differs"] == ["input size: paper 224 vs run 24", "pretraining: paper imagenet-22k vs run none"]
     assert v[3]["direction"] == "reproduced" and "test-selected" in v[3]["caveats"][0]
@@ -63,6 +68,7 @@ def test_a_claim_on_another_architecture_is_not_shown_in_the_accuracy_cell(runs,
     api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
     md = (tmp_path / "reports" / "vd" / "report.md").read_text()
     assert "claimed 87.89" not in md and "**no matching run**" in md and "the claim is about resface-r50" in md
+    assert "| method | backbone | dataset | params (M) | GMACs | paper | ours: mean ± std [95 % CI] | Δ | verdict |" in md
 
 
 def test_exports_parse_back_and_match_the_records(runs, tmp_path):

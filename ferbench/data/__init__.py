@@ -41,7 +41,8 @@ class FerDataset:
     splits: dict[str, Split]
     files: dict[str, str] = field(default_factory=dict)  # source path -> sha256, for the manifest
     notes: dict[str, Any] = field(default_factory=dict)  # protocol facts recorded with each run
-    cross: dict[str, "FerDataset"] = field(default_factory=dict)  # datasets[].cross targets by id (runner.prepare)
+    # datasets[].cross targets by id, each with its checked class map (runner.load_cross_targets)
+    cross: dict[str, tuple["FerDataset", Any]] = field(default_factory=dict)
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

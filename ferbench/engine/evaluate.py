@@ -34,6 +34,15 @@ def views(x: torch.Tensor, size: int, tta: str, ratio: float, gen: torch.Generat
     return base[None]
 
 
+def network_input(xb: torch.Tensor, cfg: TrainConfig, tta: str = "none", ratio: float = 236 / 224,
+                  gen: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """A uint8 batch (N, H, W[, 3]) as the network takes it under `tta`: (V*N, C, size, size) floats,
+    view-major, normalised as the run trained; and V, the number of views per image."""
+    v = views(to_unit(xb), cfg.input_size, tta, ratio, gen)
+    n_views, n = v.shape[:2]
+    return finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize), n_views
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -53,10 +62,8 @@ def predict(
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for start in range(0, len(src), cfg.eval_batch_size):
         xb = src[start : start + cfg.eval_batch_size].to(device, non_blocking=True)
-        v = views(to_unit(xb), cfg.input_size, tta, tta_resize_ratio, gen)
-        n_views, n = v.shape[:2]
-        flat = finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize).contiguous(memory_format=fmt)
+        flat, n_views = network_input(xb, cfg, tta, tta_resize_ratio, gen)
         with autocast_ctx(device, cfg.amp):
-            logits = model(flat)
-        out.append(logits.float().reshape(n_views, n, -1).mean(0))
+            logits = model(flat.contiguous(memory_format=fmt))
+        out.append(logits.float().reshape(n_views, len(xb), -1).mean(0))
     return torch.cat(out).cpu().numpy().astype(np.float32)

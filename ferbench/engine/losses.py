@@ -58,14 +58,17 @@ def uses_teacher(cfg: TrainConfig) -> bool:
     return cfg.loss == "ldl" and cfg.ldl_source == "teacher"
 
 
-def check_targets(cfg: TrainConfig, has_votes: bool, has_teacher: bool, dataset: str) -> None:
-    """Refuse a loss whose targets this dataset or job cannot provide."""
+def check_targets(cfg: TrainConfig, has_votes: bool, has_teacher: bool, dataset: str, where: str = "") -> None:
+    """Refuse a loss whose targets this dataset or job cannot provide (`where` prefixes the message:
+    the runner checks every job before any record, the training loop again when called directly)."""
     if cfg.loss == "multi_target" and not has_votes:
-        raise FerbenchError(f"dataset {dataset!r} has no annotator votes: train.loss=multi_target needs FER+'s")
+        raise FerbenchError(f"{where}dataset {dataset!r} has no annotator votes: train.loss=multi_target needs FER+'s")
     if cfg.loss in ("ldl", "sampled") and cfg.ldl_source == "votes" and not has_votes:
-        raise FerbenchError(f"dataset {dataset!r} has no annotator votes: train.loss=ldl needs ldl_source: teacher")
+        raise FerbenchError(f"{where}dataset {dataset!r} has no annotator votes: train.loss={cfg.loss} needs them, "
+                            "or ldl_source: teacher with depends_on / teacher")
     if uses_teacher(cfg) and not has_teacher:
-        raise FerbenchError("train.ldl_source=teacher needs a teacher: depends_on: <teacher model id>, or teacher: {arch, weights}")
+        raise FerbenchError(f"{where}train.ldl_source=teacher needs a teacher: depends_on: <teacher model id>, "
+                            "or teacher: {arch, weights}")
 
 
 def draw_labels(host_targets: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -26,6 +26,10 @@ class Variant:
     paper: bool = False  # a variant the papers evaluate (False: a ferbench extension)
     checkpoint_filter: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # (state_dict, model) -> state_dict
     signature: Any = None  # the class whose __init__ annotations type the options (checked before any build)
+    # the boolean options that switch on what the family adds to its base, and that base's family: with
+    # every one off the model is the base (EmoNeXt without STN, SE and the attention loss is a ConvNeXt)
+    modules: tuple[str, ...] = ()
+    base_family: str | None = None
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -74,6 +78,23 @@ def get_variant(name: str) -> Variant:
         raise FerbenchError(f"unknown model {name!r} (see `ferbench models`; e.g. {', '.join(sorted(_REGISTRY)[:6])}, ...; "
                             "or your own as 'package.module:function')")
     return _REGISTRY[name]
+
+
+def family_of(name: str, options: dict[str, Any] | None = None) -> str:
+    """The family a model belongs to as configured: its variant's family, or the base family when
+    `options` switch off every module the family adds (`Variant.modules`). A name the registry does
+    not hold (a record from a plug-in not installed here) falls back to its leading letters."""
+    import re
+
+    _ensure_loaded()
+    v = _REGISTRY.get(name)
+    if v is None:
+        m = re.match(r"[a-z]+", name)
+        return m.group(0) if m else name
+    options = options or {}
+    if v.modules and v.base_family and all(options.get(k) is False for k in v.modules):
+        return v.base_family
+    return v.family
 
 
 REQUIRED_PARAMETERS = ("num_classes", "input_size", "in_chans")

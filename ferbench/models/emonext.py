@@ -270,6 +270,6 @@ def build_emonext(num_classes: int, input_size: int, in_chans: int, size: str, *
 for _size in SIZES:
     register(Variant(
         f"emonext-{_size}", "emonext", build_emonext, {"size": _size}, options=OPTIONS, paper=_size in PAPER_SIZES,
-        checkpoint_filter=checkpoint_filter_fn, signature=EmoNeXt,
+        checkpoint_filter=checkpoint_filter_fn, signature=EmoNeXt, modules=("stn", "se", "sa_reg"), base_family="convnext",
         description=f"EmoNeXt on ConvNeXt-{_size}" + ("" if _size in PAPER_SIZES else " (ferbench extension, CPU-sized)"),
     ))

@@ -145,5 +145,5 @@ def build_resface(num_classes: int, input_size: int, in_chans: int, depth: int, 
 
 for _depth in (18, 50):
     register(Variant(f"resface-r{_depth}", "resface", build_resface, {"depth": _depth}, options=OPTIONS, paper=True,
-                     signature=ResFace, checkpoint_filter=checkpoint_filter_fn,
+                     signature=ResFace, checkpoint_filter=checkpoint_filter_fn, modules=("local", "csa"), base_family="resnet",
                      description=f"ResFace with a ResNet-{_depth} trunk (local branch + channel-spatial aggregation)"))

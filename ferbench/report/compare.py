@@ -12,7 +12,6 @@ unit is the test image: seeds are repeated measurements of the same images, not 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,13 @@ from ferbench.report.tables import metric_rows
 from ferbench.records import RunRecord, discover
 
 
-def family_of(arch: str) -> str:
-    """resface-r18 -> resface, emonext-tiny -> emonext, resnet18 -> resnet, convnext-atto -> convnext."""
-    m = re.match(r"[a-z]+", arch)
-    return m.group(0) if m else arch
-
-
 def _matches(rec: RunRecord, who: str) -> bool:
+    """Whether a run is `who`: its model id, its arch, or its family as configured (`models.family_of`:
+    an EmoNeXt with STN, SE and the attention loss off is a ConvNeXt, not an EmoNeXt)."""
+    from ferbench.models import family_of
+
     j = rec.job["job"]["model"]
-    return who in (j["id"], j["arch"], family_of(j["arch"]))
+    return who in (j["id"], j["arch"], family_of(j["arch"], j.get("options")))
 
 
 def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], reps: int = 2000) -> dict[str, Any] | None:
@@ -91,7 +88,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
     if not ra_all or not rb_all:
         missing = a if not ra_all else b
         raise FerbenchError(f"compare: no complete runs of {missing!r} under {runs_dir}"
-                            + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext)"
+                            + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext, convnext, resnet)"
                             + (f"; {damaged} damaged record(s) were left out: `ferbench report` lists why" if damaged else ""))
     from ferbench.report import conditions
 

@@ -88,6 +88,12 @@ def claim_matches(claim: dict[str, Any], model_id: str, arch: str, dataset: str)
     return claim["model"] == model_id and claim["dataset"] == dataset and claim.get("arch") in (None, arch)
 
 
+def seed_std(accs: np.ndarray) -> float | None:
+    """Sample standard deviation (ddof=1) of per-run accuracies; None for a single run."""
+    accs = np.asarray(accs, float)
+    return float(accs.std(ddof=1)) if accs.size > 1 else None
+
+
 def fmt_pct(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.{digits}f}"
 
@@ -115,7 +121,7 @@ def accuracy_table(
                           and claim_matches(c, sub["model_id"].iloc[0], sub["arch"].iloc[0], d)), None)
             mean = float(accs.mean())
             cells[d] = {
-                "mean": mean, "std": float(accs.std(ddof=1)) if accs.size > 1 else None, "n": int(accs.size),
+                "mean": mean, "std": seed_std(accs), "n": int(accs.size),
                 "ci": ci, "claim": claim["value"] / 100 if claim else None, "source": claim["source"] if claim else None,
                 "diff": (mean - claim["value"] / 100) if claim else None,
             }
@@ -183,7 +189,7 @@ def cross_table(records: list[RunRecord], which: str = "last") -> list[dict[str,
     for (model, dataset, target), entries in groups.items():
         accs = np.array([e[which]["accuracy"] for e in entries])
         out.append({"model": model, "trained_on": dataset, "target": target, "target_dataset": entries[0]["dataset"],
-                    "mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else None,
+                    "mean": float(accs.mean()), "std": seed_std(accs),
                     "n": len(accs), "images": entries[0]["images"], "classes": entries[0]["classes"],
                     "dropped": entries[0]["dropped_classes"],
                     "balanced_accuracy": float(np.mean([e[which]["balanced_accuracy"] for e in entries]))})

@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ferbench.hub import weights_label
 from ferbench.records import RunRecord
-from ferbench.report.tables import claim_matches, pooled_ci, runs_frame
+from ferbench.report.tables import claim_matches, pooled_ci, runs_frame, seed_std
 
 BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data")
 LABELS_OF_LOSS = {"ce": "hard", "ldl": "distribution", "sampled": "distribution", "multi_target": "distribution"}
@@ -94,26 +95,39 @@ def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> l
     matched = [r for r in records if r.id in keys and claim_matches(claim, *keys[r.id])]
     if not matched:  # say why: the model ran, but as another architecture, or not at all
         ran = sorted({a for m, a, d in keys.values() if m == claim["model"] and d == claim["dataset"]})
+        here = sorted({m for m, a, d in keys.values() if d == claim["dataset"]})  # model ids, as the tables name rows
         why = (f"{claim['model']} ran as {', '.join(ran)}, the claim is about {claim['arch']}" if ran
-               else f"no complete run of {claim['model']} on {claim['dataset']}")
+               else f"no complete run of {claim['model']} on {claim['dataset']}"
+               + (f" (runs here on {claim['dataset']}: {', '.join(here)})" if here else ""))
         return [{**base, "verdict": "no matching run", "why": why, "label": None, "mean": None, "ci": None,
-                 "diff": None, "differs": [], "caveats": [], "paper_rule": None}]
+                 "diff": None, "differs": [], "caveats": [], "paper_rule": None, "std": None, "cost": None}]
     which = COLUMN_OF_SELECTION.get(claim.get("conditions", {}).get("selection"), "last")
     rows = []
     for label in dict.fromkeys(r.label for r in matched):
         recs = [r for r in matched if r.label == label]
-        accs = df[df.run.isin({r.id for r in recs})][f"acc_{which}"].to_numpy(float)
+        sub = df[df.run.isin({r.id for r in recs})]
+        accs = sub[f"acc_{which}"].to_numpy(float)
         run = run_conditions(recs[0], len(recs), which)
         paper = claim.get("conditions", {})
         mean, ci = float(np.mean(accs)), pooled_ci(recs, which)
         direction = ci_verdict(base["claim"], ci) if ci else None
         differs = differences(paper, run)
-        rows.append({**base, "label": label, "mean": mean, "ci": ci, "diff": mean - base["claim"], "n": len(recs),
+        rows.append({**base, "label": label, "mean": mean, "std": seed_std(accs), "ci": ci, "diff": mean - base["claim"],
+                     "n": len(recs), "cost": model_cost(sub),
                      "verdict": "not comparable" if differs or direction is None else direction,
                      "direction": direction, "differs": differs, "caveats": caveats(paper, run),
                      "why": _plainly(differs, direction), "selection": run["selection"],
                      "paper_rule": paper_rule(paper.get("selection"), recs, accs, base["claim"])})
     return rows
+
+
+def model_cost(runs: Any) -> dict[str, Any] | None:
+    """Params (M) and GMACs at the runs' input size, as the runs measured them (first run; one experiment
+    shares one model and input size)."""
+    row = runs.iloc[0]
+    if pd.isna(row.get("params")) or pd.isna(row.get("gmacs")):
+        return None
+    return {"params_m": float(row["params"]) / 1e6, "gmacs": float(row["gmacs"]), "input_size": int(row["input_size"])}
 
 
 def paper_rule(selection: str | None, recs: list[RunRecord], accs: np.ndarray, claim: float) -> dict[str, Any] | None:
