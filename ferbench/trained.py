@@ -132,4 +132,4 @@ def preprocess(tm: TrainedModel, images: np.ndarray) -> torch.Tensor:
     """The network's input for uint8 training-shaped images: the run's centre-view evaluation transform."""
     from ferbench.engine.evaluate import network_input
 
-    return network_input(torch.from_numpy(images), tm.job.train)[0].contiguous()
+    return network_input(torch.from_numpy(images), tm.job.train, "none", tm.job.eval.tta_resize_ratio)[0].contiguous()

@@ -34,10 +34,11 @@ def views(x: torch.Tensor, size: int, tta: str, ratio: float, gen: torch.Generat
     return base[None]
 
 
-def network_input(xb: torch.Tensor, cfg: TrainConfig, tta: str = "none", ratio: float = 236 / 224,
+def network_input(xb: torch.Tensor, cfg: TrainConfig, tta: str, ratio: float,
                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """A uint8 batch (N, H, W[, 3]) as the network takes it under `tta`: (V*N, C, size, size) floats,
-    view-major, normalised as the run trained; and V, the number of views per image."""
+    """A uint8 batch (N, H, W[, 3]) as the network takes it under `tta` (crops from a resize by `ratio`,
+    the job's `eval.tta_resize_ratio`): (V*N, C, size, size) floats, view-major, normalised as the run
+    trained; and V, the number of views per image."""
     v = views(to_unit(xb), cfg.input_size, tta, ratio, gen)
     n_views, n = v.shape[:2]
     return finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize), n_views
