@@ -97,14 +97,28 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def git_commit() -> str | None:
-    """The commit of the ferbench checkout this code runs from, if it is one."""
+def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
+    """The commit of the checkout holding `where` (default: the ferbench package) and whether the files
+    under `where` differ from that commit (uncommitted edits to tracked files): a record made from an
+    edited tree names its commit but not its code, so the manifest says so. (None, None) outside git."""
+    here = where or Path(__file__).resolve().parent
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None, None
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                capture_output=True, text=True, timeout=10)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return head.stdout.strip(), dirty
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, None
+
+
+def code_version(environment: dict[str, Any]) -> str:
+    """A manifest environment's code version as a page names it: the short commit, marked when the
+    record was made from uncommitted edits (one home for that label)."""
+    commit = str(environment.get("git_commit") or "unknown")[:12]
+    return f"{commit} + uncommitted changes" if environment.get("git_dirty") else commit
 
 
 def environment(device: Any) -> dict[str, Any]:
@@ -114,8 +128,9 @@ def environment(device: Any) -> dict[str, Any]:
 
     from ferbench.engine.optim import implementation
 
+    commit, dirty = git_state()
     env = {
-        "ferbench": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+        "ferbench": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
         "platform": platform.platform(), "torch": torch.__version__, "timm": timm.__version__,
         "numpy": np.__version__, "device": str(device), "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),

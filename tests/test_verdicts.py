@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,44 @@ def test_rows_follow_the_spec_order_and_mixed_code_versions_are_named(runs, tmp_
     shutil.copytree(runs, tmp_path / "runs")
     one = next((tmp_path / "runs" / "vd").glob("alpha__*s1*"))
     manifest = json.loads((one / "manifest.json").read_text())
-    manifest["environment"]["git_commit"] = "0123456789abcdef"
+    manifest["environment"].update(git_commit="0123456789abcdef", git_dirty=False)
     (one / "manifest.json").write_text(json.dumps(manifest))
     api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
     md = (tmp_path / "reports" / "vd" / "report.md").read_text()
     table = md[md.index("## Test accuracy (%), last epoch"):]
     assert table.index("| zeta |") < table.index("| alpha |")  # the spec's order, not the folders' (alpha < zeta)
     assert "made by 2 code versions" in md and "`0123456789ab`: alpha/s1" in md
+
+
+def test_a_page_made_from_uncommitted_code_says_so(runs, tmp_path):
+    shutil.copytree(runs, tmp_path / "runs")
+    for job in (tmp_path / "runs" / "vd").glob("*__*"):
+        manifest = json.loads((job / "manifest.json").read_text())
+        manifest["environment"].update(git_commit="0123456789abcdef", git_dirty=True)
+        (job / "manifest.json").write_text(json.dumps(manifest))
+    api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
+    md = (tmp_path / "reports" / "vd" / "report.md").read_text()
+    assert "**Uncommitted code.**" in md and "`0123456789ab + uncommitted changes`: " in md
+    assert "Mixed code versions" not in md
+
+
+def test_git_state_names_the_commit_and_edits_to_tracked_files(tmp_path):
+    from ferbench.machine import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *args], check=True, capture_output=True)
+
+    assert git_state(tmp_path) == (None, None)
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    git("add", "model.py")
+    git("commit", "-qm", "one")
+    commit, dirty = git_state(tmp_path)
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "notes.txt").write_text("untracked files are not code the run used\n")
+    assert git_state(tmp_path)[1] is False
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert git_state(tmp_path) == (commit, True)
 
 
 def test_the_index_lists_every_claim_with_its_verdict(runs, tmp_path):

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from ferbench.hub import weights_label
+from ferbench.machine import code_version
 from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
@@ -190,10 +191,6 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             curve_figs.append({"dataset": d, "figure": name})
     problems = unreadable + [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
                              for r in records if not r.complete]
-    versions: dict[str, list[str]] = {}
-    for r in records:  # a page that pools records of several code versions says which rows came from which
-        commit = r.manifest.get("environment", {}).get("git_commit") or "unknown"
-        versions.setdefault(str(commit), []).append(f"{r.label}/s{r.job['job']['seed']}")
     envs = []
     for r in records:
         e = r.manifest.get("environment")
@@ -204,10 +201,20 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         "n_runs": len(records), "n_complete": sum(r.complete for r in records), "tables": tables, "groups": groups,
         "data_figs": data_figs, "curve_figs": curve_figs, "problems": problems, "conditions": conditions(records),
         "environments": envs, "claims": claims, "verdicts": claim_verdicts(claims, records),
-        "code_versions": versions if len(versions) > 1 else {}, "records": records,
+        "code_versions": code_versions(records), "records": records,
         "folds": folds, "leakage": leakage_rows(records), "cross": {w: cross_table(records, w) for w in ("last", "best")},
     }
     return ctx, figs
+
+
+def code_versions(records: list[RunRecord]) -> dict[str, list[str]]:
+    """Which runs each code version made ({version: ["model/s0", ...]}), when a page must say so: its
+    records come from several commits, or from a tree with uncommitted edits. Empty otherwise."""
+    versions: dict[str, list[str]] = {}
+    for r in records:
+        versions.setdefault(code_version(r.manifest.get("environment") or {}), []).append(f"{r.label}/s{r.job['job']['seed']}")
+    edited = any((r.manifest.get("environment") or {}).get("git_dirty") for r in records)
+    return versions if len(versions) > 1 or edited else {}
 
 
 def leakage_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
