@@ -144,8 +144,11 @@ def test_the_index_lists_every_claim_with_its_verdict(runs, tmp_path):
     spec["claims"] = [claim(99.0, conditions={"input_size": 24}), claim(50.0, conditions={"input_size": 224})]
     spec["description"] = "A tiny page. It has two claims."
     snap.write_text(yaml.safe_dump(spec))
+    (tmp_path / "reports" / "old").mkdir(parents=True)  # a page rendered before verdicts, without its records
+    (tmp_path / "reports" / "old" / "index.html").write_text("<html></html>")
     api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
     index = (tmp_path / "reports" / "index.html").read_text()
+    assert "An earlier rendering, made before verdicts" in index and index.count("An earlier rendering") == 1
     assert index.count('class="v-below"') == 1 and index.count('class="v-not-comparable"') == 1
     assert "input size: paper 224 vs run 24" in index and "A tiny page." in index and "synthfer" in index
 
