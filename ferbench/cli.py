@@ -73,7 +73,7 @@ class RichEpochs:
 
 def _overrides(set_: list[str], **launcher: Any) -> list[tuple[str, Any]]:
     """`--set key=value` items, then the launcher flags as `launcher.<field>` overrides."""
-    from ferbench.spec import parse_set
+    from ferbench.specfile import parse_set
 
     return parse_set(set_) + [(f"launcher.{k}", v) for k, v in launcher.items() if v is not None]
 
@@ -356,7 +356,7 @@ def cost(
 ) -> None:
     """A model's cost: params, GMACs, GFLOPs (= 2 x GMACs) and CPU latency at batch 1, eval mode."""
     from ferbench.cost import model_cost
-    from ferbench.spec import parse_set
+    from ferbench.specfile import parse_set
 
     try:
         opts = dict(parse_set(option))
@@ -440,7 +440,7 @@ def data_info(
 ) -> None:
     """Per split: total and per-class counts (what survives the label protocol)."""
     from ferbench import api
-    from ferbench.spec import parse_set
+    from ferbench.specfile import parse_set
 
     try:
         opts = dict(parse_set(option))
@@ -471,7 +471,7 @@ def data_plot(
 ) -> None:
     """Class bars per split, example faces, annotator agreement, FER-2013 vs FER+ distributions."""
     from ferbench.report.datafigs import plot_dataset
-    from ferbench.spec import parse_set
+    from ferbench.specfile import parse_set
 
     try:
         for p in plot_dataset(name, out, data_root, path, dict(parse_set(option))):

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from ferbench.errors import FerbenchError
-from ferbench.spec import expand, load_spec, parse_set, spec_from_dict
+from ferbench.spec import expand, load_spec, spec_from_dict
+from ferbench.specfile import parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {
