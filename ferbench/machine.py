@@ -114,13 +114,6 @@ def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def code_version(environment: dict[str, Any]) -> str:
-    """A manifest environment's code version as a page names it: the short commit, marked when the
-    record was made from uncommitted edits (one home for that label)."""
-    commit = str(environment.get("git_commit") or "unknown")[:12]
-    return f"{commit} + uncommitted changes" if environment.get("git_dirty") else commit
-
-
 def environment(device: Any) -> dict[str, Any]:
     """Versions, device, threads, determinism flags and allocator settings: a manifest's `environment`."""
     import timm

@@ -21,7 +21,6 @@ import numpy as np
 import yaml
 
 from ferbench.hub import weights_label
-from ferbench.machine import code_version
 from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
@@ -205,6 +204,13 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         "folds": folds, "leakage": leakage_rows(records), "cross": {w: cross_table(records, w) for w in ("last", "best")},
     }
     return ctx, figs
+
+
+def code_version(environment: dict[str, Any]) -> str:
+    """A manifest environment's code version as a page names it: the short commit, marked when the
+    record was made from uncommitted edits (one home for that label)."""
+    commit = str(environment.get("git_commit") or "unknown")[:12]
+    return f"{commit} + uncommitted changes" if environment.get("git_dirty") else commit
 
 
 def code_versions(records: list[RunRecord]) -> dict[str, list[str]]:

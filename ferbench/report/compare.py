@@ -12,6 +12,8 @@ unit is the test image: seeds are repeated measurements of the same images, not 
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,9 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
         for side, recs in (("A", ra_all), ("B", rb_all)):
             for mid in dict.fromkeys(r.label for r in recs if r.job["job"]["dataset"]["id"] == d):
                 g = rows[mid]
-                variants.append({"side": side, "model": mid, "n": g["n"], "accuracy": g["accuracy"],
+                specs = sorted({r.job["job"]["spec"] for r in recs if r.label == mid and r.job["job"]["dataset"]["id"] == d})
+                variants.append({"side": side, "side_name": a if side == "A" else b, "spec": ", ".join(specs),
+                                 "model": mid, "n": g["n"], "accuracy": g["accuracy"],
                                  "balanced_accuracy": g["balanced_accuracy"], "macro_f1": g["macro_f1"],
                                  "params": g["params"], "gmacs": g["gmacs"], "latency_ms": g["latency_ms"],
                                  "input_size": g["input_size"], "classes": g["classes"]})
@@ -118,6 +122,21 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
     return out
 
 
+def compare_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """What the reports index shows of a compare page (its verdicts.json, as `page_summary` for a
+    report): each dataset's first pair in one line; a comparison carries no claims, so no verdicts."""
+    lines = []
+    for d, r in result["datasets"].items():
+        for p in r["pairs"][:1]:
+            if "acc_diff" in p:
+                lo, hi = p["acc_diff_ci95"]
+                lines.append(f"{d}: {p['a']} - {p['b']} {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}], "
+                             f"paired permutation p = {p['paired_test']['p_value']:.2g} over {p['n_images']:,} test images")
+    return {"name": name, "description": f"Paired comparison, {result['a']} vs {result['b']}. " + "; ".join(lines) + ".",
+            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datasets": sorted(result["datasets"]),
+            "verdicts": []}
+
+
 def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     """report.md, index.html (self-contained) and an accuracy-vs-GMACs figure under `out`; the
     reports index links it like any report."""
@@ -134,6 +153,7 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     md = _env(False).get_template("compare.md.j2").render(**ctx)
     html = _env(True).get_template("compare.html.j2").render(**ctx)
     write_bytes_atomic(out / "compare_acc_vs_gmacs.png", png)
+    write_text_atomic(out / "verdicts.json", json.dumps(compare_summary(result, out.name), indent=2))
     write_text_atomic(out / "report.md", md)
     write_text_atomic(out / "index.html", html)
     from ferbench.report import write_index
