@@ -217,9 +217,11 @@ def code_versions(records: list[RunRecord]) -> dict[str, list[str]]:
     """Which runs each code version made ({version: ["model/s0", ...]}), when a page must say so: its
     records come from several commits, or from a tree with uncommitted edits. Empty otherwise."""
     versions: dict[str, list[str]] = {}
+    edited = False
     for r in records:
-        versions.setdefault(code_version(r.manifest.get("environment") or {}), []).append(f"{r.label}/s{r.job['job']['seed']}")
-    edited = any((r.manifest.get("environment") or {}).get("git_dirty") for r in records)
+        env = r.manifest.get("environment") or {}
+        edited = edited or bool(env.get("git_dirty"))
+        versions.setdefault(code_version(env), []).append(f"{r.label}/s{r.job['job']['seed']}")
     return versions if len(versions) > 1 or edited else {}
 
 

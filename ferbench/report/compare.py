@@ -97,11 +97,13 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
     out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all)}
     for d in sorted({r.job["job"]["dataset"]["id"] for r in ra_all} & {r.job["job"]["dataset"]["id"] for r in rb_all}):
         rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job["job"]["dataset"]["id"] == d])}
-        variants = []
+        variants, recs_of = [], {}  # recs_of[side, model id]: that variant's records on d
         for side, recs in (("A", ra_all), ("B", rb_all)):
-            for mid in dict.fromkeys(r.label for r in recs if r.job["job"]["dataset"]["id"] == d):
+            here = [r for r in recs if r.job["job"]["dataset"]["id"] == d]
+            for mid in dict.fromkeys(r.label for r in here):
+                recs_of[side, mid] = [r for r in here if r.label == mid]
                 g = rows[mid]
-                specs = sorted({r.job["job"]["spec"] for r in recs if r.label == mid and r.job["job"]["dataset"]["id"] == d})
+                specs = sorted({r.job["job"]["spec"] for r in recs_of[side, mid]})
                 variants.append({"side": side, "side_name": a if side == "A" else b, "spec": ", ".join(specs),
                                  "model": mid, "n": g["n"], "accuracy": g["accuracy"],
                                  "balanced_accuracy": g["balanced_accuracy"], "macro_f1": g["macro_f1"],
@@ -110,8 +112,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
         pairs = []
         for va in [v for v in variants if v["side"] == "A"]:
             for vb in [v for v in variants if v["side"] == "B"]:
-                recs_a = [r for r in ra_all if r.label == va["model"] and r.job["job"]["dataset"]["id"] == d]
-                recs_b = [r for r in rb_all if r.label == vb["model"] and r.job["job"]["dataset"]["id"] == d]
+                recs_a, recs_b = recs_of["A", va["model"]], recs_of["B", vb["model"]]
                 if {r.job["job"]["spec"] for r in recs_a} != {r.job["job"]["spec"] for r in recs_b}:
                     continue  # different experiments: listed side by side above, never paired
                 st = paired_stats(recs_a, recs_b, va["classes"])
