@@ -300,7 +300,7 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
         source = resolve_weights(job.model.weights)
         info = load_pretrained(model, source.path, get_variant(job.model.arch).checkpoint_filter)
         manifest.add(pretrained={**source.record(), **info})
-        kept = info["kept_init"]
+        kept = [k for k in info["kept_init"] if not k.endswith("num_batches_tracked")]  # a counter, not a weight
         if kept and job.train.epochs == 0:
             raise JobFailed(f"train.epochs: 0 evaluates {job.model.weights} as it is, but {len(kept)} tensors of "
                             f"{job.model.arch} did not load from it ({', '.join(kept[:4])}): the file must hold the whole "
@@ -390,9 +390,13 @@ def evaluate(job: Job, ds: FerDataset, res: Any, device: Any) -> tuple[dict[str,
 def job_logits(job: Job, model: Any, images: np.ndarray, device: Any) -> np.ndarray:
     """Logits of `images` under the job's evaluation transform and TTA, sharded across data-parallel ranks."""
     from ferbench.engine import dist
-    from ferbench.engine.evaluate import predict
+    from ferbench.engine.evaluate import predict, sampling_dropout
 
-    return dist.sharded(lambda part: predict(model, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio), images)
+    def logits(part: np.ndarray) -> np.ndarray:
+        with sampling_dropout(model, job.eval.dropout_at_eval, job.seed):
+            return predict(model, part, job.train, device, job.eval.tta, job.eval.tta_resize_ratio, keep_mode=True)
+
+    return dist.sharded(logits, images)
 
 
 def evaluate_cross(job: Job, ds: FerDataset, last: Any, best: Any, device: Any, arrays: dict[str, np.ndarray],

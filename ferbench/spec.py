@@ -84,8 +84,12 @@ class TrainConfig(_Strict):
         "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5; imagenet: per-channel "
         "ImageNet mean/std (EfficientFace's RAF-DB pipeline; needs in_chans 3)"
     )
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam"] = Field("sgd", description="adam: torch.optim.Adam, weight decay as an "
+                                                       "L2 gradient term (Deep-Emotion's code); adamw: decoupled")
     lr: float = Field(0.1, gt=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Adam/AdamW betas (PyTorch's and Keras's default)")
+    adam_eps: float = Field(1e-8, gt=0, description="Adam/AdamW epsilon (PyTorch's default; Keras 2.0's Adam too)")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
@@ -148,6 +152,10 @@ class EvalConfig(_Strict):
     use_ema: bool = Field(True, description="test (and by default validate) the EMA model when the recipe keeps one")
     val_uses_ema: bool | None = Field(None, description="which model validation and early stopping see: None = as "
                                       "use_ema; false = the live model (EmoNeXt's code: live for validation, EMA for test)")
+    dropout_at_eval: bool = Field(
+        False, description="keep dropout sampling when the test split is evaluated (seeded by the job's seed): the "
+        "released Deep-Emotion code calls F.dropout without training=, so its numbers are measured that way; an "
+        "evaluation setting (a finished training is re-evaluated, never retrained)")
     test_each_epoch: bool = Field(
         False, description="also record each epoch's test accuracy (centre view) in history.csv, so a report can show "
         "a paper's test-selected number (best test epoch) labelled as such; never used to select a model, never part "
@@ -311,18 +319,25 @@ RECIPES: dict[str, dict[str, Any]] = {
         "input_size": 224,
         "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
     },
+    "deep-emotion-code": {  # omarsayed7/Deep-Emotion main.py defaults (no paper recipe is published as code)
+        "optimizer": "adam", "lr": 0.005, "weight_decay": 0.0, "batch_size": 128, "epochs": 100,
+        "schedule": "constant", "loss": "ce", "normalize": "half", "in_chans": 1, "input_size": 48,
+        "drop_last": False,  # DataLoader(shuffle=True) keeps the last partial batch
+        "augment": {"hflip": False, "rotation": 0.0},  # ToTensor + Normalize only
+    },
 }
 EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "resface-paper": {"test_each_epoch": True},  # EfficientFace reports the best test epoch
     "emonext-paper": {"tta": "tencrop", "test_each_epoch": True},
     "emonext-code": {"tta": "tencrop", "val_mode": "random_crop", "val_uses_ema": False, "test_each_epoch": True},
+    "deep-emotion-code": {"test_each_epoch": True},  # its loop prints every epoch; a test-selected number is visible
 }
 # Job fields that only add information to a record: left out of the job id and the condition hash, so
 # records made before they existed are still found and seeds made with and without them still pool.
 NOT_IDENTITY = ("data_root", "profile", "log")  # where a job ran from and what it reported to, not what it computed
 # Evaluation settings that never touch training (validation crops, EMA choice and the val split do: they select
 # the best epoch and stop early): a job differing from a finished one only in these reuses its training.
-EVAL_ONLY = ("tta", "tta_resize_ratio")
+EVAL_ONLY = ("tta", "tta_resize_ratio", "dropout_at_eval")
 IDENTITY_EXEMPT: tuple[tuple[str, ...], ...] = (("eval", "test_each_epoch"),)
 # Fields added after JOB_FORMAT 1 that change training: part of the identity only when not at the value
 # every earlier job ran with, so the ids of jobs made before they existed do not change.
@@ -330,6 +345,7 @@ IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "ema", "rule"): "flat", ("train", "ema", "power"): 2 / 3, ("train", "grad_scaler"): None,
     ("train", "drop_last"): True, ("eval", "val_uses_ema"): None, ("dataset", "folds"): None,
     ("train", "sampler"): "uniform", ("dataset", "cross"): [],
+    ("train", "betas"): [0.9, 0.999], ("train", "adam_eps"): 1e-8, ("eval", "dropout_at_eval"): False,
 }
 
 

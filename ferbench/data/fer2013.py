@@ -3,16 +3,24 @@
 Columns `emotion,pixels,Usage`; `pixels` is 2304 space-separated ints (48x48, row-major).
 Standard protocol: Training -> train, PublicTest -> val, PrivateTest -> test.
 (`torchvision.datasets.FER2013` merges PublicTest and PrivateTest, so it cannot serve here.)
+
+Other protocols are options, each named by the code that uses it (`protocol`), and so is the pixel
+path of an official pipeline (`jpeg_quality`, `resize` with `resize_method`). Where the CSV has its
+provenance file beside it (`fer2013_provenance.csv.gz`, see the shared data README), the number of
+images per split whose pixels are approximate is recorded (`notes.inexact_pixels`): a re-evaluated
+released model can differ from its authors' number on those images.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
@@ -26,8 +34,30 @@ PARSER_VERSION = 1
 FILE_NAMES = ("fer2013.csv.gz", "fer2013.csv")
 
 
+PROTOCOLS = {
+    "standard": "Training->train, PublicTest->val, PrivateTest->test",
+    # oarriaga/face_classification split_data(validation_split=.2) without shuffling: the first 80 % of the
+    # rows are exactly the 28,709 Training rows; the rest validated, selected the checkpoint and gave "66 %"
+    "val-public-private": "Training->train, PublicTest+PrivateTest->val and test (mini-Xception's split_data: the "
+                          "set that selected the checkpoint also gives the number)",
+    # omarsayed7/Deep-Emotion generate_data.split_test: validation = the first 3,589 rows of train.csv
+    "carve-val": "Training rows 3589 onwards->train, the first 3,589 Training rows->val, PrivateTest->test "
+                 "(Deep-Emotion's split_test)",
+}
+CARVED_VAL_ROWS = 3589
+
+
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    protocol: Literal["standard", "val-public-private", "carve-val"] = Field(
+        "standard", description="; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
+    jpeg_quality: int | None = Field(None, ge=1, le=100, description="re-encode every image as a Pillow JPEG at "
+                                     "this quality first (Deep-Emotion's generate_data.py: Pillow's default, 75)")
+    resize: int | None = Field(None, ge=8, le=1024, description="resize every image to this side at load time "
+                               "(mini-Xception: 64), with resize_method")
+    resize_method: Literal["cv2-linear"] = Field("cv2-linear", description="cv2-linear: cv2.resize's default "
+                                                 "bilinear in uint8, as mini-Xception's datasets.py")
 
 
 def find_csv(root: Path | None, path: str | None) -> Path:
@@ -139,14 +169,54 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     return cached_arrays("fer2013", file_digest(path), {"v": PARSER_VERSION}, lambda: parse_csv(path))
 
 
+def split_rows(split: np.ndarray, protocol: str) -> dict[str, np.ndarray]:
+    """Row indices of each split under a protocol (split codes 0 Training, 1 PublicTest, 2 PrivateTest)."""
+    rows = [np.flatnonzero(split == i) for i in range(3)]
+    if protocol == "val-public-private":
+        rest = np.concatenate([rows[1], rows[2]])  # file order, as split_data slices it
+        return {"train": rows[0], "val": rest, "test": rest}
+    if protocol == "carve-val":
+        return {"train": rows[0][CARVED_VAL_ROWS:], "val": rows[0][:CARVED_VAL_ROWS], "test": rows[2]}
+    return dict(zip(USAGE_TO_SPLIT.values(), rows))
+
+
+def inexact_rows(csv: Path, n_rows: int) -> np.ndarray | None:
+    """Rows whose pixels are approximate, from the provenance file beside the CSV (None without one)."""
+    prov = csv.parent / "fer2013_provenance.csv.gz"
+    if not prov.is_file():
+        return None
+    try:
+        df = pd.read_csv(prov, usecols=["row", "status"])
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None  # an unreadable provenance file only loses the count
+    mask = np.zeros(n_rows, dtype=bool)
+    rows = df.loc[df["status"].astype(str).str.startswith("approx"), "row"].to_numpy(int)
+    mask[rows[(rows >= 0) & (rows < n_rows)]] = True
+    return mask
+
+
 def _load(files: dict[str, Path], options: BaseModel) -> FerDataset:
+    from ferbench.data.pixels import library_versions, reencode_jpeg, resize_cv2_linear
+
     path = files["csv"]
     a = load_arrays(path)
-    splits = {name: Split(a["images"][a["split"] == i], a["labels"][a["split"] == i]) for i, name in enumerate(USAGE_TO_SPLIT.values())}
-    ds = FerDataset(
-        "fer2013", CLASSES, splits, files={str(path): file_digest(path)},
-        notes={"protocol": "Training->train, PublicTest->val, PrivateTest->test"},
-    )
+    images = a["images"]
+    notes: dict = {"protocol": PROTOCOLS[options.protocol]}
+    if options.jpeg_quality is not None:
+        images = reencode_jpeg(images, options.jpeg_quality)
+        notes["pixels"] = f"re-encoded as JPEG quality {options.jpeg_quality} (Pillow)"
+    if options.resize is not None:
+        images = resize_cv2_linear(images, options.resize)
+        notes["resize"] = f"{options.resize}x{options.resize} by cv2.resize (INTER_LINEAR, uint8) at load"
+    versions = library_versions(options.jpeg_quality is not None, options.resize is not None)
+    if versions:
+        notes["pixel_libraries"] = versions
+    rows = split_rows(a["split"], options.protocol)
+    splits = {name: Split(images[r], a["labels"][r]) for name, r in rows.items()}
+    inexact = inexact_rows(path, len(a["labels"]))
+    if inexact is not None:
+        notes["inexact_pixels"] = {name: int(inexact[r].sum()) for name, r in rows.items()}
+    ds = FerDataset("fer2013", CLASSES, splits, files={str(path): file_digest(path)}, notes=notes)
     check_split_nonempty(ds, str(path))
     return ds
 

@@ -6,6 +6,9 @@ forward over the expanded batch and their logits are averaged (as EmoNeXt's code
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -44,6 +47,29 @@ def network_input(xb: torch.Tensor, cfg: TrainConfig, tta: str, ratio: float,
     return finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize), n_views
 
 
+@contextmanager
+def sampling_dropout(model: nn.Module, on: bool, seed: int) -> Iterator[None]:
+    """The model in eval mode; with `on`, its dropout modules keep sampling (train mode), from a
+    torch RNG seeded by `seed` and restored afterwards: the released Deep-Emotion code's evaluation
+    (`F.dropout(out)` ignores eval mode), repeatable. The model's modes are restored on exit."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        if not on:
+            yield
+            return
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -53,9 +79,12 @@ def predict(
     tta: str = "none",
     tta_resize_ratio: float = 236 / 224,
     gen: torch.Generator | None = None,
+    keep_mode: bool = False,
 ) -> np.ndarray:
-    """Logits (N, K) float32 for uint8 images (N, H, W)."""
-    model.eval()
+    """Logits (N, K) float32 for uint8 images (N, H, W); the model is put in eval mode unless
+    `keep_mode` (the caller has set its modes, e.g. `sampling_dropout`)."""
+    if not keep_mode:
+        model.eval()
     src = torch.from_numpy(images)
     if device.type == "cuda":
         src = src.pin_memory()  # so the per-batch copies below are truly asynchronous

@@ -1,7 +1,7 @@
 """Pretrained weights from a local file the user names (no hub downloads), loaded non-strictly.
 
 Accepts a state dict (or one under `model`, `state_dict` or `model_ema`) in a `torch.save` file or
-`.safetensors`. A model family whose key names or shapes differ from its checkpoints' (EmoNeXt takes
+`.safetensors`, or a Keras HDF5 file (`.h5` / `.hdf5`, read with h5py; the family maps its layers). A model family whose key names or shapes differ from its checkpoints' (EmoNeXt takes
 FB and timm ConvNeXt weights) maps them with its registered `checkpoint_filter`. Tensors whose name
 or shape does not fit keep their random init; the caller gets both lists (and prints them), so a run
 records exactly what was pretrained.
@@ -27,14 +27,45 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             sd = load_file(str(path))
+        elif path.suffix in KERAS_SUFFIXES:
+            sd = read_keras_h5(path)
         else:
             sd = safe_torch_load(path)
+    except FerbenchError:
+        raise
     except Exception as e:  # noqa: BLE001  (unpicklable or hostile files are bad input)
         raise FerbenchError(f"{path}: not a loadable weights file ({first_line(e)})") from None
     sd = unwrap_state_dict(sd)
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise FerbenchError(f"{path}: expected a state dict of tensors")
     return sd
+
+
+KERAS_SUFFIXES = (".h5", ".hdf5")
+
+
+def read_keras_h5(path: Path) -> dict[str, torch.Tensor]:
+    """A Keras HDF5 model or weights file (`model.save` / `save_weights`, Keras 2) -> `layer/weight`
+    tensors in Keras layout (e.g. `conv2d_1/kernel`, (kh, kw, in, out)), read with h5py without Keras
+    or TensorFlow; a family's `checkpoint_filter` maps them onto its modules. Layers are taken from the
+    file's `layer_names` and each layer's `weight_names` (the order Keras wrote them)."""
+    try:
+        import h5py
+    except ImportError:
+        raise FerbenchError(f"{path}: reading Keras HDF5 weights needs h5py: pip install 'ferbench[keras]'") from None
+    out: dict[str, torch.Tensor] = {}
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        for layer in group.attrs.get("layer_names", []):
+            layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+            g = group[layer]
+            for name in g.attrs.get("weight_names", []):
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                short = name.rsplit("/", 1)[-1].split(":")[0]  # 'conv2d_1/conv2d_1_1/kernel:0' -> 'kernel'
+                out[f"{layer}/{short}"] = torch.from_numpy(g[name][()].copy())
+    if not out:
+        raise FerbenchError(f"{path}: no Keras layer weights found (expected model_weights/<layer>/<weight> datasets)")
+    return out
 
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_ema", "module")

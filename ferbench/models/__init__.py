@@ -1,6 +1,6 @@
 """Model registry: `create_model(name, num_classes, input_size, in_chans=3, **options)`.
 
-Each family lives in its own module (baselines, emonext, resface) and registers its variants as
+Each family lives in its own module (baselines, emonext, resface, minixception, deepemotion) and registers its variants as
 configs. Models never read files; pretrained weights are loaded by `engine.weights.load_pretrained`
 from a path the user names, through the family's `checkpoint_filter` (as timm's `checkpoint_filter_fn`
 lives in its model file) when the family's key names or shapes differ from the checkpoint's. A model may expose `aux_loss` (a tensor set by its last training forward, e.g. EmoNeXt's
@@ -49,7 +49,7 @@ def _ensure_loaded() -> None:
     then, once, every installed package's `ferbench.models` entry point (a module that registers its
     variants on import, or a function that does when called)."""
     global _PLUGINS_LOADED
-    from ferbench.models import baselines, emonext, resface  # noqa: F401
+    from ferbench.models import baselines, deepemotion, emonext, minixception, resface  # noqa: F401
 
     if _PLUGINS_LOADED:
         return
