@@ -8,6 +8,9 @@ anything is written.
 
 from __future__ import annotations
 
+import json
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +141,8 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     import torch
 
     from ferbench.engine import dist
-    from ferbench.launch import run_local, run_submitit, run_workers, submitit_executor
+    from ferbench.launch import LAYOUT_ENV, cpu_layout, run_local, run_submitit, run_workers, submitit_executor
+    from ferbench.runner import dataset_key
     from ferbench.machine import check_threads, pick_device
     from ferbench.records import check_writable, write_spec_snapshot
     from ferbench.runner import Outcome, prepare
@@ -167,18 +171,24 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
         return run_local(jobs, runs_dir, datasets, dev)
     executor = submitit_executor(runs_dir, lc) if lc.name == "submitit" else None
     write_spec_snapshot(spec, runs_dir)
-    hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{lc.workers} workers" if lc.workers > 1 else "local"))
+    to_train = [p.job for p in plan.jobs if p.status in ("new", "resume", "failed") and p.job in jobs]
+    workers, threads, layout = cpu_layout(to_train, dev, lc, threads,
+                                          {j.id: datasets[dataset_key(j)].num_classes for j in to_train})
+    os.environ[LAYOUT_ENV] = json.dumps(layout)  # each job's manifest records it (spawned workers inherit it)
+    hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{workers} workers x {threads or torch.get_num_threads()} "
+                                                                 "thread(s)" if workers > 1 else "local"))
     try:
         if lc.name == "submitit":
             outcomes = run_submitit(jobs, executor, runs_dir, data_root, str(dev), threads, hooks.outcome)
-        elif lc.workers > 1:
-            outcomes = run_workers(jobs, runs_dir, data_root, str(dev), lc.workers, threads, hooks.outcome)
+        elif workers > 1:
+            outcomes = run_workers(jobs, runs_dir, data_root, str(dev), workers, threads, hooks.outcome)
         else:
             outcomes = run_local(jobs, runs_dir, datasets, dev, hooks.progress_for, hooks.outcome)
         for job in untrained:
             outcomes.append(Outcome(job, "untrained", reason="no finished record holds its training: `ferbench run` it"))
             hooks.outcome(outcomes[-1])
     finally:
+        os.environ.pop(LAYOUT_ENV, None)
         hooks.done()
     if not untrained:
         return outcomes
@@ -263,7 +273,7 @@ def data_info(name: str, options: dict[str, Any] | None = None, path: str | None
     return {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}
 
 
-BENCH_KINDS = ("data", "train", "eval", "csv", "all", "gpu", "profile")
+BENCH_KINDS = ("data", "train", "eval", "csv", "all", "small", "gpu", "profile")
 
 
 def bench(which: str = "all", data_root: str | None = None, device: str = "cuda", models: list[str] | None = None,

@@ -375,7 +375,7 @@ app.command("profile", hidden=True, help="Old name of `ferbench cost`.")(cost)
 
 @app.command()
 def bench(
-    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows), gpu, or profile (an epoch under torch.profiler)"),
+    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows), small (Deep-Emotion and mini-Xception: harness vs bare loop, memory formats, processes vs threads), gpu, or profile (an epoch under torch.profiler)"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)"),
     as_json: bool = typer.Option(False, "--json"),
     device: str = typer.Option("cuda", "--device", help="gpu: the device to measure"),

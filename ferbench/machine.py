@@ -3,6 +3,7 @@ environment recorded in every manifest."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -130,6 +131,11 @@ def environment(device: Any) -> dict[str, Any]:
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "host_allocator": keep_freed_memory(), "optimizer_implementation": implementation(device.type),
     }
+    if os.environ.get("FERBENCH_LAYOUT"):  # set by `run` (launch.cpu_layout): how the run's jobs share the machine
+        try:
+            env["layout"] = json.loads(os.environ["FERBENCH_LAYOUT"])
+        except ValueError:
+            pass
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

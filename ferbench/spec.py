@@ -60,6 +60,12 @@ class AugmentConfig(_Strict):
     scale: tuple[float, float] = Field((1.0, 1.0), description="random zoom range")
     translate: float = Field(0.0, ge=0, le=0.5, description="max shift as a fraction of the size")
 
+    @property
+    def is_identity(self) -> bool:
+        """No augmentation at all (Deep-Emotion's ToTensor + Normalize): batches skip the warp entirely."""
+        return (not self.hflip and not self.vflip and self.rotation == 0 and tuple(self.scale) == (1.0, 1.0)
+                and self.translate == 0 and self.resize_ratio == 1.0)
+
 
 class EmaConfig(_Strict):
     decay: float = Field(0.999, gt=0, lt=1)
@@ -238,6 +244,11 @@ class ClaimConditions(_Strict):
         None, description="which epoch/run the number is from; best-test and max-of-seeds select on the test set")
     seeds: int | None = Field(None, ge=1, description="runs the number summarises (1 when the paper shows one)")
     data: Literal["full"] | None = Field(None, description="'full': the dataset's standard splits, no subset")
+    protocol: str | None = Field(None, description="the dataset protocol the number was measured under, as the "
+                                 "dataset's `protocol` option names it (fer2013: standard, val-public-private, "
+                                 "carve-val; ferplus: the label mode)")
+    extra_data: str | None = Field(None, description="training data beyond the dataset's own training split (e.g. "
+                                   "'KDEF' where released weights were pre-trained on it; 'none')")
 
 
 class Claim(_Strict):
@@ -247,6 +258,9 @@ class Claim(_Strict):
     dataset: str
     metric: str = "accuracy"
     value: float = Field(ge=0, le=100, description="percent, as the paper prints it")
+    resolution: float | None = Field(None, gt=0, description="the last digit the claim states, in points: 1 for "
+                                     "'66 %', 0.01 for '70.02 %' (None: 1 for a whole number, else from its decimals); "
+                                     "released weights are checked against value ± resolution / 2")
     source: str
     conditions: ClaimConditions = ClaimConditions()
 

@@ -194,9 +194,9 @@ def test_bench_eval_rows_share_our_windows_and_report_the_best_of_each():
 
 
 def test_bench_train_row_interleaves_the_loops_step_by_step_and_pools_the_repeats():
-    from ferbench.bench.cpu import bench_train
+    from ferbench.bench.cpu import TRAIN_BENCH_CFG, bench_train
 
-    row = bench_train(size=16, batch=8, n=16, epochs=2, repeats=3)
+    row = bench_train(cfg=TRAIN_BENCH_CFG.model_copy(update={"input_size": 16, "batch_size": 8, "epochs": 2}), n=16, repeats=3)
     assert row["name"] == "train_epoch" and len(row["all_repeats"]) == 3 and row["images_per_epoch"] == 16
     # pooled: the row's rates are the harmonic means of the repeats' (same images in each)
     for side in ("ours_per_s", "reference_per_s"):
@@ -240,7 +240,7 @@ def test_bench_train_charges_a_cost_added_to_fits_steps_to_fit_alone(monkeypatch
     import time
 
     import ferbench.engine.train as train
-    from ferbench.bench.cpu import bench_train
+    from ferbench.bench.cpu import TRAIN_BENCH_CFG, bench_train
 
     real = train.augment_batch
 
@@ -249,6 +249,6 @@ def test_bench_train_charges_a_cost_added_to_fits_steps_to_fit_alone(monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "augment_batch", slow_augment)
-    row = bench_train(size=16, batch=8, n=32, epochs=1, repeats=1)
+    row = bench_train(cfg=TRAIN_BENCH_CFG.model_copy(update={"input_size": 16, "batch_size": 8, "epochs": 1}), n=32, repeats=1)
     # a tiny model's step swings by tens of ms here; the added 400 ms stands out on fit's side only
     assert row["step_ms_median"]["ours"] - row["step_ms_median"]["reference"] >= 300

@@ -88,18 +88,24 @@ def bench_data(size: int, batch: int = 64, seconds: float = 3.0, windows: int = 
                 window_seconds=seconds, all_windows=[{"ours_per_s": o, "reference_per_s": r} for r, o in rounds])
 
 
-def bare_steps(model_name: str, images: np.ndarray, labels: np.ndarray, size: int, batch: int) -> Iterator[None]:
+def bare_steps(model_name: str, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> Iterator[None]:
     """A bare hand-written training loop over in-memory data, one step per `next()`.
 
-    Same model, optimizer and batch as the bench's `fit`; no augmentation, no metrics, no checkpoint.
-    The model and optimizer are built before the first `next()`, so only steps are timed.
+    Same model, optimizer, batch, input channels and memory format as the bench's `fit`; no
+    augmentation, no metrics, no checkpoint. The model and optimizer are built before the first
+    `next()`, so only steps are timed.
     """
     torch.manual_seed(0)
-    model = create_model(model_name, 7, size).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = create_model(model_name, 7, cfg.input_size, cfg.in_chans).to(memory_format=fmt)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW)(model.parameters(), lr=cfg.lr,
+                                                                                 weight_decay=cfg.weight_decay)
     x_all = torch.from_numpy(images).unsqueeze(1).float().div(255).sub(0.5).div(0.5)
     y_all = torch.from_numpy(labels)
-    n = len(labels)
+    n, batch = len(labels), cfg.batch_size
     model.train()
 
     def loop() -> Iterator[None]:
@@ -107,7 +113,7 @@ def bare_steps(model_name: str, images: np.ndarray, labels: np.ndarray, size: in
             order = torch.randperm(n)
             for i in range(n // batch):
                 idx = order[i * batch:(i + 1) * batch]
-                x = x_all[idx].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+                x = x_all[idx].expand(-1, cfg.in_chans, -1, -1).contiguous(memory_format=fmt)
                 loss = F.cross_entropy(model(x), y_all[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -143,9 +149,13 @@ class Interleaved(NoProgress):
         self.bare_steps.append(self._last - t)
 
 
-def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, n: int = 2944,
-                epochs: int = 2, repeats: int = 3) -> dict[str, Any]:
-    """`fit` against a bare loop, step by step interleaved, over `repeats` fits of `epochs` epochs after a warm-up.
+TRAIN_BENCH_CFG = TrainConfig(epochs=2, batch_size=128, input_size=48, optimizer="sgd", lr=0.01, schedule="constant",
+                              augment=AugmentConfig(hflip=True, rotation=10.0))
+
+
+def bench_train(model_name: str = "resnet18", cfg: TrainConfig = TRAIN_BENCH_CFG, n: int = 2944,
+                repeats: int = 3, name: str = "train_epoch") -> dict[str, Any]:
+    """`fit` against a bare loop, step by step interleaved, over `repeats` fits of `cfg.epochs` epochs after a warm-up.
 
     Epochs of the cpu profiles' size (3,000 training images; 23 batches of 128 here) and more than
     one per fit, as in a real run: each epoch's checkpoint is written while the next one trains, and
@@ -153,16 +163,15 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     here it is inside fit's time). Fit's time is its whole wall time (start-up, augmentation, metrics,
     epoch ends, checkpoints) less the bare steps run inside it; the bare loop's is the sum of its steps.
     """
-    images, labels = faces(n), np.random.default_rng(1).integers(0, 7, n)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, input_size=size, optimizer="sgd", lr=0.01, schedule="constant",
-                      augment=AugmentConfig(hflip=True, rotation=10.0))
+    size, batch, epochs = cfg.input_size, cfg.batch_size, cfg.epochs
+    images, labels = faces(n, size=size), np.random.default_rng(1).integers(0, 7, n)
     ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels)})
     tmp = Path(tempfile.mkdtemp(prefix="ferbench-bench-"))
 
     def interleaved(e: int) -> tuple[float, Interleaved]:
         """(fit's seconds, the sink with both loops' step times) of one e-epoch fit."""
         writer = CheckpointWriter()
-        sink = Interleaved(bare_steps(model_name, images, labels, size, batch), writer)
+        sink = Interleaved(bare_steps(model_name, images, labels, cfg), writer)
         wall = fit_seconds(model_name, ds, cfg.model_copy(update={"epochs": e}), torch.device("cpu"), tmp,
                            progress=sink, writer=writer)
         return wall - sum(sink.bare_steps), sink
@@ -174,8 +183,10 @@ def bench_train(model_name: str = "resnet18", size: int = 48, batch: int = 128, 
     fit_steps = [t for _, sink in runs for t in sink.fit_steps]
     ref_steps = [t for _, sink in runs for t in sink.bare_steps]
     our_t, ref_t = sum(o for o, _ in runs), sum(ref_steps)
-    return row("train_epoch", repeats * seen / our_t, repeats * seen / ref_t, model=model_name, input_size=size,
+    return row(name, repeats * seen / our_t, repeats * seen / ref_t, model=model_name, input_size=size,
                 batch=batch, images_per_epoch=(n // batch) * batch, epochs=epochs, repeats=repeats,
+                in_chans=cfg.in_chans, optimizer=cfg.optimizer, channels_last=cfg.channels_last,
+                augment="none" if cfg.augment.is_identity else "recipe's",
                 reference="bare PyTorch loop, same model/optimizer/batch, no augmentation, no checkpoint",
                 method="one bare step after each fit step; totals over all repeats",
                 all_repeats=[{"ours_per_s": seen / o, "reference_per_s": seen / sum(sink.bare_steps)} for o, sink in runs],
@@ -269,6 +280,10 @@ def run_bench(which: str, data_root: str | None = None) -> list[dict[str, Any]]:
         rows += bench_eval()
     if which in ("csv", "all"):
         rows += bench_csv(data_root)
+    if which == "small":
+        from ferbench.bench.small import run_small
+
+        rows += run_small()
     for r in rows:
         r["host_allocator"] = allocator
     return rows

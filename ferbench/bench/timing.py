@@ -35,8 +35,8 @@ def row(name: str, ours: float, ref: float | None, **extra: Any) -> dict[str, An
             "ratio": (ours / ref) if ref else None, "threads": torch.get_num_threads(), **extra}
 
 
-def faces(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+def faces(n: int, seed: int = 0, size: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
 
 
 def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch.device, workdir: Path,
@@ -51,7 +51,7 @@ def fit_seconds(model_name: str, ds: FerDataset, cfg: TrainConfig, device: torch
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
     torch.manual_seed(0)
-    model = create_model(model_name, 7, cfg.input_size)
+    model = create_model(model_name, 7, cfg.input_size, cfg.in_chans)
     with around():
         sync(device)
         t0 = time.perf_counter()

@@ -132,8 +132,11 @@ def augment_batch(
     In data-parallel training each rank holds rows `part` of a global batch of `n_total`: the matrices
     are drawn for the whole global batch (same stream on every rank) and sliced, so the result equals
     the single-process one. With out_chans=3 a grey image is repeated (channels-last on the CPU); a
-    colour image (C = 3) is warped per channel.
+    colour image (C = 3) is warped per channel. Without any augmentation at the source's size the
+    batch is returned as it is (an identity warp would move pixels by float rounding, up to 2e-6).
     """
+    if cfg.is_identity and x.shape[-2] == x.shape[-1] == out_size:  # the pixels as they are: no warp, no draws
+        return x.expand(-1, 3, -1, -1) if out_chans == 3 and x.shape[1] == 1 else x
     theta = to_device(random_affine(n_total or x.shape[0], cfg, gen)[part], x.device)
     # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
     # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.

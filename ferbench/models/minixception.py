@@ -73,7 +73,10 @@ class SeparableConv(nn.Module):
 class XceptionModule(nn.Module):
     def __init__(self, cin: int, cout: int, pool_padding: str):
         super().__init__()
-        self.residual = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+        # Keras's 1x1 stride-2 `same` conv, computed as a 1x1 conv of every second pixel (the same products
+        # and sums): PyTorch 2.14's CPU backward of the strided 1x1 conv corrupts memory in channels-last
+        # layout at this layer's size (8 -> 16 channels, 60x60; "double free or corruption")
+        self.residual = nn.Conv2d(cin, cout, 1, bias=False)
         self.residual_bn = bn(cout)
         self.sep1, self.bn1 = SeparableConv(cin, cout), bn(cout)
         self.sep2, self.bn2 = SeparableConv(cout, cout), bn(cout)
@@ -86,7 +89,7 @@ class XceptionModule(nn.Module):
         return F.max_pool2d(F.pad(x, (left, right, top, bottom), value=float("-inf")), 3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.residual_bn(self.residual(x))  # a 1x1 stride-2 `same` conv needs no padding
+        residual = self.residual_bn(self.residual(x[..., ::2, ::2]))  # a 1x1 stride-2 `same` conv: no padding
         y = F.relu(self.bn1(self.sep1(x)))
         y = self.pool(self.bn2(self.sep2(y)))
         return y + residual

@@ -308,7 +308,7 @@ def page_summary(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"name": ctx["name"], "description": ctx["description"], "generated": ctx["generated"], "datasets": datasets,
             "runs": ctx["n_runs"], "complete": ctx["n_complete"],
             "verdicts": [{k: v.get(k) for k in ("model", "arch", "dataset", "claim", "mean", "ci", "diff", "verdict", "why",
-                                                "differs", "paper_rule")}
+                                                "differs", "paper_rule", "kind")}
                          for v in ctx["verdicts"]]}
 
 

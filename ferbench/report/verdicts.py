@@ -12,6 +12,13 @@ experiment that matches (one condition hash) the verdict is
 
 The selection rule and the number of seeds are reported beside the verdict (a paper that selects on
 the test set or shows the best of several runs is biased upward) but do not block it.
+
+Each verdict says what kind of check it is. *Retrained*: runs trained by ferbench, as above.
+*Released weights re-evaluated*: a run with `train.epochs: 0` and `weights:` evaluates the authors'
+own trained file, which carries no training randomness; only the conditions of the evaluation block it
+(input size, colour, data, protocol; how the authors trained is theirs), and the re-evaluated accuracy
+is compared with the claim at the precision the claim was stated (66 % means 65.5-66.5), widened by
+the test images whose pixels are known to be approximate in the data used here (each could flip).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from ferbench.hub import weights_label
 from ferbench.records import RunRecord
 from ferbench.report.tables import claim_matches, pooled_ci, runs_frame, seed_std
 
-BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data")
+BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data", "protocol", "extra_data")
+RELEASED_BLOCKING = ("input_size", "in_chans", "data", "protocol")  # how the authors trained is not ours to match
+RELEASED, RETRAINED = "released weights re-evaluated", "retrained"
 LABELS_OF_LOSS = {"ce": "hard", "ldl": "distribution", "sampled": "distribution", "multi_target": "distribution"}
 COLUMN_OF_SELECTION = {"last": "last", "best-val": "best", None: "last"}
 
@@ -41,13 +50,29 @@ def run_conditions(rec: RunRecord, n_seeds: int, which: str) -> dict[str, Any]:
         "labels": LABELS_OF_LOSS.get(t["loss"], t["loss"]),
         "data": "full" if not subset else "subset (" + ", ".join(f"{k} {v}" for k, v in subset.items()) + ")",
         "selection": "last" if which == "last" else "best-val", "seeds": n_seeds,
+        "protocol": dataset_protocol(j["dataset"]), "extra_data": "none",
+        "kind": RELEASED if t["epochs"] == 0 and j["model"].get("weights") else RETRAINED,
     }
 
 
+def dataset_protocol(dataset: dict[str, Any]) -> str | None:
+    """The run's dataset protocol: its `protocol` option, or the loader's default for it."""
+    if "protocol" in (dataset.get("options") or {}):
+        return str(dataset["options"]["protocol"])
+    from ferbench.data import get_kind
+
+    try:
+        field = get_kind(dataset["name"]).options.model_fields.get("protocol")
+    except Exception:  # noqa: BLE001  (a dataset this installation does not know: no protocol to compare)
+        return None
+    return None if field is None else str(field.default)
+
+
 def differences(paper: dict[str, Any], run: dict[str, Any]) -> list[str]:
-    """The stated conditions of the claim that the run does not share, as `name: paper X vs run Y`."""
+    """The stated conditions of the claim that the run does not share, as `name: paper X vs run Y`
+    (for released weights only those of the evaluation)."""
     out = []
-    for name in BLOCKING:
+    for name in RELEASED_BLOCKING if run.get("kind") == RELEASED else BLOCKING:
         want, got = paper.get(name), run[name]
         if want is None:
             continue
@@ -61,6 +86,9 @@ def caveats(paper: dict[str, Any], run: dict[str, Any]) -> list[str]:
     """Selection and seed differences: shown, not blocking."""
     out = []
     sel = paper.get("selection")
+    if run.get("kind") == RELEASED:  # the file is the checkpoint the authors selected: no selection of ours to compare
+        return [f"the paper's number is test-selected ({sel}); the released file is that checkpoint, re-evaluated on "
+                "the same images"] if sel in ("best-test", "max-of-seeds") else []
     if sel in ("best-test", "max-of-seeds"):
         out.append(f"the paper's number is test-selected ({sel}); the run's is {run['selection']}")
     elif sel and sel != run["selection"]:
@@ -99,26 +127,72 @@ def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> l
         why = (f"{claim['model']} ran as {', '.join(ran)}, the claim is about {claim['arch']}" if ran
                else f"no complete run of {claim['model']} on {claim['dataset']}"
                + (f" (runs here on {claim['dataset']}: {', '.join(here)})" if here else ""))
-        return [{**base, "verdict": "no matching run", "why": why, "label": None, "mean": None, "ci": None,
+        return [{**base, "verdict": "no matching run", "why": why, "label": None, "mean": None, "ci": None, "kind": None,
                  "diff": None, "differs": [], "caveats": [], "paper_rule": None, "std": None, "cost": None}]
-    which = COLUMN_OF_SELECTION.get(claim.get("conditions", {}).get("selection"), "last")
     rows = []
     for label in dict.fromkeys(r.label for r in matched):
         recs = [r for r in matched if r.label == label]
+        released = recs[0].job["job"]["train"]["epochs"] == 0  # the weights as given: no epoch to select
+        which = "last" if released else COLUMN_OF_SELECTION.get(claim.get("conditions", {}).get("selection"), "last")
         sub = df[df.run.isin({r.id for r in recs})]
         accs = sub[f"acc_{which}"].to_numpy(float)
         run = run_conditions(recs[0], len(recs), which)
         paper = claim.get("conditions", {})
-        mean, ci = float(np.mean(accs)), pooled_ci(recs, which)
-        direction = ci_verdict(base["claim"], ci) if ci else None
+        mean = float(np.mean(accs))
         differs = differences(paper, run)
+        if run["kind"] == RELEASED:
+            ci, direction, why = released_check(claim, mean, recs[0])
+            rule = None
+        else:
+            ci = pooled_ci(recs, which)
+            direction = ci_verdict(base["claim"], ci) if ci else None
+            why, rule = _plainly(differs, direction), paper_rule(paper.get("selection"), recs, accs, base["claim"])
         rows.append({**base, "label": label, "mean": mean, "std": seed_std(accs), "ci": ci, "diff": mean - base["claim"],
-                     "n": len(recs), "cost": model_cost(sub),
+                     "n": len(recs), "cost": model_cost(sub), "kind": run["kind"],
                      "verdict": "not comparable" if differs or direction is None else direction,
                      "direction": direction, "differs": differs, "caveats": caveats(paper, run),
-                     "why": _plainly(differs, direction), "selection": run["selection"],
-                     "paper_rule": paper_rule(paper.get("selection"), recs, accs, base["claim"])})
+                     "why": why, "selection": run["selection"], "paper_rule": rule})
     return rows
+
+
+def claim_resolution(value: float, resolution: float | None) -> float:
+    """The last digit a claim states, in points: as given, else 1 for a whole number, else its decimals.
+
+    >>> claim_resolution(66.0, None), claim_resolution(70.02, None), claim_resolution(66.0, 0.1)
+    (1.0, 0.01, 0.1)
+    """
+    if resolution is not None:
+        return resolution
+    if float(value).is_integer():
+        return 1.0
+    return 10.0 ** -len(repr(float(value)).split(".")[1])
+
+
+def released_interval(claim: float, resolution: float, acc: float, margin: float) -> tuple[tuple[float, float], str]:
+    """(the re-evaluated accuracy ± margin, verdict) for released weights (all fractions): `reproduced`
+    when that range meets the claim's stated range claim ± resolution / 2, else `below` / `above`.
+
+    >>> released_interval(0.66, 0.01, 0.6546, 0.0036)[1], released_interval(0.71, 0.01, 0.6542, 0.0045)[1]
+    ('reproduced', 'below')
+    """
+    lo, hi = acc - margin, acc + margin
+    c_lo, c_hi = claim - resolution / 2, claim + resolution / 2
+    verdict = "reproduced" if lo <= c_hi and hi >= c_lo else ("below" if hi < c_lo else "above")
+    return (lo, hi), verdict
+
+
+def released_check(claim: dict[str, Any], acc: float, rec: RunRecord) -> tuple[tuple[float, float], str, str]:
+    """The released-weights verdict for one record: its interval, direction and the sentence behind it."""
+    resolution = claim_resolution(claim["value"], claim.get("resolution"))
+    n_test = len(rec.predictions()["test.labels"])
+    inexact = int(((rec.manifest.get("data_notes") or {}).get("inexact_pixels") or {}).get("test", 0))
+    ci, direction = released_interval(claim["value"] / 100, resolution / 100, acc, inexact / n_test)
+    lo, hi = claim["value"] - resolution / 2, claim["value"] + resolution / 2
+    why = (f"released weights re-evaluated (no training randomness): {100 * acc:.2f} % against the claim as stated, "
+           f"{lo:g}-{hi:g} %")
+    why += (f"; {inexact} of {n_test:,} test images have approximate pixels here, so the re-evaluation is "
+            f"±{100 * inexact / n_test:.2f} points" if inexact else "; every test image is exact here")
+    return ci, direction, why
 
 
 def model_cost(runs: Any) -> dict[str, Any] | None:
