@@ -308,4 +308,5 @@ def test_index_shows_each_verdicts_kind_and_reads_pages_without_one(tmp_path):
         (tmp_path / name / "index.html").write_text("<html></html>")
         (tmp_path / name / "verdicts.json").write_text(json.dumps({"name": name, "generated": "t", "verdicts": [{**v, **extra}]}))
     html = write_index(tmp_path).read_text()
-    assert html.count("released weights re-evaluated") == 1 and html.count("<strong>reproduced</strong>") == 2
+    assert html.count('<br><span class="small">released weights re-evaluated</span>') == 1
+    assert html.count("<strong>reproduced</strong>") == 2
