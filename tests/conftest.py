@@ -11,6 +11,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests run single-threaded: on a shared 2-core machine two threads per process stall each other, and
+# a subprocess a test starts inherits this. A test about threading passes its own count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):

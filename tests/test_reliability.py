@@ -162,10 +162,8 @@ def test_a_yaml_alias_bomb_under_profiles_is_refused_at_once(tmp_path):
     p = tmp_path / "bomb.yaml"
     p.write_text("name: bomb\ndatasets: [{name: synthfer}]\nmodels: [{id: r, arch: resnet18}]\nprofiles:\n  smoke:\n"
                  + "\n".join(levels) + "\n")
-    t0 = time.perf_counter()
     with pytest.raises(FerbenchError, match=r"bomb.yaml: more than 20,000 values once YAML aliases are expanded"):
-        load_spec(p, "smoke")
-    assert time.perf_counter() - t0 < 5
+        load_spec(p, "smoke")  # refused while counting: expanding 10^9 values would never return
 
 
 def test_hostile_strings_stay_text_and_reports_stay_in_their_folder(tmp_path):

@@ -58,7 +58,10 @@ def test_sigkill_then_rerun_completes_identically(reference, tmp_path):
     job, _, ref = reference
     spec = tmp_path / "resume.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
-    cmd = [sys.executable, "-m", "ferbench", "run", str(spec), "--threads", "2"]
+    import torch
+
+    # the reference ran in this process: the same thread count gives the same CPU kernels' rounding
+    cmd = [sys.executable, "-m", "ferbench", "run", str(spec), "--threads", str(torch.get_num_threads())]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "runs" / "resume" / job.id / "checkpoint.pt"
     deadline = time.time() + 300
@@ -67,6 +70,11 @@ def test_sigkill_then_rerun_completes_identically(reference, tmp_path):
     time.sleep(0.3)  # somewhere inside epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # the kill landed mid-run: the process died by the signal, the record is unfinished, epochs are left
+    assert proc.returncode == -signal.SIGKILL, f"the run ended by itself (exit {proc.returncode}) before the kill"
+    manifest = yaml.safe_load((ckpt.parent / "manifest.json").read_text())
+    assert manifest["status"] == "running"
+    assert 1 <= len((ckpt.parent / "history.csv").read_text().splitlines()) - 1 < SPEC["train"]["epochs"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     got = _preds(tmp_path / "runs" / "resume" / job.id)
