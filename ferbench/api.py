@@ -173,7 +173,8 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     write_spec_snapshot(spec, runs_dir)
     to_train = [p.job for p in plan.jobs if p.status in ("new", "resume", "failed") and p.job in jobs]
     workers, threads, layout = cpu_layout(to_train, dev, lc, threads,
-                                          {j.id: datasets[dataset_key(j)].num_classes for j in to_train})
+                                          {j.id: datasets[dataset_key(j)].num_classes for j in to_train},
+                                          {p.job.id: p.estimate_s for p in plan.jobs})
     os.environ[LAYOUT_ENV] = json.dumps(layout)  # each job's manifest records it (spawned workers inherit it)
     hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{workers} workers x {threads or torch.get_num_threads()} "
                                                                  "thread(s)" if workers > 1 else "local"))

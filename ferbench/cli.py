@@ -81,13 +81,18 @@ def _overrides(set_: list[str], **launcher: Any) -> list[tuple[str, Any]]:
 def _plan_table(plan: Any) -> Table:
     from ferbench.estimate import format_seconds
 
+    # the id is what a user copies: shown whole (it already names model, dataset and seed), the rest wraps
     t = Table(title=f"{plan.spec.name}: {len(plan.jobs)} jobs on {plan.device}")
-    for col in ("job id", "model", "dataset", "seed", "status", "estimated time left"):
-        t.add_column(col)
+    t.add_column("job id (model__dataset__seed__hash)", no_wrap=True, min_width=max((len(p.job.id) for p in plan.jobs), default=6))
+    folds = any(p.job.fold is not None for p in plan.jobs)
+    if folds:
+        t.add_column("fold")
+    t.add_column("status")
+    t.add_column("estimated time left")
     for p in plan.jobs:
         status = f"resume after epoch {p.epochs_done}" if p.status == "resume" else p.status
         est = "-" if p.estimate_s is None else format_seconds(p.estimate_s)
-        t.add_row(p.job.id, p.job.model.id, p.job.split_label, str(p.job.seed), status, est)
+        t.add_row(p.job.id, *([str(p.job.fold)] if folds else []), status, est)
     return t
 
 
@@ -452,10 +457,13 @@ def data_info(
         print(json.dumps(info, indent=2))
         return
     t = Table(title=info["name"])
-    t.add_column("split")
-    t.add_column("total", justify="right")
+    t.add_column("split", no_wrap=True)
+    # numbers are never cut: each count column is as wide as its widest count; class names fold instead
+    widths = {c: max(len(f"{s['per_class'][c]:,}") for s in info["splits"].values()) for c in info["classes"]}
+    t.add_column("total", justify="right", no_wrap=True,
+                 min_width=max(len(f"{s['total']:,}") for s in info["splits"].values()))
     for c in info["classes"]:
-        t.add_column(c, justify="right")
+        t.add_column(c, justify="right", overflow="fold", min_width=widths[c])
     for split, c in info["splits"].items():
         t.add_row(split, f"{c['total']:,}", *[f"{n:,}" for n in c["per_class"].values()])
     console.print(t)

@@ -169,15 +169,20 @@ SMALL_MODEL_GMACS = 0.05  # Deep-Emotion 0.004, mini-Xception 0.010; ResNet-18 a
 LAYOUT_ENV = "FERBENCH_LAYOUT"  # how the jobs of this run share the CPU, for each job's manifest (environment.layout)
 
 
-def cpu_layout(jobs: list[Job], device: Any, launcher: Any, threads: int | None, num_classes: dict[str, int]
-               ) -> tuple[int, int | None, dict[str, Any]]:
+MIN_JOB_SECONDS = 120.0  # a worker process costs seconds to start: worth it only for jobs of minutes
+
+
+def cpu_layout(jobs: list[Job], device: Any, launcher: Any, threads: int | None, num_classes: dict[str, int],
+               estimates: dict[str, float | None]) -> tuple[int, int | None, dict[str, Any]]:
     """(workers, threads per job, the record of why) for a local CPU run.
 
     Small models (under SMALL_MODEL_GMACS a forward at their input size) use one core per thread
     poorly: with two or more jobs to run and neither `launcher.workers` nor `--threads` given, each
     job gets a one-thread process of its own, as many at once as there are cores (`ferbench bench
     small`: 1.44x the images/s of one two-thread process for mini-Xception on an idle 2-core EPYC, and
-    two-thread processes stall each other when the machine is shared). Anything else runs as asked.
+    two-thread processes stall each other when the machine is shared), provided `plan`'s estimate
+    gives every job at least MIN_JOB_SECONDS (starting a process costs seconds; tiny jobs, and runs
+    without an estimate, stay in this process with its progress display). Anything else runs as asked.
     """
     import os
 
@@ -185,7 +190,8 @@ def cpu_layout(jobs: list[Job], device: Any, launcher: Any, threads: int | None,
 
     asked = {"workers": launcher.workers, "threads_per_job": threads or torch.get_num_threads(), "rule": "as configured"}
     if (device.type != "cpu" or launcher.name != "local" or "workers" in launcher.model_fields_set
-            or threads is not None or len(jobs) < 2):
+            or threads is not None or len(jobs) < 2
+            or any(estimates.get(j.id) is None or estimates[j.id] < MIN_JOB_SECONDS for j in jobs)):
         return launcher.workers, threads, asked
     from ferbench.cost import model_cost
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,3 +133,27 @@ def test_models_and_profile_json(tmp_path):
     p = json.loads(r.stdout)
     assert set(p) >= {"params", "gmacs", "gflops", "latency_ms", "input_size", "num_classes"}
     assert p["gflops"] == pytest.approx(2 * p["gmacs"]) and abs(p["gmacs"] - 1.82) < 0.02
+
+
+def test_plan_and_data_info_show_ids_and_totals_whole_in_80_columns(tmp_path, monkeypatch):
+    """A job id is what a user copies, a total what they read: neither is cut in an 80-column terminal."""
+    from rich.console import Console
+
+    import ferbench.cli as cli
+    from ferbench import api
+
+    spec = {"name": "eighty", "datasets": [{"name": "synthfer", "id": "synthetic-faces-with-a-long-id",
+                                            "options": {"n_train": 10_000, "n_val": 20, "n_test": 20}}],
+            "models": [{"id": "a-rather-long-model-identifier", "arch": "resnet18"}], "seeds": [0, 1]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    plan = api.plan_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
+    narrow = Console(width=80, record=True, file=open(os.devnull, "w"))
+    narrow.print(cli._plan_table(plan))
+    shown = narrow.export_text()
+    assert all(p.job.id in shown for p in plan.jobs) and max(map(len, shown.splitlines())) <= 80
+    recorder = Console(width=80, record=True, file=open(os.devnull, "w"))
+    monkeypatch.setattr(cli, "console", recorder)
+    r = CliRunner().invoke(cli.app, ["data", "info", "synthfer", "-o", "n_train=10000", "-o", "n_val=20", "-o", "n_test=20"])
+    assert r.exit_code == 0, r.stdout
+    table = recorder.export_text()
+    assert "10,000" in table and max(map(len, table.splitlines())) <= 80

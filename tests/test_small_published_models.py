@@ -310,3 +310,25 @@ def test_index_shows_each_verdicts_kind_and_reads_pages_without_one(tmp_path):
     html = write_index(tmp_path).read_text()
     assert html.count('<br><span class="small">released weights re-evaluated</span>') == 1
     assert html.count("<strong>reproduced</strong>") == 2
+
+
+def test_small_long_jobs_run_as_one_single_thread_process_per_core(monkeypatch):
+    """The layout `run` picks: small models with several long jobs pending get a one-thread process per
+    core; an explicit --threads or workers, a big model, short or unestimated jobs keep the launcher's."""
+    from ferbench.launch import cpu_layout
+    from ferbench.spec import LauncherConfig, expand, spec_from_dict
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    spec = {"name": "lay", "datasets": [{"name": "synthfer"}], "models": [{"id": "de", "arch": "deep-emotion",
+            "recipe": "deep-emotion-code"}], "seeds": [0, 1, 2]}
+    jobs = expand(spec_from_dict(spec, "x"))
+    classes, cpu, long = {j.id: 7 for j in jobs}, torch.device("cpu"), {j.id: 3600.0 for j in jobs}
+    workers, threads, why = cpu_layout(jobs, cpu, LauncherConfig(), None, classes, long)
+    assert (workers, threads) == (2, 1) and why["workers"] == 2 and "small models" in why["rule"]
+    assert cpu_layout(jobs, cpu, LauncherConfig(), 2, classes, long)[:2] == (1, 2)  # --threads: as asked
+    assert cpu_layout(jobs, cpu, LauncherConfig(workers=1), None, classes, long)[:2] == (1, None)  # workers named
+    assert cpu_layout(jobs, cpu, LauncherConfig(), None, classes, {j.id: 30.0 for j in jobs})[:2] == (1, None)
+    assert cpu_layout(jobs, cpu, LauncherConfig(), None, classes, {})[:2] == (1, None)  # no estimate
+    assert cpu_layout(jobs[:1], cpu, LauncherConfig(), None, classes, long)[:2] == (1, None)
+    big = expand(spec_from_dict({**spec, "models": [{"id": "r", "arch": "resnet18"}], "train": {"input_size": 112}}, "x"))
+    assert cpu_layout(big, cpu, LauncherConfig(), None, {j.id: 7 for j in big}, {j.id: 3600.0 for j in big})[:2] == (1, None)
