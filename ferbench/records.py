@@ -296,20 +296,53 @@ def _damaged(job_dir: Path) -> str | None:
 
 
 def label_experiments(records: list[RunRecord]) -> None:
-    """Label each record by its model id; where one (model, dataset) ran under several conditions
-    (a smoke and a cpu profile in one runs folder, say), add the profile or condition hash, so that
-    seeds of different experiments are never averaged together."""
-    groups: dict[tuple[str, str], set[str]] = {}
+    """Label each record by its model id; where one (model, dataset) ran under several conditions, add
+    what tells them apart, so that seeds of different experiments are never averaged together: the job
+    fields whose values differ between the conditions (`deep-emotion [eval.dropout_at_eval=true]`) when
+    at most three do, else the profile and condition hash (a smoke and a cpu profile in one folder)."""
+    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in records:
         j = r.job.get("job", {})
-        groups.setdefault((j.get("model", {}).get("id", "?"), j.get("dataset", {}).get("id", "?")), set()).add(r.condition)
+        key = (j.get("model", {}).get("id", "?"), j.get("dataset", {}).get("id", "?"))
+        groups.setdefault(key, {}).setdefault(r.condition, _flat(j))
+    names = {key: _condition_names(conds) for key, conds in groups.items() if len(conds) > 1}
     for r in records:
         j = r.job.get("job", {})
         mid = j.get("model", {}).get("id", "?")
-        if len(groups[(mid, j.get("dataset", {}).get("id", "?"))]) > 1:
-            r.label = f"{mid} [{j.get('profile') or 'default'} {r.condition[:6]}]"
-        else:
+        key = (mid, j.get("dataset", {}).get("id", "?"))
+        if key not in names:
             r.label = mid
+        else:
+            r.label = f"{mid} [{names[key].get(r.condition) or (j.get('profile') or 'default') + ' ' + r.condition[:6]}]"
+
+
+_NOT_CONDITIONS = ("seed", "data_root", "profile", "log", "spec", "depends_on", "dataset.path", "dataset.options.fold")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A job dict as dotted keys -> leaf values, without the fields that never separate experiments."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if key not in _NOT_CONDITIONS:
+            out.update(_flat(v, key))
+    return out
+
+
+def _condition_names(conditions: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """condition hash -> `field=value, ...` over the fields that differ between the conditions; empty when
+    more than three differ or two conditions would read alike."""
+    keys = sorted({k for c in conditions.values() for k in c}
+                  - {k for k in next(iter(conditions.values())) if len({repr(c.get(k)) for c in conditions.values()}) == 1})
+    if not keys or len(keys) > 3:
+        return {}
+    def show(v: Any) -> str:
+        return "true" if v is True else "false" if v is False else "none" if v is None else str(v)
+    named = {h: ", ".join(f"{k.removeprefix('train.').removeprefix('model.')}={show(c.get(k))}" for k in keys)
+             for h, c in conditions.items()}
+    return named if len(set(named.values())) == len(named) else {}
 
 
 RECORD_FILES = ("job.yaml", "manifest.json", "history.csv", "metrics.json", "predictions.npz")
