@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ferbench.errors import FerbenchError, first_line
-from ferbench.records import write_atomic, write_json_atomic
+from ferbench.fileio import write_atomic, write_json_atomic
 from ferbench.trained import TrainedModel, preprocess
 
 Format = Literal["onnx", "torchscript", "pt2"]

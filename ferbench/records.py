@@ -12,88 +12,21 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
 
 from ferbench import recordcheck
+from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
+    read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.errors import FerbenchError, first_line
 from ferbench.spec import condition_hash
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
-    """Let `fill` write a temporary file (given by path) beside `path`, fsync it and rename it over
-    `path`, so readers see the old file or the new one, never a part."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)})") from None
-    os.close(fd)
-    try:
-        fill(Path(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fchmod(fd, 0o666 & ~_UMASK)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # a full disk, a quota, a folder made read-only: one line, the old file kept
-            raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)}); "
-                                "the previous version, if any, is intact") from None
-        raise
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda p: p.write_bytes(data))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def fill(p: Path) -> None:
-        with open(p, "wb") as f:  # a file object: given a path, numpy would append ".npz" to it
-            np.savez_compressed(f, **arrays)
-
-    write_atomic(path, fill)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FerbenchError(f"{path}: unreadable JSON ({e.__class__.__name__}: {e})") from None
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ferbench.data import load_dataset
 from ferbench.data.fer2013 import split_rows

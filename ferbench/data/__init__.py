@@ -7,7 +7,6 @@ Each dataset module defines an `Options` model (validated against the spec's `op
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ferbench.errors import FerbenchError
+from ferbench.fileio import sha256_file  # noqa: F401  (loaders and the cache hash their files)
 
 SPLITS = ("train", "val", "test")
 
@@ -163,14 +163,6 @@ def subsample(ds: FerDataset, sizes: dict[str, int | None], seed: int = 0) -> Fe
         idx = np.sort(np.concatenate([picked, rest]))
         out[name] = split.take(idx)
     return FerDataset(ds.name, ds.classes, out, ds.files, {**ds.notes, "subset": dict(sizes)})
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def check_split_nonempty(ds: FerDataset, where: str) -> None:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ferbench.data import sha256_file
+from ferbench.fileio import sha256_file
 
 
 def cache_dir() -> Path:

@@ -59,7 +59,7 @@ def _load_store() -> dict[str, Any]:
 
 def _save(key: str, entry: dict[str, Any]) -> None:
     """Add one choice to the machine's store (atomically; a read-only cache only loses the memo)."""
-    from ferbench.records import write_json_atomic
+    from ferbench.fileio import write_json_atomic
 
     store = _load_store()
     store[key] = entry

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ferbench.errors import FerbenchError, first_line
-from ferbench.records import write_atomic, write_text_atomic
+from ferbench.fileio import write_atomic, write_text_atomic
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""Files written whole or not at all, and file hashes: the leaf every layer that writes imports.
+
+Every file ferbench writes (run records, checkpoints, caches, reports, exports, extracted weights)
+goes to a temporary name in the same folder, is flushed, fsynced and renamed, so a reader sees the
+old file or the new one and a crash leaves the previous version intact. Nothing here imports the
+rest of ferbench but its error type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ferbench.errors import FerbenchError, first_line
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
+    """Let `fill` write a temporary file (given by path) beside `path`, fsync it and rename it over
+    `path`, so readers see the old file or the new one, never a part."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)})") from None
+    os.close(fd)
+    try:
+        fill(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a quota, a folder made read-only: one line, the old file kept
+            raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)}); "
+                                "the previous version, if any, is intact") from None
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda p: p.write_bytes(data))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def fill(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: given a path, numpy would append ".npz" to it
+            np.savez_compressed(f, **arrays)
+
+    write_atomic(path, fill)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FerbenchError(f"{path}: unreadable JSON ({e.__class__.__name__}: {e})") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
