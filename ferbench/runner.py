@@ -31,7 +31,7 @@ from ferbench.data.kernels import chosen as chosen_kernels
 from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
-from ferbench.models import check_options, create_model, get_variant
+from ferbench.models import build_model, check_options, create_model, get_variant
 from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, read_manifest, remove_orphans,
                               write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
@@ -292,7 +292,7 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
 
     torch.manual_seed(job.seed)
     np.random.seed(job.seed % 2**32)
-    model = create_model(job.model.arch, ds.num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
+    model = build_model(job, ds.num_classes)
     if job.model.weights:
         from ferbench.hub import resolve_weights
         from ferbench.engine.weights import load_pretrained
@@ -322,7 +322,7 @@ def load_teacher(job: Job, runs_dir: Path, num_classes: int, device: Any):
         raise JobFailed(f"teacher job {job.depends_on} is not complete")
     tjob = Job.model_validate(yaml.safe_load((tdir / "job.yaml").read_text())["job"])
     ck = load_checkpoint(tdir / "checkpoint.pt")
-    model = create_model(tjob.model.arch, num_classes, tjob.train.input_size, tjob.train.in_chans, **tjob.model.options)
+    model = build_model(tjob, num_classes)
     model.load_state_dict(ck.get("best_state") or ck["model"])
     model.to(device).eval()
     for p in model.parameters():

@@ -52,7 +52,7 @@ class TrainedModel:
 def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
     """The model a finished run evaluated (its `which` selection), rebuilt from the run folder."""
     from ferbench.engine.checkpoint import load_checkpoint
-    from ferbench.models import create_model
+    from ferbench.models import build_model
 
     run_dir = Path(run_dir)
     if which not in ("last", "best"):
@@ -69,7 +69,7 @@ def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
     ck = load_checkpoint(ck_path)
     state = selected_state(ck, job, which, run_dir)
     t = job.train
-    model = create_model(job.model.arch, len(manifest["classes"]), t.input_size, t.in_chans, **job.model.options)
+    model = build_model(job, len(manifest["classes"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

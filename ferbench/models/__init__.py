@@ -10,9 +10,12 @@ self-attention regulariser) which the engine adds to the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ferbench.errors import FerbenchError
+
+if TYPE_CHECKING:
+    from ferbench.spec import Job
 
 
 @dataclass(frozen=True)
@@ -159,3 +162,8 @@ def create_model(name: str, num_classes: int, input_size: int = 224, in_chans: i
         return v.build(num_classes=num_classes, input_size=input_size, in_chans=in_chans, **v.config, **options)
     except (TypeError, ValueError) as e:
         raise FerbenchError(f"model {name!r}: {e}") from None
+
+
+def build_model(job: "Job", num_classes: int):
+    """The network a job trains: its model entry's architecture and options at its input size and channels."""
+    return create_model(job.model.arch, num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
