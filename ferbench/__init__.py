@@ -33,6 +33,8 @@ Architecture: one direction, spec -> jobs -> run records -> reports; each step h
 | `bench/` | the harness's own cost against reference pipelines (`ferbench bench`) |
 | `claims` | the papers' published size figures |
 | `hostmem` | the host allocator policy every process applies first |
+| `fileio` | atomic writes and file hashes, the leaf every writer imports |
 """
 
 __version__ = "0.1.0"
+RUNS_DIR = "runs"  # where `run` writes and `report`, `compare`, `predict`, `export` look unless told otherwise

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ferbench.errors import FerbenchError
+from ferbench import RUNS_DIR
 from ferbench.spec import Job, Spec, expand, load_spec
 
 LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning before it starts
@@ -89,7 +90,7 @@ def load(spec_path: str | Path, profile: str | None = None, overrides: list[tupl
 
 
 def plan_spec(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None,
-              runs_dir: str | Path = "runs", data_root: str | None = None, device: str = "auto",
+              runs_dir: str | Path = RUNS_DIR, data_root: str | None = None, device: str = "auto",
               estimate: bool = True) -> Plan:
     """The jobs a run would have, their ids, which are finished, and each one's estimated time left."""
     from ferbench.machine import pick_device
@@ -129,7 +130,7 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
 
 
 def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None,
-             runs_dir: str | Path = "runs", data_root: str | None = None, device: str = "auto",
+             runs_dir: str | Path = RUNS_DIR, data_root: str | None = None, device: str = "auto",
              threads: int | None = None, hooks: RunHooks | None = None, estimate: bool = True,
              train: bool = True) -> list[Any]:
     """Train and evaluate every job of a spec (finished ones skipped, interrupted ones resumed) with
@@ -197,7 +198,7 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     return [by_id[j.id] for j in all_jobs if j.id in by_id]
 
 
-def report_spec(target: str | None = None, runs_dir: str | Path = "runs", out: str | Path = "reports",
+def report_spec(target: str | None = None, runs_dir: str | Path = RUNS_DIR, out: str | Path = "reports",
                 formats: str = "md,html", with_records: bool = False) -> list[Path]:
     """Render reports/<spec>/index.html and report.md (and the reports index) from run records;
     `formats` adds exports: csv, json (tidy results, verdicts), latex (the paper's table layout)."""
@@ -207,7 +208,7 @@ def report_spec(target: str | None = None, runs_dir: str | Path = "runs", out: s
     return render_reports(target, Path(runs_dir), Path(out), tuple(parse_formats(formats)), with_records)
 
 
-def compare(a: str, b: str, runs_dir: str | Path = "runs", dataset: str | None = None,
+def compare(a: str, b: str, runs_dir: str | Path = RUNS_DIR, dataset: str | None = None,
             out: str | Path | None = None, published: str | Path | None = "reports") -> tuple[dict[str, Any], list[Path]]:
     """Two families (or model ids) side by side with paired statistics; also written under `out` if given.
     With no complete run under `runs_dir`, the records published under `published` are compared."""
@@ -217,7 +218,7 @@ def compare(a: str, b: str, runs_dir: str | Path = "runs", dataset: str | None =
     return result, (write_compare(result, Path(out)) if out is not None else [])
 
 
-def find_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
+def find_run(run: str | Path, runs_dir: str | Path = RUNS_DIR) -> Path:
     """A run folder named by its path, or as <spec>/<job-id> under `runs_dir`."""
     path = Path(run)
     if not path.is_dir() and (Path(runs_dir) / path).is_dir():
@@ -228,7 +229,7 @@ def find_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
 
 
 def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta: str | None = None,
-            runs_dir: str | Path = "runs", out: str | Path | None = None) -> Any:
+            runs_dir: str | Path = RUNS_DIR, out: str | Path | None = None) -> Any:
     """Class probabilities for image files and folders from a finished run's model (`predict.Predictions`);
     also written to `out` (.csv or .json) when given, if any image was predicted."""
     from ferbench.predict import predict_files, write_predictions
@@ -243,7 +244,7 @@ def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta:
 
 
 def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | Path | None = None,
-           runs_dir: str | Path = "runs", tolerance: float = 1e-4) -> Any:
+           runs_dir: str | Path = RUNS_DIR, tolerance: float = 1e-4) -> Any:
     """A finished run's model as ONNX, TorchScript or a torch.export program, with its sidecar JSON and parity check (`export.Exported`)."""
     from ferbench.export import default_path, export_model
     from ferbench.trained import load_run

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ferbench.errors import FerbenchError
+from ferbench import RUNS_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce facial-emotion-recognition papers and report how close the reproduction came.")
@@ -108,7 +109,7 @@ def plan(
     spec: SpecArg,
     profile: ProfileOpt = None,
     set_: SetOpt = [],
-    runs_dir: RunsDirOpt = Path("runs"),
+    runs_dir: RunsDirOpt = Path(RUNS_DIR),
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
     estimate: EstimateOpt = True,
@@ -185,7 +186,7 @@ def run(
     spec: SpecArg,
     profile: ProfileOpt = None,
     set_: SetOpt = [],
-    runs_dir: RunsDirOpt = Path("runs"),
+    runs_dir: RunsDirOpt = Path(RUNS_DIR),
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
     estimate: EstimateOpt = True,
@@ -240,7 +241,7 @@ def evaluate(
     spec: SpecArg,
     profile: ProfileOpt = None,
     set_: SetOpt = [],
-    runs_dir: RunsDirOpt = Path("runs"),
+    runs_dir: RunsDirOpt = Path(RUNS_DIR),
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -261,7 +262,7 @@ def evaluate(
 @app.command()
 def report(
     target: Optional[str] = typer.Argument(None, help="spec name (under --runs-dir) or a runs folder; default: every spec"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
     out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
     formats: str = typer.Option("md,html", "--format", help="any of md,html,csv,json,latex (csv/json: one row per job; "
                                 "latex: the paper's table layout)"),
@@ -284,7 +285,7 @@ def compare(
     a: str = typer.Argument(..., help="model family (resface, emonext, resnet, convnext), arch or model id"),
     b: str = typer.Argument(..., help="the other side"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="only this dataset id"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
     as_json: bool = typer.Option(False, "--json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write index.html, report.md and a figure here (linked from OUT/../index.html if present)"),
 ) -> None:
@@ -499,7 +500,7 @@ def predict(
     which: WhichOpt = "last",
     tta: Optional[str] = typer.Option(None, "--tta", help="none, flip or tencrop (default: as the run evaluated)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image) or .json here"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
 ) -> None:
     """Class probabilities for face crops from a finished run's model. Undecodable images are refused
     one line each and the rest predicted; exit 1 when any was refused, 2 when none was predicted."""
@@ -533,7 +534,7 @@ def export(
     which: WhichOpt = "last",
     out: Optional[Path] = typer.Option(None, "--out", help="the file to write (default exports/<job-id>-<which>.onnx|.pt|.pt2)"),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="largest max-abs logit difference against PyTorch accepted"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
 ) -> None:
     """A finished run's model as ONNX, TorchScript or a torch.export program, with a JSON of its inputs and classes; the file is
     run against PyTorch on a batch and written only if the logits agree."""

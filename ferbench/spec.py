@@ -41,6 +41,7 @@ def _slug(kind: str) -> AfterValidator:
 
 
 SlugId = Annotated[str, _slug("id")]
+EMONEXT_RESIZE_RATIO = 236 / 224  # EmoNeXt's code: Resize(236) then crop 224, for training, validation and TenCrop
 MAX_SEED = 2**32 - 1  # what every RNG ferbench seeds (Python, NumPy, torch) accepts
 
 
@@ -151,7 +152,7 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     splits: list[Literal["val", "test"]] = ["val", "test"]
     tta: Literal["none", "flip", "tencrop"] = "none"
-    tta_resize_ratio: float = Field(236 / 224, ge=1.0)
+    tta_resize_ratio: float = Field(EMONEXT_RESIZE_RATIO, ge=1.0)
     val_mode: Literal["center", "random_crop"] = Field(
         "center", description="random_crop reproduces EmoNeXt code's non-deterministic validation"
     )
@@ -322,7 +323,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
         "schedule": "cosine", "label_smoothing": 0.2, "amp": "auto", "normalize": "none",
         "ema": {"decay": 0.99, "every": 1, "warmup_steps": 0}, "early_stopping_patience": 12,
-        "input_size": 224, "augment": {"hflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
+        "input_size": 224, "augment": {"hflip": True, "rotation": 20.0, "resize_ratio": EMONEXT_RESIZE_RATIO},
     },
     "emonext-code": {  # yelboudouri/EmoNeXt train.py as run by its README
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
@@ -331,7 +332,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "drop_last": False,
         "ema": {"decay": 0.99, "every": 16, "warmup_steps": 100, "rule": "ema_pytorch"}, "early_stopping_patience": 12,
         "input_size": 224,
-        "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": 236 / 224},
+        "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": EMONEXT_RESIZE_RATIO},
     },
     "deep-emotion-code": {  # omarsayed7/Deep-Emotion main.py defaults (no paper recipe is published as code)
         "optimizer": "adam", "lr": 0.005, "weight_decay": 0.0, "batch_size": 128, "epochs": 100,

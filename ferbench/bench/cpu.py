@@ -32,9 +32,9 @@ from ferbench.engine.evaluate import predict
 from ferbench.engine.train import NoProgress
 from ferbench.hostmem import keep_freed_memory
 from ferbench.models import create_model
-from ferbench.spec import AugmentConfig, TrainConfig
+from ferbench.spec import EMONEXT_RESIZE_RATIO, AugmentConfig, TrainConfig
 
-PAPER_AUG = AugmentConfig(hflip=True, rotation=20.0, resize_ratio=236 / 224)
+PAPER_AUG = AugmentConfig(hflip=True, rotation=20.0, resize_ratio=EMONEXT_RESIZE_RATIO)
 
 
 class _PilFaces(torch.utils.data.Dataset):
@@ -54,7 +54,7 @@ def bench_data(size: int, batch: int = 64, seconds: float = 3.0, windows: int = 
     import torchvision.transforms as T
 
     images = faces(2048)
-    resize = int(round(size * 236 / 224))
+    resize = int(round(size * EMONEXT_RESIZE_RATIO))
     tf = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(20), T.Resize(resize), T.RandomCrop(size),
                     T.Grayscale(3), T.ToTensor()])
     loader = torch.utils.data.DataLoader(_PilFaces(images, tf), batch_size=batch, shuffle=True, num_workers=2,
@@ -204,7 +204,7 @@ def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch
     from ferbench.engine.evaluate import views
 
     def ours() -> int:
-        predict(model, images, cfg, device, "tencrop", 236 / 224)
+        predict(model, images, cfg, device, "tencrop", EMONEXT_RESIZE_RATIO)
         return n
 
     src = torch.from_numpy(images)
@@ -212,12 +212,12 @@ def bench_eval(model_name: str = "resnet18", size: int = 48, n: int = 256, batch
     @torch.no_grad()
     def cropwise() -> int:
         for s in range(0, n, batch):
-            v = views(to_unit(src[s:s + batch]), size, "tencrop", 236 / 224)
+            v = views(to_unit(src[s:s + batch]), size, "tencrop", EMONEXT_RESIZE_RATIO)
             logits = [model(finish(c, 3, "half").contiguous(memory_format=torch.channels_last)) for c in v]
             torch.stack(logits).mean(0)
         return n
 
-    expanded = [finish(views(to_unit(src[s:s + batch]), size, "tencrop", 236 / 224).flatten(0, 1), 3, "half")
+    expanded = [finish(views(to_unit(src[s:s + batch]), size, "tencrop", EMONEXT_RESIZE_RATIO).flatten(0, 1), 3, "half")
                 .contiguous(memory_format=torch.channels_last) for s in range(0, n, batch)]
 
     @torch.no_grad()

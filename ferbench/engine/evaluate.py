@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ferbench.data.augment import finish, random_crop_eval, resize, ten_crop, to_unit
-from ferbench.spec import TrainConfig
+from ferbench.spec import EMONEXT_RESIZE_RATIO, TrainConfig
 
 
 def autocast_ctx(device: torch.device, amp: str):
@@ -77,7 +77,7 @@ def predict(
     cfg: TrainConfig,
     device: torch.device,
     tta: str = "none",
-    tta_resize_ratio: float = 236 / 224,
+    tta_resize_ratio: float = EMONEXT_RESIZE_RATIO,
     gen: torch.Generator | None = None,
     keep_mode: bool = False,
 ) -> np.ndarray:
