@@ -235,8 +235,10 @@ def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta:
     from ferbench.predict import predict_files, write_predictions
     from ferbench.trained import load_run
 
-    if tta is not None and tta not in ("none", "flip", "tencrop"):
-        raise FerbenchError(f"--tta {tta!r}: expected none, flip or tencrop")
+    from ferbench.spec import TTA_MODES
+
+    if tta is not None and tta not in TTA_MODES:
+        raise FerbenchError(f"--tta {tta!r}: expected {', '.join(TTA_MODES[:-1])} or {TTA_MODES[-1]}")
     result = predict_files(load_run(find_run(run, runs_dir), which), list(inputs), tta)
     if out is not None and result.files:
         write_predictions(result, Path(out))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -41,6 +41,8 @@ def _slug(kind: str) -> AfterValidator:
 
 
 SlugId = Annotated[str, _slug("id")]
+TTAMode = Literal["none", "flip", "tencrop"]  # test-time augmentation: one view, + its mirror, TenCrop
+TTA_MODES: tuple[str, ...] = get_args(TTAMode)
 EMONEXT_RESIZE_RATIO = 236 / 224  # EmoNeXt's code: Resize(236) then crop 224, for training, validation and TenCrop
 MAX_SEED = 2**32 - 1  # what every RNG ferbench seeds (Python, NumPy, torch) accepts
 
@@ -151,7 +153,7 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     splits: list[Literal["val", "test"]] = ["val", "test"]
-    tta: Literal["none", "flip", "tencrop"] = "none"
+    tta: TTAMode = "none"
     tta_resize_ratio: float = Field(EMONEXT_RESIZE_RATIO, ge=1.0)
     val_mode: Literal["center", "random_crop"] = Field(
         "center", description="random_crop reproduces EmoNeXt code's non-deterministic validation"
