@@ -31,7 +31,7 @@ Architecture: one direction, spec -> jobs -> run records -> reports; each step h
 | `machine` | the device choice and the environment recorded in each manifest |
 | `report/` | tables, figures, rendering, compare; reads records only, never imports `engine` |
 | `bench/` | the harness's own cost against reference pipelines (`ferbench bench`) |
-| `claims` | the papers' published size figures |
+| `published_sizes` | the papers' published model sizes (params, GMACs) that `models --claims` sets beside measured ones |
 | `hostmem` | the host allocator policy every process applies first |
 | `fileio` | atomic writes and file hashes, the leaf every writer imports |
 """

@@ -334,7 +334,7 @@ def models(
     from ferbench import api
 
     if claims:
-        from ferbench.claims import claims_markdown, claims_table
+        from ferbench.published_sizes import claims_markdown, claims_table
 
         rows = claims_table()
         print(json.dumps(rows, indent=2) if as_json else claims_markdown(rows))

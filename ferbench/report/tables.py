@@ -145,7 +145,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
         classes = ms[0]["classes"]
         recall = {c: _nanmean([t["per_class_recall"].get(c) for t in tests]) for c in classes}
         prof = ms[0].get("profile", {})
-        from ferbench.claims import size_claim
+        from ferbench.published_sizes import size_claim
 
         out.append({
             "size_claim": size_claim(recs[0].job["job"]["model"]["arch"]),
