@@ -49,6 +49,7 @@ class Hooks(api.RunHooks):
         self.outcomes.append(o)
 
 
+@pytest.mark.slow
 def test_plan_lists_expands_ids_and_follows_a_run_to_the_end(spec_file, tmp_path, kill_after):
     runs = tmp_path / "runs"
     ids = [j.id for j in expand(load_spec(spec_file))]
@@ -75,6 +76,7 @@ def test_plan_lists_expands_ids_and_follows_a_run_to_the_end(spec_file, tmp_path
     assert [o.status for o in again] == ["skipped", "skipped"]
 
 
+@pytest.mark.slow
 def test_run_spec_in_process_writes_what_the_cli_writes(spec_file, tmp_path):
     (o,) = api.run_spec(spec_file, "tiny", [("seeds", [0])], tmp_path / "api", estimate=False)
     r = subprocess.run([sys.executable, "-m", "ferbench", "run", str(spec_file), "-p", "tiny", "--set", "seeds=[0]",

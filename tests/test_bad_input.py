@@ -85,7 +85,7 @@ SPEC_CASES = [
     ("batch-negative", _set(["train", "batch_size"], -4), None, ["batch_size", "greater than or equal to 1"]),
     ("input-size-zero", _set(["train", "input_size"], 0), None, ["input_size"]),
     ("label-smoothing", _set(["train", "label_smoothing"], 1.5), None, ["label_smoothing"]),
-    ("optimizer-enum", _set(["train", "optimizer"], "adam"), None, ["optimizer", "'adam'"]),
+    ("optimizer-enum", _set(["train", "optimizer"], "adagrad"), None, ["optimizer", "'adagrad'"]),
     ("unknown-arch", _set(["models", 0, "arch"], "resnet19"), None, ["unknown model 'resnet19'"]),
     ("unknown-dataset", _set(["datasets", 0, "name"], "oulu-casia"), None, ["unknown dataset 'oulu-casia'"]),
     ("unknown-recipe", _set(["models", 0, "recipe"], "magic"), None, ["unknown recipe 'magic'"]),

@@ -40,6 +40,7 @@ def tiny_run(tmp_path_factory):
     return d, spec, first
 
 
+@pytest.mark.slow
 def test_run_writes_complete_records(tiny_run):
     d, _, first = tiny_run
     assert first.returncode == 0, first.stderr
@@ -56,6 +57,7 @@ def test_run_writes_complete_records(tiny_run):
         assert not list(folder.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_second_run_trains_nothing(tiny_run):
     d, spec, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in (d / "runs").rglob("checkpoint.pt")}
@@ -98,12 +100,14 @@ def test_wrong_type(tmp_path):
     _assert_clean_failure(r, tmp_path, "seeds")
 
 
+@pytest.mark.slow
 def test_missing_dataset_file(tmp_path):
     bad = {**TINY, "datasets": [{"name": "fer2013"}]}
     r = ferbench("run", write_spec(tmp_path / "s.yaml", bad), "--data-root", tmp_path / "nowhere", cwd=tmp_path)
     _assert_clean_failure(r, tmp_path, "fer2013/fer2013.csv.gz", "file not found")
 
 
+@pytest.mark.slow
 def test_unknown_model_and_dataset(tmp_path):
     r = ferbench("run", write_spec(tmp_path / "s.yaml", {**TINY, "models": [{"id": "x", "arch": "resnet19"}]}), cwd=tmp_path)
     _assert_clean_failure(r, tmp_path, "unknown model 'resnet19'")
@@ -119,6 +123,7 @@ def test_data_info_json_for_synthfer(tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_data_info_json_on_real_fer2013(real_data, tmp_path):
     r = ferbench("data", "info", "fer2013", "--json", "--data-root", real_data, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -128,6 +133,7 @@ def test_data_info_json_on_real_fer2013(real_data, tmp_path):
     assert info["splits"]["test"]["per_class"]["neutral"] == 626
 
 
+@pytest.mark.slow
 def test_models_and_profile_json(tmp_path):
     r = ferbench("profile", "resnet18", "--num-classes", "1000", "--json", cwd=tmp_path)
     p = json.loads(r.stdout)
@@ -135,6 +141,7 @@ def test_models_and_profile_json(tmp_path):
     assert p["gflops"] == pytest.approx(2 * p["gmacs"]) and abs(p["gmacs"] - 1.82) < 0.02
 
 
+@pytest.mark.slow
 def test_plan_and_data_info_show_ids_and_totals_whole_in_80_columns(tmp_path, monkeypatch):
     """A job id is what a user copies, a total what they read: neither is cut in an 80-column terminal."""
     from rich.console import Console

@@ -111,6 +111,7 @@ def _report_and_compare(runs_parent: Path):
 RECORD_CASES = [c for c in CASES if not c[0].startswith("spec-")]
 
 
+@pytest.mark.slow
 def test_report_lists_every_damaged_record_and_renders_the_rest(pristine, tmp_path):
     """Each case damages its own copy of model m's record (one runs folder, one report: rendering a
     page per case would cost minutes); the intact model n must still fill the tables."""

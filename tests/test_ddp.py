@@ -9,6 +9,8 @@ import yaml
 
 from ferbench.records import discover
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 SPEC = {
     "name": "ddp",
     "datasets": [{"name": "synthfer", "options": {"n_train": 128, "n_val": 32, "n_test": 32}}],

@@ -29,6 +29,7 @@ def records(cwd, name):
     return {r.job["job"]["model"]["id"]: r for r in discover(cwd / "runs" / name)}
 
 
+@pytest.mark.slow
 def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
     spec = {
         "name": "ldl", "datasets": DATA, "train": TRAIN,
@@ -90,6 +91,7 @@ def test_divergence_fails_the_job_and_the_spec_continues(tmp_path):
     assert "Failed and incomplete runs" in html and "non-finite loss" in html
 
 
+@pytest.mark.slow
 def test_two_runners_on_one_spec_run_each_job_once(tmp_path):
     spec = {"name": "two", "datasets": DATA, "train": TRAIN, "seeds": [0, 1, 2],
             "models": [{"id": "a", "arch": "convnext-atto"}]}
@@ -148,6 +150,7 @@ def test_checkpoint_writer_context_closes_and_lets_the_block_error_win(tmp_path,
     assert not (tmp_path / "other.pt").exists() and not list(tmp_path.glob(".other.pt.*"))
 
 
+@pytest.mark.slow
 def test_host_allocator_setting_is_applied_recorded_and_can_be_declined(tmp_path):
     code = "from ferbench.hostmem import keep_freed_memory as k; a = k(); assert k() == a; print(a)"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -222,6 +225,7 @@ def test_sampled_loss_trains_on_labels_drawn_from_the_targets(tmp_path):
 
 
 @pytest.mark.parametrize("bad_call, where", [(57, "epoch 1, step 57"), (70, "epoch 2, step 70"), (3, "epoch 1, step 3")])
+@pytest.mark.slow
 def test_divergence_names_the_first_non_finite_step(tmp_path, monkeypatch, bad_call, where):
     """65 steps an epoch: the check after step 50 and the one at the epoch end each see only their own steps."""
     import numpy as np

@@ -41,6 +41,7 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, [*args])
 
 
+@pytest.mark.slow
 def test_a_new_tta_evaluates_the_finished_training_without_training(trained):
     folder, first = trained
     runs = folder / "runs"

@@ -157,6 +157,7 @@ def test_bad_votes_are_refused(tmp_path, small_ferplus):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_real_ferplus_export_and_majority(real_data):
     ds = load_dataset("ferplus", {"protocol": "majority"}, data_root=str(real_data))
     assert ds.notes["exported_images"] == {"train": 28558, "val": 3579, "test": 3573}
@@ -218,6 +219,7 @@ def test_a_label_csv_naming_an_image_fer2013new_does_not_export_is_refused(small
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_real_label_csv_counts_under_every_protocol(real_data):
     import pandas as pd
 

@@ -55,6 +55,7 @@ def test_data_with_subject_ids_is_split_by_subject_and_a_random_split_is_flagged
     assert "near-identical twin in train" in leaky.notes["leakage"]
 
 
+@pytest.mark.slow
 def test_folds_all_expands_one_job_per_fold_and_the_report_pools_them(tmp_path):
     path = video_npz(tmp_path / "lab.npz")
     spec = {"name": "cv", "datasets": [{"name": "folder", "id": "lab", "path": str(path), "options": {"folds": 3},

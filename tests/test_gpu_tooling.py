@@ -111,6 +111,7 @@ def test_epoch_interleaved_sink_runs_a_bare_epoch_after_each_fit_epoch_and_the_c
     assert sink.bare_epochs == [0.25, 0.25] and [r["epoch"] for r in sink.rows] == [1, 2]
 
 
+@pytest.mark.slow
 def test_bench_gpu_takes_the_bare_epochs_out_of_fits_time(monkeypatch):
     """Bare epochs made 1.5 s slower run inside fit's wall time; none of it may count as fit's."""
     import time
@@ -130,6 +131,7 @@ def test_bench_gpu_takes_the_bare_epochs_out_of_fits_time(monkeypatch):
     assert row["ratio"] > 1  # a tiny model's 2-step epochs take well under the added 1.5 s
 
 
+@pytest.mark.slow
 def test_bench_profile_finds_no_per_step_host_syncs():
     """A fit epoch reads the device three times (divergence flag, loss sum, correct count), not once per step."""
     res = CliRunner().invoke(app, ["bench", "profile", "--device", "cpu", "--model", "resnet18=resface-paper",

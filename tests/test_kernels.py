@@ -86,6 +86,7 @@ def test_a_pin_wins_and_a_bad_pin_is_one_clear_line(monkeypatch):
         augment.upsample_bilinear(y, 224, 3)
 
 
+@pytest.mark.slow
 def test_a_run_records_its_kernels_and_a_benchmark_its_machine(tmp_path):
     from ferbench import api
     from ferbench.cli import app

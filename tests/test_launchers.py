@@ -10,6 +10,8 @@ import yaml
 
 from ferbench.records import discover
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 SPEC = {
     "name": "launch",
     "datasets": [{"name": "synthfer", "options": {"n_train": 64, "n_val": 16, "n_test": 32}}],

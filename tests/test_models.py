@@ -95,6 +95,7 @@ SMALL = ["resnet18", "convnext-atto", "emonext-atto", "emonext-femto", "resface-
 
 
 @pytest.mark.parametrize("name", sorted(variants()))
+@pytest.mark.slow
 def test_every_variant_runs_forward_and_backward_at_48(name):
     torch.manual_seed(0)
     m = create_model(name, 7, 48).train()

@@ -109,6 +109,7 @@ def test_load_run_refuses_what_it_cannot_use(finished_run, tmp_path):
         load_run(finished_run, "worst")
 
 
+@pytest.mark.slow
 def test_onnx_export_of_emonext_matches_pytorch(finished_run, tmp_path):
     """EmoNeXt's spatial transformer (affine_grid + grid_sample) through ONNX opset 18 and onnxruntime."""
     pytest.importorskip("onnxruntime")
@@ -148,6 +149,7 @@ def test_torchscript_export_and_a_failed_parity_check_writes_nothing(finished_ru
     assert result.exit_code == 2 and "expected onnx, torchscript, pt2" in result.output
 
 
+@pytest.mark.slow
 def test_pt2_export_loads_back_with_a_dynamic_batch(finished_run, tmp_path):
     res = api.export(finished_run, "pt2", out=tmp_path / "m.pt2")
     assert res.max_abs_diff <= 1e-4
@@ -157,6 +159,7 @@ def test_pt2_export_loads_back_with_a_dynamic_batch(finished_run, tmp_path):
                                    atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_only_when_asked(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

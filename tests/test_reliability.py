@@ -122,6 +122,7 @@ def test_user_text_is_printed_verbatim(tmp_path):
     assert r.exit_code == 2 and f"{odd}: spec file not found" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_interrupted_and_how_to_resume(tmp_path):
     spec = {"name": "ctrlc", "datasets": [{"name": "synthfer", "options": {"n_train": 4000, "n_val": 16, "n_test": 16}}],
             "models": [{"id": "r", "arch": "resnet18"}], "train": {"epochs": 3, "batch_size": 32, "input_size": 32}}
@@ -196,6 +197,7 @@ def test_hostile_strings_stay_text_and_reports_stay_in_their_folder(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["reports"]
 
 
+@pytest.mark.slow
 def test_errors_name_the_block_the_user_wrote(tmp_path):
     from ferbench.cli import app
 
@@ -228,6 +230,7 @@ def test_model_option_values_are_checked_before_any_record(tmp_path, options, ex
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_report_lists_a_damaged_record_and_renders_the_rest(tmp_path):
     spec = {"name": "dmg", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
             "models": [{"id": "r", "arch": "resnet18"}], "seeds": [0, 1, 2],

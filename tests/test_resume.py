@@ -13,6 +13,8 @@ import yaml
 from ferbench.runner import prepare, run_job
 from ferbench.spec import expand, spec_from_dict
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 SPEC = {
     "name": "resume",
     "datasets": [{"name": "synthfer", "options": {"n_train": 128, "n_val": 32, "n_test": 32}}],

@@ -13,6 +13,8 @@ import pytest
 from ferbench.spec import load_spec
 from tests.test_rafdb_folder import make_rafdb
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "benchmarks").glob("*.yaml"))
 

@@ -36,6 +36,7 @@ def claim(value: float, **kw) -> dict:
             "source": "test", "conditions": kw.pop("conditions", {}), **kw}
 
 
+@pytest.mark.slow
 def test_verdicts_inside_above_below_and_not_comparable(runs):
     records = discover(runs / "vd")
     zeta = [r for r in records if r.job["job"]["model"]["id"] == "zeta"]
@@ -137,6 +138,7 @@ def test_git_state_names_the_commit_and_edits_to_tracked_files(tmp_path):
     assert git_state(tmp_path) == (commit, True)
 
 
+@pytest.mark.slow
 def test_the_index_lists_every_claim_with_its_verdict(runs, tmp_path):
     shutil.copytree(runs, tmp_path / "runs")
     snap = tmp_path / "runs" / "vd" / "spec.yaml"
@@ -153,6 +155,7 @@ def test_the_index_lists_every_claim_with_its_verdict(runs, tmp_path):
     assert "input size: paper 224 vs run 24" in index and "A tiny page." in index and "synthfer" in index
 
 
+@pytest.mark.slow
 def test_the_fer_vs_ferplus_figure_names_each_side_by_its_key(runs, tmp_path, monkeypatch):
     from ferbench.report import build_context, figures
 
@@ -181,6 +184,7 @@ def test_latency_is_the_median_over_seeds(runs, tmp_path):
     assert rows["zeta"]["latency_ms"] == pytest.approx(329.5)
 
 
+@pytest.mark.slow
 def test_records_published_with_a_page_render_the_same_page_without_checkpoints(runs, tmp_path):
     api.report_spec("vd", runs, tmp_path / "reports", "md,csv", with_records=True)
     records = tmp_path / "reports" / "vd" / "records"
@@ -194,6 +198,7 @@ def test_records_published_with_a_page_render_the_same_page_without_checkpoints(
     assert compare("zeta", "alpha", records)["datasets"]["synthfer"]
 
 
+@pytest.mark.slow
 def test_per_epoch_test_accuracy_changes_no_weight_and_gives_the_paper_rule(runs, tmp_path):
     outcomes = run_spec_dict(tmp_path, {**SPEC, "eval": {"test_each_epoch": True}})
     plain = {r.id: r for r in discover(runs / "vd")}
