@@ -33,6 +33,10 @@ _MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|",
                              "`": "\\`", "*": "\\*", "_": "\\_"})
 
 
+# how each `train.normalize` value scales the pixels a network sees (the conditions row says which)
+PIXEL_SCALING = {"none": "pixels in [0, 1]", "half": "pixels in [-1, 1]",
+                 "imagenet": "pixels standardised by ImageNet's per-channel mean and std"}
+
 def markdown_text(value: Any) -> Any:
     """A value as Markdown text: HTML, table pipes and link, image and emphasis syntax in user
     strings (descriptions, ids, class names, option values) shown as written, never live in a
@@ -80,7 +84,7 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
         row = {
             "model": r.label, "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
             "profile": (j.get("profile") or "none") if "profile" in j else "not recorded",
-            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, pixels in {'[-1, 1]' if t.get('normalize', 'half') == 'half' else '[0, 1]'}",
+            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, {PIXEL_SCALING[t.get('normalize', 'half')]}",
             "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
             "pretraining": (f"{weights_label(j['model']['weights'])} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
