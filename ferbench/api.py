@@ -301,6 +301,10 @@ def bench(which: str = "all", data_root: str | None = None, device: str = "cuda"
             from ferbench.bench.torchprof import profile_epoch
 
             rows = [profile_epoch(arch, recipe, dev, size, batch, images) for arch, recipe in (chosen or DEFAULT_MODELS).items()]
+    elif which == "small":
+        from ferbench.bench.small import run_small
+
+        rows = run_small()
     else:
         from ferbench.bench.cpu import run_bench
 

@@ -280,10 +280,6 @@ def run_bench(which: str, data_root: str | None = None) -> list[dict[str, Any]]:
         rows += bench_eval()
     if which in ("csv", "all"):
         rows += bench_csv(data_root)
-    if which == "small":
-        from ferbench.bench.small import run_small
-
-        rows += run_small()
     for r in rows:
         r["host_allocator"] = allocator
     return rows
