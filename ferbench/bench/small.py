@@ -76,11 +76,16 @@ def bench_parallel(arch: str, seconds: float = 15.0, channels_last: bool = True)
 
 
 def run_small() -> list[dict[str, Any]]:
+    from ferbench.hostmem import keep_freed_memory
+
+    allocator = keep_freed_memory()  # as `ferbench run` does
     rows = []
     for arch in SMALL_MODELS:
         for channels_last in (True, False):
             rows.append(bench_train(arch, small_cfg(arch, channels_last), n=24 * SMALL_MODELS[arch][1], repeats=2,
                                     name=f"small_train_{arch}_{'channels_last' if channels_last else 'contiguous'}"))
     rows += [bench_parallel(arch) for arch in SMALL_MODELS]
+    for r in rows:
+        r["host_allocator"] = allocator
     return rows
 
