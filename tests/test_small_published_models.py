@@ -331,3 +331,16 @@ def test_small_long_jobs_run_as_one_single_thread_process_per_core(monkeypatch):
     assert cpu_layout(jobs[:1], cpu, LauncherConfig(), None, classes, long)[:2] == (1, None)
     big = expand(spec_from_dict({**spec, "models": [{"id": "r", "arch": "resnet18"}], "train": {"input_size": 112}}, "x"))
     assert cpu_layout(big, cpu, LauncherConfig(), None, {j.id: 7 for j in big}, {j.id: 3600.0 for j in big})[:2] == (1, None)
+
+
+def test_the_conditions_row_names_each_pixel_scaling():
+    """Runs standardised with ImageNet statistics are not 'pixels in [0, 1]' (the row said so before)."""
+    from ferbench.records import discover
+    from ferbench.report import conditions
+    from tests.conftest import REPO
+
+    rec = discover(REPO / "reports" / "minixception" / "records" / "minixception")[0]
+    assert "pixels in [-1, 1]" in conditions([rec])[0]["input"]
+    for normalize, words in (("none", "pixels in [0, 1]"), ("imagenet", "ImageNet's per-channel mean and std")):
+        rec.job["job"]["train"]["normalize"] = normalize
+        assert words in conditions([rec])[0]["input"]

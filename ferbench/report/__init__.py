@@ -84,7 +84,7 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
         row = {
             "model": r.label, "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
             "profile": (j.get("profile") or "none") if "profile" in j else "not recorded",
-            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, {PIXEL_SCALING[t.get('normalize', 'half')]}",
+            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, {PIXEL_SCALING.get(t.get('normalize', 'half'), 'pixels scaled by ' + str(t.get('normalize')))}",
             "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
             "pretraining": (f"{weights_label(j['model']['weights'])} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
