@@ -85,13 +85,14 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
             "model": r.label, "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
             "profile": (j.get("profile") or "none") if "profile" in j else "not recorded",
             "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, {PIXEL_SCALING.get(t.get('normalize', 'half'), 'pixels scaled by ' + str(t.get('normalize')))}",
-            "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}",
+            "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}" if t["epochs"] else "none (weights evaluated as given)",
             "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
             "pretraining": (f"{weights_label(j['model']['weights'])} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
                             if j["model"].get("weights") else "none (random init)"),
             "tta": e["tta"],
             "options": ", ".join(f"{k}={v}" for k, v in j["model"]["options"].items()) or "defaults",
-            "data": ", ".join(f"{k} {v}" for k, v in subset.items() if v) or "full splits",
+            "data": (", ".join(f"{k} {v}" for k, v in subset.items() if v) or "no subset")
+            + "".join(f"; {k} {v}" for k, v in (j["dataset"].get("options") or {}).items() if k != "fold"),
             "device": env.get("gpu") or env.get("device", "?"),
         }
         key = tuple(row.values())
@@ -312,7 +313,7 @@ def page_summary(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"name": ctx["name"], "description": ctx["description"], "generated": ctx["generated"], "datasets": datasets,
             "runs": ctx["n_runs"], "complete": ctx["n_complete"],
             "verdicts": [{k: v.get(k) for k in ("model", "arch", "dataset", "claim", "mean", "ci", "diff", "verdict", "why",
-                                                "differs", "paper_rule", "kind")}
+                                                "differs", "paper_rule", "kind", "label")}
                          for v in ctx["verdicts"]]}
 
 
