@@ -259,6 +259,29 @@ def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | P
     return export_model(tm, fmt, Path(out) if out else default_path(tm, fmt), tolerance)
 
 
+def size_claims() -> list[dict[str, Any]]:
+    """Measured params and GMACs beside the papers' published sizes (`models --claims`)."""
+    from ferbench.published_sizes import claims_table
+
+    return claims_table()
+
+
+def model_cost(name: str, input_size: int = 224, num_classes: int = 7, in_chans: int = 3,
+               **options: Any) -> dict[str, Any]:
+    """Params, GMACs, GFLOPs and the median batch-1 CPU latency of a model (`ferbench cost`)."""
+    from ferbench.cost import model_cost as measure
+
+    return measure(name, input_size, num_classes, in_chans, **options)
+
+
+def plot_dataset(name: str, out: str | Path, data_root: str | None = None, path: str | None = None,
+                 options: dict[str, Any] | None = None) -> list[Path]:
+    """Class bars per split, example faces, annotator agreement (`ferbench data plot`); the files written."""
+    from ferbench.report.datafigs import plot_dataset as plot
+
+    return plot(name, Path(out), data_root, path, options or {})
+
+
 def list_models() -> list[dict[str, Any]]:
     """Every registered variant with its family, parameter count (7 classes, 224 input) and options."""
     from ferbench.cost import count_params

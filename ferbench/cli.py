@@ -334,9 +334,9 @@ def models(
     from ferbench import api
 
     if claims:
-        from ferbench.published_sizes import claims_markdown, claims_table
+        from ferbench.published_sizes import claims_markdown
 
-        rows = claims_table()
+        rows = api.size_claims()
         print(json.dumps(rows, indent=2) if as_json else claims_markdown(rows))
         return
     rows = api.list_models()
@@ -361,12 +361,12 @@ def cost(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """A model's cost: params, GMACs, GFLOPs (= 2 x GMACs) and CPU latency at batch 1, eval mode."""
-    from ferbench.cost import model_cost
+    from ferbench import api
     from ferbench.specfile import parse_set
 
     try:
         opts = dict(parse_set(option))
-        res = model_cost(model, input_size, num_classes, in_chans, **opts)
+        res = api.model_cost(model, input_size, num_classes, in_chans, **opts)
     except FerbenchError as e:
         _fail(str(e))
     if as_json:
@@ -479,11 +479,11 @@ def data_plot(
     option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
 ) -> None:
     """Class bars per split, example faces, annotator agreement, FER-2013 vs FER+ distributions."""
-    from ferbench.report.datafigs import plot_dataset
+    from ferbench import api
     from ferbench.specfile import parse_set
 
     try:
-        for p in plot_dataset(name, out, data_root, path, dict(parse_set(option))):
+        for p in api.plot_dataset(name, out, data_root, path, dict(parse_set(option))):
             console.print(f"wrote {p}", markup=False, highlight=False)
     except FerbenchError as e:
         _fail(str(e))
