@@ -24,6 +24,28 @@ def needs(spec_path: Path) -> set[str]:
     return {n for d in load_spec(spec_path).datasets for n in (d.name, *(t.name for t in d.cross))}
 
 
+def lay_out_released_wheels(spec: Path, wheels: Path) -> None:
+    """For each `pypi:` weights name of the spec, a wheel the test makes, holding a file of the named
+    format at the named path (a mini-Xception HDF5 file in Keras's layout, random weights), so the
+    released-weights path runs end to end offline; the numbers are not the released model's."""
+    import re
+    import zipfile
+
+    from ferbench.models.minixception import MiniXception
+    from tests.test_small_published_models import write_keras_h5
+
+    for m in load_spec(spec).models:
+        match = re.match(r"^pypi:([^=]+)==([^/]+)/(.+)$", m.weights or "")
+        if not match:
+            continue
+        package, version, member = match.groups()
+        assert m.arch == "mini-xception" and member.endswith(".hdf5"), "a test wheel for this model is not written yet"
+        wheels.mkdir(parents=True, exist_ok=True)
+        write_keras_h5(wheels / "m.hdf5", MiniXception(7, 64, 1).eval())
+        with zipfile.ZipFile(wheels / f"{package.replace('-', '_')}-{version}-py3-none-any.whl", "w") as z:
+            z.write(wheels / "m.hdf5", member)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_smoke_profile_runs_and_reports(spec, tmp_path):
     names = needs(spec)
@@ -35,11 +57,14 @@ def test_smoke_profile_runs_and_reports(spec, tmp_path):
         root = str(make_rafdb(tmp_path / "data", n_train=48, n_test=16))
     else:
         root = str(tmp_path)
+    env = {**os.environ, "FERBENCH_OFFLINE": "1"}  # tests never download: released weights come from a test wheel
+    lay_out_released_wheels(spec, Path(os.environ["FERBENCH_CACHE"]) / "wheels")  # the session's isolated cache
     r = subprocess.run([sys.executable, "-m", "ferbench", "run", str(spec), "--profile", "smoke", "--data-root", root],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "failed" not in r.stdout
-    rep = subprocess.run([sys.executable, "-m", "ferbench", "report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    rep = subprocess.run([sys.executable, "-m", "ferbench", "report"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env=env)
     assert rep.returncode == 0, rep.stderr
     name = load_spec(spec).name
     html = (tmp_path / "reports" / name / "index.html").read_text()
