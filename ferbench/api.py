@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ferbench.errors import FerbenchError
 from ferbench import RUNS_DIR
+from ferbench.errors import FerbenchError
 from ferbench.spec import Job, Spec, expand, load_spec
 
 LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning before it starts
@@ -142,11 +141,10 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     import torch
 
     from ferbench.engine import dist
-    from ferbench.launch import LAYOUT_ENV, cpu_layout, run_local, run_submitit, run_workers, submitit_executor
-    from ferbench.runner import dataset_key
-    from ferbench.machine import check_threads, pick_device
+    from ferbench.launch import cpu_layout, run_local, run_submitit, run_workers, submitit_executor
+    from ferbench.machine import LAYOUT_ENV, check_threads, pick_device
     from ferbench.records import check_writable, write_spec_snapshot
-    from ferbench.runner import Outcome, prepare
+    from ferbench.runner import Outcome, dataset_key, prepare
 
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)

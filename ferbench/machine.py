@@ -18,6 +18,7 @@ from ferbench.hostmem import keep_freed_memory
 
 
 MAX_THREADS = 1024
+LAYOUT_ENV = "FERBENCH_LAYOUT"  # how a run's jobs share the CPU (launch.cpu_layout), for each manifest's environment
 
 
 def check_threads(threads: int | None) -> None:
@@ -131,9 +132,9 @@ def environment(device: Any) -> dict[str, Any]:
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "host_allocator": keep_freed_memory(), "optimizer_implementation": implementation(device.type),
     }
-    if os.environ.get("FERBENCH_LAYOUT"):  # set by `run` (launch.cpu_layout): how the run's jobs share the machine
+    if os.environ.get(LAYOUT_ENV):  # set by `run` (launch.cpu_layout): how the run's jobs share the machine
         try:
-            env["layout"] = json.loads(os.environ["FERBENCH_LAYOUT"])
+            env["layout"] = json.loads(os.environ[LAYOUT_ENV])
         except ValueError:
             pass
     if device.type == "cuda":

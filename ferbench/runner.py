@@ -295,12 +295,12 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
     model = build_model(job, ds.num_classes)
     if job.model.weights:
         from ferbench.hub import resolve_weights
-        from ferbench.engine.weights import load_pretrained
+        from ferbench.engine.weights import load_pretrained, untrained
 
         source = resolve_weights(job.model.weights)
         info = load_pretrained(model, source.path, get_variant(job.model.arch).checkpoint_filter)
         manifest.add(pretrained={**source.record(), **info})
-        kept = [k for k in info["kept_init"] if not k.endswith("num_batches_tracked")]  # a counter, not a weight
+        kept = untrained(info)
         if kept and job.train.epochs == 0:
             raise JobFailed(f"train.epochs: 0 evaluates {job.model.weights} as it is, but {len(kept)} tensors of "
                             f"{job.model.arch} did not load from it ({', '.join(kept[:4])}): the file must hold the whole "
@@ -336,15 +336,15 @@ def teacher_from_file(job: Job, num_classes: int, device: Any, manifest: Manifes
     """The frozen teacher a model entry names by file (`teacher: {arch, weights}`): built for this
     job's classes and input, every tensor loaded (a teacher that kept any init would teach noise)."""
     from ferbench.hub import resolve_weights
-    from ferbench.engine.weights import load_pretrained
+    from ferbench.engine.weights import load_pretrained, untrained
 
     t = job.model.teacher
     source = resolve_weights(t.weights)
     model = create_model(t.arch, num_classes, job.train.input_size, job.train.in_chans, **t.options)
     info = load_pretrained(model, source.path, get_variant(t.arch).checkpoint_filter)
-    if info["kept_init"]:
-        raise JobFailed(f"teacher {t.weights}: {len(info['kept_init'])} tensors of {t.arch} with {num_classes} classes "
-                        f"did not load ({', '.join(info['kept_init'][:4])}): the teacher must match its arch and classes")
+    if kept := untrained(info):
+        raise JobFailed(f"teacher {t.weights}: {len(kept)} tensors of {t.arch} with {num_classes} classes "
+                        f"did not load ({', '.join(kept[:4])}): the teacher must match its arch and classes")
     manifest.add(teacher={**source.record(), "arch": t.arch, "loaded": len(info["loaded"]), "unused": info["unused"]})
     model.to(device).eval()
     for p in model.parameters():

@@ -28,14 +28,14 @@ def lay_out_released_wheels(spec: Path, wheels: Path) -> None:
     """For each `pypi:` weights name of the spec, a wheel the test makes, holding a file of the named
     format at the named path (a mini-Xception HDF5 file in Keras's layout, random weights), so the
     released-weights path runs end to end offline; the numbers are not the released model's."""
-    import re
     import zipfile
 
+    from ferbench.hub import PYPI_NAME
     from ferbench.models.minixception import MiniXception
     from tests.test_small_published_models import write_keras_h5
 
     for m in load_spec(spec).models:
-        match = re.match(r"^pypi:([^=]+)==([^/]+)/(.+)$", m.weights or "")
+        match = PYPI_NAME.match(m.weights or "")
         if not match:
             continue
         package, version, member = match.groups()

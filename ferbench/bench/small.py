@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ferbench.bench.cpu import bench_train
+from ferbench.bench.cpu import bare_steps, bench_train
 from ferbench.bench.timing import faces, row
 from ferbench.spec import RECIPES, AugmentConfig, TrainConfig
 
@@ -40,8 +40,6 @@ def small_cfg(arch: str, channels_last: bool, epochs: int = 2) -> TrainConfig:
 def _bare_rate(arch: str, threads: int, seconds: float, channels_last: bool, result: Any) -> None:
     """Images/s of the bare loop in this process with `threads` torch threads (a child's target)."""
     torch.set_num_threads(threads)
-    from ferbench.bench.cpu import bare_steps
-
     cfg = small_cfg(arch, channels_last)
     n = 16 * cfg.batch_size
     steps = bare_steps(arch, faces(n, size=cfg.input_size), np.random.default_rng(1).integers(0, 7, n), cfg)

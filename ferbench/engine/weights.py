@@ -93,6 +93,15 @@ def unwrap_state_dict(obj: Any) -> Any:
     return obj
 
 
+COUNTERS = ("num_batches_tracked",)  # BatchNorm's step counter: state, not a weight (Keras files have none)
+
+
+def untrained(info: dict[str, list[str]]) -> list[str]:
+    """The weights `load_pretrained` left at their init (its `kept_init` less counters): what must be empty
+    where a file is to give the whole model (`train.epochs: 0`, a frozen teacher)."""
+    return [k for k in info["kept_init"] if not k.endswith(COUNTERS)]
+
+
 def load_pretrained(model: nn.Module, path: str | Path,
                     checkpoint_filter: Callable[[dict[str, Any], nn.Module], dict[str, Any]] | None = None
                     ) -> dict[str, list[str]]:

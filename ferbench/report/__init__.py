@@ -37,6 +37,7 @@ _MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|",
 PIXEL_SCALING = {"none": "pixels in [0, 1]", "half": "pixels in [-1, 1]",
                  "imagenet": "pixels standardised by ImageNet's per-channel mean and std"}
 
+
 def markdown_text(value: Any) -> Any:
     """A value as Markdown text: HTML, table pipes and link, image and emphasis syntax in user
     strings (descriptions, ids, class names, option values) shown as written, never live in a

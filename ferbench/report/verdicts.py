@@ -50,9 +50,14 @@ def run_conditions(rec: RunRecord, n_seeds: int, which: str) -> dict[str, Any]:
         "labels": LABELS_OF_LOSS.get(t["loss"], t["loss"]),
         "data": "full" if not subset else "subset (" + ", ".join(f"{k} {v}" for k, v in subset.items()) + ")",
         "selection": "last" if which == "last" else "best-val", "seeds": n_seeds,
-        "protocol": dataset_protocol(j["dataset"]), "extra_data": "none",
-        "kind": RELEASED if t["epochs"] == 0 and j["model"].get("weights") else RETRAINED,
+        "protocol": dataset_protocol(j["dataset"]), "extra_data": "none", "kind": run_kind(rec),
     }
+
+
+def run_kind(rec: RunRecord) -> str:
+    """Released weights re-evaluated (`train.epochs: 0` with `weights:`: nothing trained here) or retrained."""
+    j = rec.job["job"]
+    return RELEASED if j["train"]["epochs"] == 0 and j["model"].get("weights") else RETRAINED
 
 
 def dataset_protocol(dataset: dict[str, Any]) -> str | None:
@@ -132,15 +137,15 @@ def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> l
     rows = []
     for label in dict.fromkeys(r.label for r in matched):
         recs = [r for r in matched if r.label == label]
-        released = recs[0].job["job"]["train"]["epochs"] == 0  # the weights as given: no epoch to select
-        which = "last" if released else COLUMN_OF_SELECTION.get(claim.get("conditions", {}).get("selection"), "last")
+        kind = run_kind(recs[0])  # released weights are evaluated as given: no epoch to select
+        which = "last" if kind == RELEASED else COLUMN_OF_SELECTION.get(claim.get("conditions", {}).get("selection"), "last")
         sub = df[df.run.isin({r.id for r in recs})]
         accs = sub[f"acc_{which}"].to_numpy(float)
         run = run_conditions(recs[0], len(recs), which)
         paper = claim.get("conditions", {})
         mean = float(np.mean(accs))
         differs = differences(paper, run)
-        if run["kind"] == RELEASED:
+        if kind == RELEASED:
             ci, direction, why = released_check(claim, mean, recs[0])
             rule = None
         else:
@@ -148,7 +153,7 @@ def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> l
             direction = ci_verdict(base["claim"], ci) if ci else None
             why, rule = _plainly(differs, direction), paper_rule(paper.get("selection"), recs, accs, base["claim"])
         rows.append({**base, "label": label, "mean": mean, "std": seed_std(accs), "ci": ci, "diff": mean - base["claim"],
-                     "n": len(recs), "cost": model_cost(sub), "kind": run["kind"],
+                     "n": len(recs), "cost": model_cost(sub), "kind": kind,
                      "verdict": "not comparable" if differs or direction is None else direction,
                      "direction": direction, "differs": differs, "caveats": caveats(paper, run),
                      "why": why, "selection": run["selection"], "paper_rule": rule})
