@@ -302,7 +302,8 @@ BENCH_KINDS = ("data", "train", "eval", "csv", "all", "small", "gpu", "profile")
 
 
 def bench(which: str = "all", data_root: str | None = None, device: str = "cuda", models: list[str] | None = None,
-          size: int = 224, batch: int = 64, images: int = 6400, epochs: int = 3, compile: bool = False) -> dict[str, Any]:
+          size: int = 224, batch: int = 64, images: int = 6400, epochs: int = 3, compile: bool = False,
+          graphs: bool = False) -> dict[str, Any]:
     """`ferbench bench WHICH`: {"which", "hardware", "kernels", "rows"}: the rows measured, the machine
     they ran on, and the kernels the batch pipeline chose (with the timings behind each choice)."""
     from ferbench.data.kernels import explain
@@ -317,7 +318,7 @@ def bench(which: str = "all", data_root: str | None = None, device: str = "cuda"
         dev = pick_device(device)
         chosen = parse_models(models or [])
         if which == "gpu":
-            rows = run_gpu_bench(dev, chosen, size, batch, images, compile, epochs=epochs)
+            rows = run_gpu_bench(dev, chosen, size, batch, images, compile, epochs=epochs, graphs=graphs)
         else:
             from ferbench.bench.torchprof import profile_epoch
 

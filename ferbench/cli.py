@@ -391,12 +391,13 @@ def bench(
     images: int = typer.Option(6400, "--images", help="gpu/profile: images per epoch"),
     epochs: int = typer.Option(3, "--epochs", min=1, help="gpu: epochs per timed fit (and as many bare epochs)"),
     compile_: bool = typer.Option(False, "--compile", help="gpu: torch.compile both loops"),
+    graphs: bool = typer.Option(False, "--graphs", help="gpu: both loops replay each step as one CUDA graph (train.cuda_graphs)"),
 ) -> None:
     """Measure the harness against reference pipelines, side by side, and print the ratios."""
     from ferbench import api
 
     try:
-        res = api.bench(which, data_root, device, model, size, batch, images, epochs, compile_)
+        res = api.bench(which, data_root, device, model, size, batch, images, epochs, compile_, graphs)
     except FerbenchError as e:
         _fail(str(e))
     if as_json:

@@ -133,6 +133,10 @@ class TrainConfig(_Strict):
         "on the CPU, where its arithmetic in fp32 gives the official path's scaled-gradient clipping and step sizes")
     channels_last: bool = True
     compile: bool = False
+    cuda_graphs: bool = Field(
+        False, description="capture each training step (forward, loss, backward, SGD update) as one CUDA graph and "
+        "replay it: the same arithmetic with one launch a step instead of hundreds (ferbench/engine/graphs.py); CUDA "
+        "only (elsewhere the eager step runs and the manifest says so); not part of the job's identity")
     ema: EmaConfig | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
     augment: AugmentConfig = AugmentConfig()
@@ -144,11 +148,33 @@ class TrainConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _graphs_need_a_fixed_step(self) -> "TrainConfig":
+        if self.cuda_graphs and (reasons := cuda_graph_blockers(self)):
+            raise ValueError("cuda_graphs captures one fixed step; it cannot have " + "; ".join(reasons))
+        return self
+
+    @model_validator(mode="after")
     def _clip_needs_a_scaler(self) -> "TrainConfig":
         if self.clip_before_unscale and (self.grad_scaler is False or not self.clip_grad_norm):
             raise ValueError("clip_before_unscale clips scaled gradients: it needs clip_grad_norm and a grad scaler "
                              "(grad_scaler: true, or amp: fp16 on CUDA)")
         return self
+
+
+def cuda_graph_blockers(cfg: TrainConfig) -> list[str]:
+    """What in a training config a whole-step CUDA graph cannot hold (empty: it can capture it)."""
+    reasons = []
+    if cfg.optimizer != "sgd":
+        reasons.append(f"optimizer {cfg.optimizer} (only SGD's update keeps no step counter on the host)")
+    if cfg.schedule == "cosine" or cfg.warmup_steps:
+        reasons.append("an lr that changes every step (cosine or warm-up: the graph holds the lr as a constant)")
+    if cfg.grad_scaler or (cfg.grad_scaler is None and cfg.amp == "fp16"):
+        reasons.append("loss scaling (GradScaler reads its overflow flag on the host)")
+    if not cfg.drop_last:
+        reasons.append("drop_last: false (the last, partial batch has another shape)")
+    if cfg.compile:
+        reasons.append("compile: true")
+    return reasons
 
 
 class EvalConfig(_Strict):
@@ -355,7 +381,7 @@ NOT_IDENTITY = ("data_root", "profile", "log")  # where a job ran from and what 
 # Evaluation settings that never touch training (validation crops, EMA choice and the val split do: they select
 # the best epoch and stop early): a job differing from a finished one only in these reuses its training.
 EVAL_ONLY = ("tta", "tta_resize_ratio", "dropout_at_eval")
-IDENTITY_EXEMPT: tuple[tuple[str, ...], ...] = (("eval", "test_each_epoch"),)
+IDENTITY_EXEMPT: tuple[tuple[str, ...], ...] = (("eval", "test_each_epoch"), ("train", "cuda_graphs"))
 # Fields added after JOB_FORMAT 1 that change training: part of the identity only when not at the value
 # every earlier job ran with, so the ids of jobs made before they existed do not change.
 IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {

@@ -15,6 +15,9 @@ Training FLOPs per image are taken as 3x the counted forward FLOPs (backward ~ 2
 achieved TFLOP/s = images/s x 6 x GMACs / 1000. The peak it is divided by is measured in the same
 process (median of 10 bf16 8192^3 matrix products on random data), and the datasheet's dense bf16
 peak is given beside it when the GPU is known.
+
+With `graphs` (`--graphs`) both loops replay their step as one CUDA graph (`train.cuda_graphs` in fit,
+the same `GraphedStep` around the bare loop's body), so the ratio still compares like with like.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ferbench.data import FerDataset, Split
 from ferbench.engine.evaluate import autocast_ctx
 from ferbench.engine.optim import build_optimizer
 from ferbench.engine.checkpoint import CheckpointWriter
+from ferbench.engine.graphs import GraphedStep
 from ferbench.engine.losses import compute_loss
 from ferbench.engine.train import NoProgress, Progress
 from ferbench.errors import FerbenchError
@@ -79,14 +83,15 @@ class LoopPair:
     """
 
     def __init__(self, arch: str, recipe: str, device: torch.device, size: int, batch: int, n_images: int,
-                 compile: bool) -> None:
+                 compile: bool, graphs: bool = False) -> None:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (n_images, 48, 48), dtype=np.uint8)
         labels = rng.integers(0, 7, n_images)
         targets = rng.dirichlet(np.ones(7), n_images).astype(np.float32)  # LDL recipes train on distributions
         self.ds = FerDataset("bench", [str(i) for i in range(7)], {"train": Split(images, labels, targets=targets)})
         self.cfg = TrainConfig.model_validate({**RECIPES[recipe], "epochs": 1, "input_size": size, "batch_size": batch,
-                                               "ema": None, "early_stopping_patience": None, "compile": compile})
+                                               "ema": None, "early_stopping_patience": None, "compile": compile,
+                                               "cuda_graphs": graphs})
         self.arch, self.device, self.batch = arch, device, batch
         self.steps = n_images // batch
         if self.steps < 1:
@@ -96,6 +101,7 @@ class LoopPair:
         self.model = create_model(arch, 7, size).to(device, memory_format=torch.channels_last)
         self.opt = build_optimizer(self.model, self.cfg)
         self.call = torch.compile(self.model) if compile and device.type == "cuda" else self.model
+        self.graphed = GraphedStep(self.model, self.opt, self._update) if graphs and device.type == "cuda" else None
         k = min(8, self.steps)  # distinct pre-made batches, cycled
         self.xs = torch.randn(k, batch, 3, size, size, device=device)
         self.ys = torch.from_numpy(labels[: k * batch].reshape(k, batch)).to(device)
@@ -122,14 +128,23 @@ class LoopPair:
             t0 = time.perf_counter()
             for i in range(epochs * self.steps):
                 x = self.xs[i % k].contiguous(memory_format=torch.channels_last)
-                with autocast_ctx(self.device, self.cfg.amp):
-                    logits = self.call(x)
-                    loss = compute_loss(self.model, logits, self.ys[i % k], self.ts[i % k], self.cfg)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                if self.graphed is not None:
+                    self.graphed(x, self.ys[i % k], self.ts[i % k])
+                else:
+                    self.opt.zero_grad(set_to_none=True)
+                    self._update(x, self.ys[i % k], self.ts[i % k])
             sync(self.device)
             return time.perf_counter() - t0
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, cache: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bare step: forward, loss, backward, optimizer step (autocast's cache off when captured)."""
+        with autocast_ctx(self.device, self.cfg.amp, cache=self.graphed is None if cache is None else cache):
+            logits = self.call(x)
+            loss = compute_loss(self.model, logits, y, t, self.cfg)
+        loss.backward()
+        self.opt.step()
+        return logits, loss
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -156,14 +171,14 @@ class EpochInterleaved(NoProgress):
 
 
 def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, batch: int = 64,
-                n_images: int = 6400, epochs: int = 3, compile: bool = False) -> dict[str, Any]:
+                n_images: int = 6400, epochs: int = 3, compile: bool = False, graphs: bool = False) -> dict[str, Any]:
     """One row: images/s of an `epochs`-epoch `fit` vs as many bare epochs run between its epochs, after
     a one-epoch warm-up of each.
 
     Several epochs per fit, as in a real run: each epoch's checkpoint is written while the next one
     trains, and fit's startup and the wait for its last checkpoint are paid once, not once per epoch.
     """
-    pair = LoopPair(arch, recipe, device, size, batch, n_images, compile)
+    pair = LoopPair(arch, recipe, device, size, batch, n_images, compile, graphs)
     try:
         pair.interleaved(1)  # warm-up of both loops: cudnn autotuning, compilation, allocator
         our_t, sink = pair.interleaved(epochs)
@@ -178,7 +193,7 @@ def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, b
     return {"name": f"gpu_train_{arch}_{size}", "ours_per_s": ours, "reference_per_s": ref, "ratio": ours / ref,
             "model": arch, "recipe": recipe, "input_size": size, "batch": batch, "images_per_epoch": pair.steps * batch,
             "epochs": epochs, "amp": cfg.amp if device.type == "cuda" else "off", "compile": compile,
-            "optimizer": cfg.optimizer, "loss": cfg.loss, "gmacs_forward": gmacs, "train_tflops": ours * 6 * gmacs / 1e3,
+            "cuda_graphs": graphs and device.type == "cuda", "optimizer": cfg.optimizer, "loss": cfg.loss, "gmacs_forward": gmacs, "train_tflops": ours * 6 * gmacs / 1e3,
             "reference": "bare loop over pre-made device batches: forward, loss, backward, step",
             "method": "one bare epoch after each of fit's epochs, inside one fit",
             "all_epochs": [{"ours_s": r["seconds"], "reference_s": b} for r, b in zip(sink.rows, sink.bare_epochs)],
@@ -204,7 +219,8 @@ def parse_models(items: list[str]) -> dict[str, str] | None:
 
 
 def run_gpu_bench(device: torch.device, models: dict[str, str] | None = None, size: int = 224, batch: int = 64,
-                  n_images: int = 6400, compile: bool = False, matmul_n: int = 8192, epochs: int = 3) -> list[dict[str, Any]]:
+                  n_images: int = 6400, compile: bool = False, matmul_n: int = 8192, epochs: int = 3,
+                  graphs: bool = False) -> list[dict[str, Any]]:
     """Rows for each model, each with the fraction of the measured (and datasheet) bf16 peak."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -214,7 +230,7 @@ def run_gpu_bench(device: torch.device, models: dict[str, str] | None = None, si
     sheet = datasheet_peak(gpu) if device.type == "cuda" else None
     rows = []
     for arch, recipe in (models or DEFAULT_MODELS).items():
-        r = bench_model(arch, recipe, device, size, batch, n_images, epochs, compile=compile)
+        r = bench_model(arch, recipe, device, size, batch, n_images, epochs, compile=compile, graphs=graphs)
         r.update(device=gpu, matmul_peak_tflops=peak, fraction_of_measured_peak=r["train_tflops"] / peak,
                  datasheet_peak_tflops=sheet,
                  fraction_of_datasheet_peak=(r["train_tflops"] / sheet) if sheet else None,

@@ -17,12 +17,14 @@ from ferbench.data.augment import finish, random_crop_eval, resize, ten_crop, to
 from ferbench.spec import EMONEXT_RESIZE_RATIO, TrainConfig
 
 
-def autocast_ctx(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA when asked (auto -> bf16); a no-op elsewhere."""
+def autocast_ctx(device: torch.device, amp: str, cache: bool = True):
+    """bf16/fp16 autocast on CUDA when asked (auto -> bf16); a no-op elsewhere. `cache=False` inside a
+    CUDA graph capture (autocast's cache of cast weights must not outlive the capture); the casts are
+    the same either way."""
     if device.type != "cuda" or amp == "off":
         return torch.autocast(device.type, enabled=False)
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
 
 
 def views(x: torch.Tensor, size: int, tta: str, ratio: float, gen: torch.Generator | None = None) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ferbench.engine import dist
 from ferbench.engine.checkpoint import (CheckpointWriter, LoopState, checkpoint_state, cpu_snapshot, restore,
                                        write_history)
 from ferbench.engine.evaluate import autocast_ctx, predict
+from ferbench.engine.graphs import GraphedStep
 from ferbench.engine.losses import check_targets, compute_loss, draw_labels, uses_teacher
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
 from ferbench.errors import FerbenchError, JobFailed
@@ -88,6 +89,7 @@ class Trainer:
     batch: int  # global batch
     mine: slice  # this rank's rows of a global batch
     steps_per_epoch: int
+    graphed: GraphedStep | None = None  # the captured step (train.cuda_graphs on CUDA), else the eager one
 
     @property
     def fmt(self) -> torch.memory_format:
@@ -125,7 +127,10 @@ def setup(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device
     ema = ModelEma(core, cfg.ema) if cfg.ema else None
     if cfg.compile and device.type == "cuda":
         core.compile()  # in place: state-dict keys, attributes and the EMA copy stay those of the plain module
-    return Trainer(
+    if cfg.cuda_graphs and (world > 1 or uses_teacher(cfg)):
+        raise FerbenchError("train.cuda_graphs: a captured step runs in one process without a teacher network "
+                            f"(this job has {'a teacher' if uses_teacher(cfg) else f'{world} data-parallel processes'})")
+    tr = Trainer(
         cfg=cfg, device=device, core=core, model=model, opt=opt, sched=sched, ema=ema,
         scaler=torch.amp.GradScaler(device.type, enabled=precision(cfg, device)["grad_scaler"]),
         teacher=teacher if uses_teacher(cfg) else None,
@@ -134,17 +139,26 @@ def setup(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device
         host_targets=torch.from_numpy(train.targets) if cfg.loss == "sampled" else None,
         batch=batch, mine=slice(rank, None, world), steps_per_epoch=steps_per_epoch,
     )
+    if graphs_run(cfg, device):
+        tr.graphed = GraphedStep(core, opt, lambda x, y, target: update(tr, x, y, target, cache=False))
+    return tr
+
+
+def graphs_run(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the training step replays a CUDA graph (recorded in the manifest's precision entry)."""
+    return cfg.cuda_graphs and device.type == "cuda"
 
 
 def precision(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """What the training arithmetic is on this device (recorded in the manifest): autocast dtype, loss
     scaling, and where the scaler's arithmetic runs (fp16 gradients on CUDA; fp32 on the CPU, which has
-    the same scaled-gradient clipping but never overflows, so never skips a step)."""
+    the same scaled-gradient clipping but never overflows, so never skips a step); and whether the
+    step replayed a CUDA graph (the same arithmetic, launched at once)."""
     autocast = "off" if device.type != "cuda" or cfg.amp == "off" else ("fp16" if cfg.amp == "fp16" else "bf16")
     scaler = cfg.grad_scaler if cfg.grad_scaler is not None else autocast == "fp16"
     if cfg.clip_before_unscale and not scaler:
         raise FerbenchError("clip_before_unscale: no grad scaler runs here (set grad_scaler: true)")
-    return {"autocast": autocast, "grad_scaler": bool(scaler),
+    return {"autocast": autocast, "grad_scaler": bool(scaler), "cuda_graphs": graphs_run(cfg, device),
             "scaler_arithmetic": None if not scaler else ("fp16" if autocast == "fp16" else "fp32"),
             "clip": None if not cfg.clip_grad_norm else ("scaled gradients" if cfg.clip_before_unscale and scaler
                                                          else "unscaled gradients")}
@@ -264,15 +278,27 @@ def _batch(tr: Trainer, glob: torch.Tensor, host_glob: torch.Tensor, gen: torch.
 
 def train_step(tr: Trainer, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss, backward, (clipped) optimizer and schedule step; returns the logits and the loss."""
+    """One optimizer step and the schedule's step; returns the logits and the loss. The step replays
+    a CUDA graph when `tr.graphed` holds one (the graph's gradients are overwritten, never zeroed)."""
+    if tr.graphed is not None:
+        logits, loss = tr.graphed(x, y, target)
+    else:
+        tr.opt.zero_grad(set_to_none=True)
+        logits, loss = update(tr, x, y, target)
+    tr.sched.step()
+    return logits, loss
+
+
+def update(tr: Trainer, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, cache: bool = True
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward, (clipped) optimizer step: what a CUDA graph captures (`cache=False` there)."""
     cfg = tr.cfg
-    with autocast_ctx(tr.device, cfg.amp):
+    with autocast_ctx(tr.device, cfg.amp, cache):
         logits = tr.model(x)
         if tr.teacher is not None:
             with torch.no_grad():
                 target = torch.softmax(tr.teacher(x).float(), dim=1)
         loss = compute_loss(tr.core, logits, y, target, cfg)
-    tr.opt.zero_grad(set_to_none=True)
     tr.scaler.scale(loss).backward()
     if cfg.clip_grad_norm:
         if tr.scaler.is_enabled() and not cfg.clip_before_unscale:
@@ -280,7 +306,6 @@ def train_step(tr: Trainer, x: torch.Tensor, y: torch.Tensor, target: torch.Tens
         torch.nn.utils.clip_grad_norm_(tr.core.parameters(), cfg.clip_grad_norm)
     tr.scaler.step(tr.opt)
     tr.scaler.update()
-    tr.sched.step()
     return logits, loss
 
 
