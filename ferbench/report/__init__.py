@@ -94,13 +94,25 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
             "options": ", ".join(f"{k}={v}" for k, v in j["model"]["options"].items()) or "defaults",
             "data": (", ".join(f"{k} {v}" for k, v in subset.items() if v) or "no subset")
             + "".join(f"; {k} {v}" for k, v in (j["dataset"].get("options") or {}).items() if k != "fold"),
-            "device": env.get("gpu") or env.get("device", "?"),
+            "device": device_label(env, r.manifest.get("precision") or {}),
         }
         key = tuple(row.values())
         if key not in seen:
             seen.add(key)
             rows.append(row)
     return rows
+
+
+def device_label(env: dict[str, Any], precision: dict[str, Any]) -> str:
+    """The device and, where it is not plain fp32 eager, how it computed ("NVIDIA H200, bf16 autocast, CUDA graphs")."""
+    parts = [env.get("gpu") or env.get("device", "?")]
+    if precision.get("autocast", "off") != "off":
+        parts.append(f"{precision['autocast']} autocast")
+    if precision.get("grad_scaler"):
+        parts.append("loss scaling")
+    if precision.get("cuda_graphs"):
+        parts.append("CUDA graphs")
+    return ", ".join(parts)
 
 
 def fig_name(kind: str, *parts: str) -> str:
