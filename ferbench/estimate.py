@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ferbench.data import FerDataset
+from ferbench.records import HISTORY_FILE
 from ferbench.spec import Job
 
 TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
@@ -101,7 +102,7 @@ def _seconds(fn: Any, device: Any) -> float:
 def epochs_done(job_dir: Path) -> int:
     """Epochs a started job has finished (its history.csv's rows; 0 if none)."""
     try:
-        lines = (job_dir / "history.csv").read_text().splitlines()
+        lines = (job_dir / HISTORY_FILE).read_text().splitlines()
     except OSError:
         return 0
     return max(0, len(lines) - 1)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ferbench import __version__
+from ferbench.cpuinfo import cpuinfo, cpu_model
 from ferbench.errors import FerbenchError
 from ferbench.hostmem import keep_freed_memory
 
@@ -50,32 +51,12 @@ _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", 
           "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo; else what platform says)."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's entries of /proc/cpuinfo (empty where there is none)."""
-    out: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                out[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
 def hardware(device: Any = None) -> dict[str, Any]:
     """CPU model and flags, cores, torch threads, the BLAS / oneDNN build, and the GPU when one is used:
     the block every benchmark JSON and printout carries."""
     import torch
 
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
     config = torch.__config__.show()
     build = [line.strip(" -") for line in config.splitlines()

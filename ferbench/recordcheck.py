@@ -13,6 +13,12 @@ from typing import Any
 
 import numpy as np
 
+# The files of a run record (`runs/<spec>/<job-id>/`) and of a spec's folder: their one home; `records`
+# re-exports them for everything else.
+JOB_FILE, MANIFEST_FILE, HISTORY_FILE = "job.yaml", "manifest.json", "history.csv"
+METRICS_FILE, PREDICTIONS_FILE, CHECKPOINT_FILE = "metrics.json", "predictions.npz", "checkpoint.pt"
+SPEC_FILE = "spec.yaml"
+
 NUMBER = (int, float)
 JOB_FIELDS: dict[str, type | tuple[type, ...]] = {
     "job": dict, "job.spec": str, "job.recipe": str, "job.seed": int,
@@ -56,32 +62,32 @@ def _fields(obj: Any, fields: dict[str, Any], where: str, required: bool) -> str
 
 def check_job(job: Any) -> str | None:
     """job.yaml as parsed: the fields report and compare read."""
-    return _fields(job, JOB_FIELDS, "job.yaml", required=True)
+    return _fields(job, JOB_FIELDS, JOB_FILE, required=True)
 
 
 def check_manifest(manifest: Any) -> str | None:
     """manifest.json: the optional fields report reads, each of its type when present."""
-    problem = _fields(manifest, MANIFEST_FIELDS, "manifest.json", required=False)
+    problem = _fields(manifest, MANIFEST_FIELDS, MANIFEST_FILE, required=False)
     if problem is None and "class_counts" in manifest:
         counts = manifest["class_counts"]
         if "classes" not in manifest or not all(isinstance(v, dict) for v in counts.values()):
-            return "manifest.json: field 'class_counts' must map splits to per-class counts, with 'classes'"
+            return f"{MANIFEST_FILE}: field 'class_counts' must map splits to per-class counts, with 'classes'"
     return problem
 
 
 def check_metrics(metrics: Any) -> str | None:
     """metrics.json of a complete record: classes, and each test result's numbers and confusion."""
     if not isinstance(metrics, dict):
-        return "metrics.json: not a JSON mapping"
+        return f"{METRICS_FILE}: not a JSON mapping"
     classes = metrics.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        return "metrics.json: field 'classes' must be a list of class names"
+        return f"{METRICS_FILE}: field 'classes' must be a list of class names"
     if not isinstance(metrics.get("test"), dict) or not metrics["test"]:
-        return "metrics.json: field 'test' missing"
+        return f"{METRICS_FILE}: field 'test' missing"
     if "profile" in metrics and not isinstance(metrics["profile"], dict):
-        return "metrics.json: field 'profile' must be a mapping"
+        return f"{METRICS_FILE}: field 'profile' must be a mapping"
     for which, result in metrics["test"].items():
-        problem = _fields(result, RESULT_FIELDS, f"metrics.json: test.{which}", required=True)
+        problem = _fields(result, RESULT_FIELDS, f"{METRICS_FILE}: test.{which}", required=True)
         if problem:
             return problem
         try:
@@ -89,24 +95,24 @@ def check_metrics(metrics: Any) -> str | None:
         except (TypeError, ValueError):
             confusion = np.empty(0)
         if confusion.shape != (len(classes), len(classes)):
-            return f"metrics.json: test.{which}.confusion must be a {len(classes)}x{len(classes)} table of counts"
+            return f"{METRICS_FILE}: test.{which}.confusion must be a {len(classes)}x{len(classes)} table of counts"
     return None
 
 
 def check_predictions(arrays: dict[str, np.ndarray], n_classes: int) -> str | None:
     """predictions.npz: integer test labels, and every split's logits and targets (N, classes) for its N labels."""
     if "test.labels" not in arrays:
-        return "predictions.npz: array 'test.labels' missing"
+        return f"{PREDICTIONS_FILE}: array 'test.labels' missing"
     for key, a in arrays.items():
         if key.endswith(".labels") and (a.ndim != 1 or a.dtype.kind not in "iu"):
-            return f"predictions.npz: {key} must be a 1-D integer array, got {a.dtype} {a.shape}"
+            return f"{PREDICTIONS_FILE}: {key} must be a 1-D integer array, got {a.dtype} {a.shape}"
     for key, a in arrays.items():
         if key.endswith((".logits", ".targets")):
             prefix = key.rsplit(".", 2 if key.endswith(".logits") else 1)[0]  # test | cross.<id>
             n = len(arrays.get(prefix + ".labels", []))
             k = a.shape[-1] if prefix.startswith("cross.") and a.ndim == 2 and a.shape[-1] else n_classes  # target classes
             if a.shape != (n, k) or a.dtype.kind != "f":
-                return f"predictions.npz: {key} must be float ({n}, {k}), got {a.dtype} {a.shape}"
+                return f"{PREDICTIONS_FILE}: {key} must be float ({n}, {k}), got {a.dtype} {a.shape}"
     return None
 
 

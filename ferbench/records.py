@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ import numpy as np
 import yaml
 
 from ferbench import recordcheck
+from ferbench.recordcheck import (  # noqa: F401  (the record's file names: defined beside the checks, read from here)
+    CHECKPOINT_FILE, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, SPEC_FILE)
 from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
     read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.errors import FerbenchError, first_line
-from ferbench.spec import condition_hash
+from ferbench.spec import Job, condition_hash
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
 
@@ -53,14 +56,19 @@ class RunRecord:
     """What report and compare read of one job folder."""
 
     path: Path
-    job: dict[str, Any]
+    job_yaml: dict[str, Any]  # job.yaml as read ({"id", "job"}): what the hashes and the labels compare
     manifest: dict[str, Any]
     label: str = ""  # the model id, plus the profile/condition when one model ran under several
+
+    @functools.cached_property
+    def job(self) -> Job:
+        """The job as its type (`discover` has validated it): what report and compare read."""
+        return Job.model_validate(self.job_yaml["job"])
 
     @property
     def condition(self) -> str:
         """The job's condition hash (`spec.condition_hash`): equal for the seeds of one experiment."""
-        return condition_hash(self.job.get("job", {}))
+        return condition_hash(self.job_yaml.get("job", {}))
 
     @property
     def id(self) -> str:
@@ -75,18 +83,18 @@ class RunRecord:
         return self.status == COMPLETE
 
     def metrics(self) -> dict[str, Any]:
-        p = self.path / "metrics.json"
+        p = self.path / METRICS_FILE
         return read_json(p) if p.exists() else {}
 
     def predictions(self) -> dict[str, np.ndarray]:
-        p = self.path / "predictions.npz"
+        p = self.path / PREDICTIONS_FILE
         if not p.exists():
             return {}
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
     def history(self) -> list[dict[str, Any]]:
-        p = self.path / "history.csv"
+        p = self.path / HISTORY_FILE
         if not p.exists():
             return []
         with p.open() as f:
@@ -105,7 +113,7 @@ def _num(v: Any) -> Any:
 def read_manifest(job_dir: Path) -> dict[str, Any]:
     """A job folder's manifest ({} when there is none or it is unreadable)."""
     try:
-        m = json.loads((job_dir / "manifest.json").read_text())
+        m = json.loads((job_dir / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return m if isinstance(m, dict) else {}
@@ -155,7 +163,7 @@ def check_writable(runs_dir: Path) -> None:
 
 def write_spec_snapshot(spec: Any, runs_dir: Path) -> None:
     """runs/<spec>/spec.yaml: the validated spec (claims, description) that report reads."""
-    write_text_atomic(runs_dir / spec.name / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(runs_dir / spec.name / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
 def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list[RunRecord]:
@@ -165,7 +173,7 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
     if not root.exists():
         raise FerbenchError(f"{root}: no such runs directory")
     out = []
-    for job_yaml in sorted(root.rglob("job.yaml")):
+    for job_yaml in sorted(root.rglob(JOB_FILE)):
         d = job_yaml.parent
         job, problem = _read_job(job_yaml)
         if problem:
@@ -182,21 +190,40 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
 
 
 def _read_job(path: Path) -> tuple[dict[str, Any], str | None]:
+    """job.yaml as read and the first problem with it: unparsable, a field report reads missing, or
+    not a `Job` (the first validation error, with the field's path)."""
+    from pydantic import ValidationError
+
     try:
         job = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return {}, f"job.yaml: unreadable ({type(e).__name__})"
-    return job, recordcheck.check_job(job)
+        return {}, f"{JOB_FILE}: unreadable ({type(e).__name__})"
+    problem = recordcheck.check_job(job)
+    if problem is None:
+        try:
+            Job.model_validate(job["job"])
+        except ValidationError as e:
+            err = e.errors()[0]
+            problem = f"{JOB_FILE}: job.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+    return job, problem
+
+
+def read_job(job_dir: Path) -> Job:
+    """A job folder's job.yaml as its type (resume, teachers, trained checkpoints); FerbenchError naming the file."""
+    job, problem = _read_job(job_dir / JOB_FILE)
+    if problem:  # e.g. "runs/s/j/job.yaml: job.model.arch: Field required"
+        raise FerbenchError(f"{job_dir}/{problem}")
+    return Job.model_validate(job["job"])
 
 
 def _read_record_manifest(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / "manifest.json"
+    path = job_dir / MANIFEST_FILE
     if not path.exists():
         return {"status": "incomplete"}
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        return {"status": "unreadable", "failure": f"manifest.json: unreadable ({type(e).__name__})"}
+        return {"status": "unreadable", "failure": f"{MANIFEST_FILE}: unreadable ({type(e).__name__})"}
     problem = recordcheck.check_manifest(manifest)
     return {"status": "unreadable", "failure": problem} if problem else manifest
 
@@ -207,25 +234,25 @@ def _damaged(job_dir: Path) -> str | None:
     import zipfile
 
     try:
-        metrics = json.loads((job_dir / "metrics.json").read_text())
+        metrics = json.loads((job_dir / METRICS_FILE).read_text())
     except (OSError, ValueError) as e:
-        return f"metrics.json: unreadable ({type(e).__name__})"
+        return f"{METRICS_FILE}: unreadable ({type(e).__name__})"
     problem = recordcheck.check_metrics(metrics)
     if problem:
         return problem
     try:
-        with np.load(job_dir / "predictions.npz", allow_pickle=False) as z:
+        with np.load(job_dir / PREDICTIONS_FILE, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        return f"predictions.npz: unreadable ({type(e).__name__})"
+        return f"{PREDICTIONS_FILE}: unreadable ({type(e).__name__})"
     problem = recordcheck.check_predictions(arrays, len(metrics["classes"]))
     if problem:
         return problem
     try:
         rows = RunRecord(job_dir, {}, {}).history()
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        return f"history.csv: unreadable ({type(e).__name__})"
-    return recordcheck.check_history(rows, job_dir / "history.csv")
+        return f"{HISTORY_FILE}: unreadable ({type(e).__name__})"
+    return recordcheck.check_history(rows, job_dir / HISTORY_FILE)
 
 
 def label_experiments(records: list[RunRecord]) -> None:
@@ -235,12 +262,12 @@ def label_experiments(records: list[RunRecord]) -> None:
     at most three do, else the profile and condition hash (a smoke and a cpu profile in one folder)."""
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in records:
-        j = r.job.get("job", {})
+        j = r.job_yaml.get("job", {})
         key = (j.get("model", {}).get("id", "?"), j.get("dataset", {}).get("id", "?"))
         groups.setdefault(key, {}).setdefault(r.condition, _flat(j))
     names = {key: _condition_names(conds) for key, conds in groups.items() if len(conds) > 1}
     for r in records:
-        j = r.job.get("job", {})
+        j = r.job_yaml.get("job", {})
         mid = j.get("model", {}).get("id", "?")
         key = (mid, j.get("dataset", {}).get("id", "?"))
         if key not in names:
@@ -278,7 +305,7 @@ def _condition_names(conditions: dict[str, dict[str, Any]]) -> dict[str, str]:
     return named if len(set(named.values())) == len(named) else {}
 
 
-RECORD_FILES = ("job.yaml", "manifest.json", "history.csv", "metrics.json", "predictions.npz")
+RECORD_FILES = (JOB_FILE, MANIFEST_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE)
 
 
 def copy_records(spec_folder: Path, dest: Path) -> list[Path]:
@@ -286,10 +313,10 @@ def copy_records(spec_folder: Path, dest: Path) -> list[Path]:
     the evidence behind a published page, which report and compare read like a runs folder
     (`ferbench report --runs-dir reports/<page>/records`). Each file is written atomically."""
     out = []
-    snapshot = spec_folder / "spec.yaml"
+    snapshot = spec_folder / SPEC_FILE
     if snapshot.is_file():
-        write_bytes_atomic(dest / spec_folder.name / "spec.yaml", snapshot.read_bytes())
-        out.append(dest / spec_folder.name / "spec.yaml")
+        write_bytes_atomic(dest / spec_folder.name / SPEC_FILE, snapshot.read_bytes())
+        out.append(dest / spec_folder.name / SPEC_FILE)
     for job_yaml in sorted(spec_folder.glob("*/job.yaml")):
         for name in RECORD_FILES:
             src = job_yaml.parent / name

@@ -32,7 +32,8 @@ from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import build_model, check_options, create_model, get_variant
-from ferbench.records import (COMPLETE, FAILED, RUNNING, is_complete, job_lock, read_manifest, remove_orphans,
+from ferbench.records import (CHECKPOINT_FILE, COMPLETE, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
+                              PREDICTIONS_FILE, RUNNING, is_complete, job_lock, read_job, read_manifest, remove_orphans,
                               write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
@@ -123,7 +124,7 @@ class Manifest:
     change of status; only the writing rank (rank 0 under torchrun) touches the file."""
 
     def __init__(self, job_dir: Path, writes: bool, **fields: Any) -> None:
-        self.path, self.writes = job_dir / "manifest.json", writes
+        self.path, self.writes = job_dir / MANIFEST_FILE, writes
         self.data: dict[str, Any] = {"status": RUNNING, **fields, "started": _now()}
         self._save()
 
@@ -176,7 +177,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
         if held == "skipped":
             return Outcome(job, "skipped", test_acc=stored_test_accuracy(job_dir) if dist.is_main() else None)
         if dist.is_main():
-            write_text_atomic(job_dir / "job.yaml", yaml.safe_dump({"id": job.id, "job": job.model_dump(mode="json")}, sort_keys=False))
+            write_text_atomic(job_dir / JOB_FILE, yaml.safe_dump({"id": job.id, "job": job.model_dump(mode="json")}, sort_keys=False))
         manifest = Manifest(
             job_dir, dist.is_main(), job_id=job.id, seed=job.seed,
             environment={**environment(device), "data_parallel_processes": dist.world()[1]},
@@ -224,12 +225,12 @@ def train_phase(job: Job, ds: FerDataset, model: Any, teacher: Any, device: Any,
         from ferbench.engine.checkpoint import save_checkpoint
 
         if dist.is_main():
-            save_checkpoint(job_dir / "checkpoint.pt", {"model": model.state_dict(), "ema": None, "best_state": None,
+            save_checkpoint(job_dir / CHECKPOINT_FILE, {"model": model.state_dict(), "ema": None, "best_state": None,
                                                         "epoch": 0, "history": [], "rng_torch": torch.get_rng_state()})
         fmt = torch.channels_last if job.train.channels_last else torch.contiguous_format
         return FitResult(model.to(device, memory_format=fmt).eval(), None, -1, 0, False, [])
     donor = None
-    if not (job_dir / "checkpoint.pt").exists() and dist.world()[1] == 1:
+    if not (job_dir / CHECKPOINT_FILE).exists() and dist.world()[1] == 1:
         donor = find_trained(job, ds, runs_dir)
     if donor is None:
         return fit(model, ds, job.train, job.eval, job.seed, device, job_dir, teacher, progress, writer)
@@ -240,12 +241,11 @@ def train_phase(job: Job, ds: FerDataset, model: Any, teacher: Any, device: Any,
 def find_trained(job: Job, ds: FerDataset, runs_dir: Path) -> Path | None:
     """A complete record of this spec, with its checkpoint, whose training is this job's (equal
     `training_id`) and whose data is this job's data; None if there is none."""
-    from ferbench.trained import read_job
 
     want = job.training_id
     for job_yaml in sorted((runs_dir / job.spec).glob("*/job.yaml")):
         folder = job_yaml.parent
-        if folder.name == job.id or not is_complete(folder) or not (folder / "checkpoint.pt").is_file():
+        if folder.name == job.id or not is_complete(folder) or not (folder / CHECKPOINT_FILE).is_file():
             continue
         try:
             other = read_job(folder)
@@ -268,13 +268,13 @@ def reuse_training(job: Job, donor: Path, model: Any, device: Any, job_dir: Path
     from ferbench.engine.train import FitResult
     from ferbench.trained import selected_state
 
-    ck_path = job_dir / "checkpoint.pt"
+    ck_path = job_dir / CHECKPOINT_FILE
     try:
-        os.link(donor / "checkpoint.pt", ck_path)
+        os.link(donor / CHECKPOINT_FILE, ck_path)
     except OSError:
-        shutil.copyfile(donor / "checkpoint.pt", ck_path)
-    if (donor / "history.csv").is_file():
-        write_text_atomic(job_dir / "history.csv", (donor / "history.csv").read_text())
+        shutil.copyfile(donor / CHECKPOINT_FILE, ck_path)
+    if (donor / HISTORY_FILE).is_file():
+        write_text_atomic(job_dir / HISTORY_FILE, (donor / HISTORY_FILE).read_text())
     ck = load_checkpoint(ck_path)
     model.load_state_dict(selected_state(ck, job, "last", donor))
     fmt = torch.channels_last if job.train.channels_last else torch.contiguous_format
@@ -320,8 +320,8 @@ def load_teacher(job: Job, runs_dir: Path, num_classes: int, device: Any):
     tdir = runs_dir / job.spec / job.depends_on
     if not is_complete(tdir):
         raise JobFailed(f"teacher job {job.depends_on} is not complete")
-    tjob = Job.model_validate(yaml.safe_load((tdir / "job.yaml").read_text())["job"])
-    ck = load_checkpoint(tdir / "checkpoint.pt")
+    tjob = read_job(tdir)
+    ck = load_checkpoint(tdir / CHECKPOINT_FILE)
     model = build_model(tjob, num_classes)
     model.load_state_dict(ck.get("best_state") or ck["model"])
     model.to(device).eval()
@@ -436,14 +436,14 @@ def record(job: Job, job_dir: Path, num_classes: int, arrays: dict[str, np.ndarr
                       **job.model.options)
     metrics["profile"] = {"params": cost["params"], "gmacs": cost["gmacs"], "gflops": cost["gflops"],
                           "latency_ms_cpu": cost["latency_ms"], "input_size": job.train.input_size}
-    write_npz_atomic(job_dir / "predictions.npz", arrays)
-    write_json_atomic(job_dir / "metrics.json", metrics)
+    write_npz_atomic(job_dir / PREDICTIONS_FILE, arrays)
+    write_json_atomic(job_dir / METRICS_FILE, metrics)
 
 
 def stored_test_accuracy(job_dir: Path) -> float | None:
     """The last-epoch test accuracy a finished record holds, if any."""
     try:
-        m = json.loads((job_dir / "metrics.json").read_text())
+        m = json.loads((job_dir / METRICS_FILE).read_text())
         return m["test"]["last"]["accuracy"]
     except (OSError, ValueError, KeyError):
         return None

@@ -17,11 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
-from pydantic import ValidationError
 
 from ferbench.errors import FerbenchError, first_line
-from ferbench.records import is_complete, read_manifest
+from ferbench.records import CHECKPOINT_FILE, JOB_FILE, is_complete, read_job, read_manifest
 from ferbench.spec import Job
 
 Which = Literal["last", "best"]
@@ -57,13 +55,13 @@ def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
     run_dir = Path(run_dir)
     if which not in ("last", "best"):
         raise FerbenchError(f"--which {which!r}: expected last or best")
-    if not (run_dir / "job.yaml").is_file():
-        raise FerbenchError(f"{run_dir}: not a run folder (no job.yaml); expected runs/<spec>/<job-id>")
+    if not (run_dir / JOB_FILE).is_file():
+        raise FerbenchError(f"{run_dir}: not a run folder (no {JOB_FILE}); expected runs/<spec>/<job-id>")
     if not is_complete(run_dir):
         raise FerbenchError(f"{run_dir}: the run is not complete (status {read_manifest(run_dir).get('status', 'unknown')!r})")
-    ck_path = run_dir / "checkpoint.pt"
+    ck_path = run_dir / CHECKPOINT_FILE
     if not ck_path.is_file():
-        raise FerbenchError(f"{run_dir}: no checkpoint.pt (published records keep no weights); run the spec to make one")
+        raise FerbenchError(f"{run_dir}: no {CHECKPOINT_FILE} (published records keep no weights); run the spec to make one")
     job = read_job(run_dir)
     manifest = read_manifest(run_dir)
     ck = load_checkpoint(ck_path)
@@ -77,14 +75,6 @@ def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
     if t.channels_last:  # the memory format the run evaluated in: the same kernels, the same logits bit for bit
         model = model.to(memory_format=torch.channels_last)
     return TrainedModel(model.eval(), job, list(manifest["classes"]), which, _image_shape(manifest, job, run_dir), run_dir)
-
-
-def read_job(run_dir: Path) -> Job:
-    """A run folder's job, validated."""
-    try:
-        return Job.model_validate(yaml.safe_load((run_dir / "job.yaml").read_text())["job"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as e:
-        raise FerbenchError(f"{run_dir / 'job.yaml'}: not a readable ferbench job ({first_line(e, 160)})") from None
 
 
 def selected_state(ck: dict[str, Any], job: Job, which: Which, run_dir: Path) -> dict[str, torch.Tensor]:

@@ -79,9 +79,15 @@ def test_hostile_ids_and_class_names_are_escaped(browser, tmp_path):
     finally:
         os.chdir(old)
     job_dir = next((tmp_path / "runs" / "hostile").glob("m__*"))
-    job = yaml.safe_load((job_dir / "job.yaml").read_text())
+    import shutil
+
+    planted = job_dir.parent / "planted"  # a copy whose ids are no ids at all: refused, listed as unreadable
+    shutil.copytree(job_dir, planted)
+    job = yaml.safe_load((planted / "job.yaml").read_text())
     job["job"]["model"]["id"] = HOSTILE
     job["job"]["dataset"]["id"] = HOSTILE + "/../../x"
+    (planted / "job.yaml").write_text(yaml.safe_dump(job))
+    job = yaml.safe_load((job_dir / "job.yaml").read_text())
     job["job"]["model"]["options"] = {"attention": HOSTILE, "note": "[x](javascript:window.__pwned=3)"}
     (job_dir / "job.yaml").write_text(yaml.safe_dump(job))
     import json
@@ -100,6 +106,7 @@ def test_hostile_ids_and_class_names_are_escaped(browser, tmp_path):
     render_reports("hostile", tmp_path / "runs", tmp_path / "reports")
     html = (tmp_path / "reports" / "hostile" / "index.html").read_text()
     assert HOSTILE not in html and "&lt;script&gt;" in html
+    assert "planted" in html and "job.model.id: Value error, id &#39;&lt;script&gt;" in html
     assert not list(tmp_path.glob("x*")) and all(p.parent.name == "figures" for p in (tmp_path / "reports").rglob("*.png"))
     r = open_page(browser, tmp_path / "reports" / "hostile" / "index.html", tmp_path / "hostile.png")
     assert r["pwned"] is None and not r["dialogs"] and not r["requests"], r

@@ -26,7 +26,7 @@ def run(spec: dict, cwd) -> list:
 
 
 def records(cwd, name):
-    return {r.job["job"]["model"]["id"]: r for r in discover(cwd / "runs" / name)}
+    return {r.job.model.id: r for r in discover(cwd / "runs" / name)}
 
 
 @pytest.mark.slow
@@ -45,7 +45,7 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
     assert [o.job.model.id for o in outcomes].index("teacher") < [o.job.model.id for o in outcomes].index("student")
     recs = records(tmp_path, "ldl")
     assert all(rec.complete for rec in recs.values())
-    assert recs["student"].job["job"]["depends_on"] == recs["teacher"].id
+    assert recs["student"].job.depends_on == recs["teacher"].id
     assert recs["votes"].manifest["fidelity"]["csa_fusion"] == "product"
 
     result, _ = api.compare("resface", "resnet", tmp_path / "runs", out=tmp_path / "cmp")

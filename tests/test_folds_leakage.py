@@ -77,11 +77,11 @@ def test_folds_all_expands_one_job_per_fold_and_the_report_pools_them(tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs"), "--no-estimate"])
     assert result.exit_code == 0, result.output
     assert "leakage: dataset lab-random" in result.output
-    records = [r for r in discover(tmp_path / "runs" / "cv") if r.job["job"]["dataset"]["id"] == "lab"]
+    records = [r for r in discover(tmp_path / "runs" / "cv") if r.job.dataset.id == "lab"]
     (row,) = [r for r in fold_table(records) if r["dataset"] == "lab"]
     per_fold = {}
     for r in records:
-        per_fold.setdefault(r.job["job"]["dataset"]["options"]["fold"], []).append(r.metrics()["test"]["last"]["accuracy"])
+        per_fold.setdefault(r.job.dataset.options["fold"], []).append(r.metrics()["test"]["last"]["accuracy"])
     want = [np.mean(per_fold[f]) for f in sorted(per_fold)]
     assert row["folds"] == pytest.approx(dict(enumerate(want))) and row["std"] == pytest.approx(np.std(want, ddof=1))
     assert pooled_ci(records, "last") is not None  # folds joined per seed: every image once per seed

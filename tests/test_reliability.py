@@ -151,7 +151,7 @@ def test_a_job_refused_after_its_record_opened_fails_alone_and_the_spec_goes_on(
     assert [outcomes[m].status for m in ("ok", "tiny-stn", "crash", "after")] == ["complete", "failed", "failed", "complete"]
     assert "too small for the STN" in outcomes["tiny-stn"].reason
     assert outcomes["crash"].reason.startswith("RuntimeError: ") and "\n" not in outcomes["crash"].reason
-    recs = {r.job["job"]["model"]["id"]: r for r in discover(tmp_path / "runs")}
+    recs = {r.job.model.id: r for r in discover(tmp_path / "runs")}
     assert recs["tiny-stn"].status == "failed" and "too small for the STN" in recs["tiny-stn"].manifest["failure"]
 
 

@@ -342,5 +342,5 @@ def test_the_conditions_row_names_each_pixel_scaling():
     rec = discover(REPO / "reports" / "minixception" / "records" / "minixception")[0]
     assert "pixels in [-1, 1]" in conditions([rec])[0]["input"]
     for normalize, words in (("none", "pixels in [0, 1]"), ("imagenet", "ImageNet's per-channel mean and std")):
-        rec.job["job"]["train"]["normalize"] = normalize
+        rec.job.train.normalize = normalize
         assert words in conditions([rec])[0]["input"]

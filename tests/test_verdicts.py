@@ -39,7 +39,7 @@ def claim(value: float, **kw) -> dict:
 @pytest.mark.slow
 def test_verdicts_inside_above_below_and_not_comparable(runs):
     records = discover(runs / "vd")
-    zeta = [r for r in records if r.job["job"]["model"]["id"] == "zeta"]
+    zeta = [r for r in records if r.job.model.id == "zeta"]
     lo, hi = pooled_ci(zeta, "last")
     mean = float(runs_frame(zeta)["acc_last"].mean())
     assert lo < hi
@@ -208,7 +208,7 @@ def test_per_epoch_test_accuracy_changes_no_weight_and_gives_the_paper_rule(runs
         assert (rec.path / "predictions.npz").read_bytes() == (plain[job_id].path / "predictions.npz").read_bytes()
         assert rec.condition == plain[job_id].condition
         assert "test_acc" in rec.history()[0] and "test_acc" not in plain[job_id].history()[0]
-    zeta = [r for r in with_test.values() if r.job["job"]["model"]["id"] == "zeta"]
+    zeta = [r for r in with_test.values() if r.job.model.id == "zeta"]
     best = float(np.mean([max(row["test_acc"] for row in r.history()) for r in zeta]))
     (v,) = claim_verdicts([claim(50.0, conditions={"selection": "best-test"})], list(with_test.values()))
     assert v["paper_rule"]["rule"] == "best-test" and v["paper_rule"]["value"] == pytest.approx(best)
@@ -218,4 +218,4 @@ def test_per_epoch_test_accuracy_changes_no_weight_and_gives_the_paper_rule(runs
     assert old["paper_rule"]["value"] is None and "not recorded" in old["paper_rule"]["note"]
     (mx,) = claim_verdicts([claim(50.0, conditions={"selection": "max-of-seeds"})], list(plain.values()))
     assert mx["paper_rule"]["value"] == pytest.approx(max(r.metrics()["test"]["last"]["accuracy"] for r in plain.values()
-                                                          if r.job["job"]["model"]["id"] == "zeta"))
+                                                          if r.job.model.id == "zeta"))

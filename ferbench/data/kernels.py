@@ -34,7 +34,7 @@ MARGIN = 0.25  # another candidate replaces the default when it takes at most 75
 
 def machine_key() -> str:
     """What a choice depends on besides the op and its shape."""
-    from ferbench.machine import cpu_model
+    from ferbench.cpuinfo import cpu_model
 
     return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
 

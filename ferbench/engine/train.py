@@ -30,6 +30,7 @@ from ferbench.engine.graphs import GraphedStep
 from ferbench.engine.losses import check_targets, compute_loss, draw_labels, uses_teacher
 from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
 from ferbench.errors import FerbenchError, JobFailed
+from ferbench.records import CHECKPOINT_FILE, HISTORY_FILE
 from ferbench.spec import EvalConfig, TrainConfig
 
 CHECK_EVERY = 50
@@ -190,10 +191,10 @@ def fit(
     train = ds.splits["train"]
     check_targets(cfg, train.targets is not None, teacher is not None, ds.name)
     tr = setup(model, train, cfg, device, teacher)
-    ckpt_path = job_dir / "checkpoint.pt"
+    ckpt_path = job_dir / CHECKPOINT_FILE
     loop = restore(ckpt_path, tr.parts(), device) if ckpt_path.exists() else LoopState()
     if loop.history and dist.is_main():  # a kill between the checkpoint and its history row loses no row
-        write_history(job_dir / "history.csv", loop.history)
+        write_history(job_dir / HISTORY_FILE, loop.history)
     val = ds.splits.get("val") if "val" in eval_cfg.splits else None
     test = ds.splits.get("test") if eval_cfg.test_each_epoch else None
     own_writer = writer is None
@@ -215,7 +216,7 @@ def fit(
             loop.epoch = epoch + 1
             progress.end_epoch(row)
             if dist.is_main():  # only rank 0 writes records
-                writer.submit(ckpt_path, checkpoint_state(tr.parts(), loop, device), job_dir / "history.csv", loop.history)
+                writer.submit(ckpt_path, checkpoint_state(tr.parts(), loop, device), job_dir / HISTORY_FILE, loop.history)
     finally:
         if own_writer:
             writer.close()  # the last checkpoint is on disk before fit returns or raises

@@ -26,7 +26,7 @@ from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
 from ferbench.report.tables import accuracy_table, cross_table, fmt_pct, fold_of, fold_table, metric_rows
 from ferbench.report.verdicts import claim_verdicts
-from ferbench.records import RunRecord, copy_records, discover, write_bytes_atomic, write_text_atomic
+from ferbench.records import SPEC_FILE, RunRecord, copy_records, discover, write_bytes_atomic, write_text_atomic
 
 
 _MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\\": "\\\\", "[": "\\[", "]": "\\]",
@@ -78,22 +78,24 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
     """What every run was made under, one row per distinct (model, dataset) condition."""
     rows, seen = [], set()
     for r in records:
-        j = r.job["job"]
-        t, e = j["train"], j["eval"]
+        j = r.job
+        t, m, ds = j.train, j.model, j.dataset
         env = r.manifest.get("environment", {})
-        subset = j["dataset"].get("subset") or {}
+        subset = ds.subset.model_dump() if ds.subset else {}
         row = {
-            "model": r.label, "dataset": j["dataset"]["id"], "arch": j["model"]["arch"],
-            "profile": (j.get("profile") or "none") if "profile" in j else "not recorded",
-            "recipe": j["recipe"], "input": f"{t['input_size']}x{t['input_size']}, {t['in_chans']} ch, {PIXEL_SCALING.get(t.get('normalize', 'half'), 'pixels scaled by ' + str(t.get('normalize')))}",
-            "epochs": str(t["epochs"]), "optimizer": f"{t['optimizer']} lr {t['lr']:g}, bs {t['batch_size']}, {t['schedule']}" if t["epochs"] else "none (weights evaluated as given)",
-            "loss": t["loss"] + (f" ({t['ldl_source']})" if t["loss"] == "ldl" else "") + (f", ls {t['label_smoothing']:g}" if t["label_smoothing"] else ""),
-            "pretraining": (f"{weights_label(j['model']['weights'])} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
-                            if j["model"].get("weights") else "none (random init)"),
-            "tta": e["tta"],
-            "options": ", ".join(f"{k}={v}" for k, v in j["model"]["options"].items()) or "defaults",
+            "model": r.label, "dataset": ds.id, "arch": m.arch,
+            "profile": (j.profile or "none") if "profile" in j.model_fields_set else "not recorded",
+            "recipe": j.recipe,
+            "input": f"{t.input_size}x{t.input_size}, {t.in_chans} ch, {PIXEL_SCALING.get(t.normalize, f'pixels scaled by {t.normalize}')}",
+            "epochs": str(t.epochs),
+            "optimizer": f"{t.optimizer} lr {t.lr:g}, bs {t.batch_size}, {t.schedule}" if t.epochs else "none (weights evaluated as given)",
+            "loss": t.loss + (f" ({t.ldl_source})" if t.loss == "ldl" else "") + (f", ls {t.label_smoothing:g}" if t.label_smoothing else ""),
+            "pretraining": (f"{weights_label(m.weights)} ({len(r.manifest.get('pretrained', {}).get('loaded', []))} tensors)"
+                            if m.weights else "none (random init)"),
+            "tta": j.eval.tta,
+            "options": ", ".join(f"{k}={v}" for k, v in m.options.items()) or "defaults",
             "data": (", ".join(f"{k} {v}" for k, v in subset.items() if v) or "no subset")
-            + "".join(f"; {k} {v}" for k, v in (j["dataset"].get("options") or {}).items() if k != "fold"),
+            + "".join(f"; {k} {v}" for k, v in ds.options.items() if k != "fold"),
             "device": device_label(env, r.manifest.get("precision") or {}),
         }
         key = tuple(row.values())
@@ -155,12 +157,12 @@ def read_spec_snapshot(path: Path) -> tuple[dict[str, Any], str | None]:
 def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     unreadable: list[dict[str, str]] = []
     records = discover(folder, unreadable)
-    spec, spec_problem = read_spec_snapshot(folder / "spec.yaml")
+    spec, spec_problem = read_spec_snapshot(folder / SPEC_FILE)
     if spec_problem:
-        unreadable.append({"run": "spec.yaml", "status": "unreadable", "reason": spec_problem})
+        unreadable.append({"run": SPEC_FILE, "status": "unreadable", "reason": spec_problem})
     claims = spec.get("claims", [])
     order = {m: i for i, m in enumerate(spec.get("model_order", []))}  # rows in the spec's order, not the folders'
-    records.sort(key=lambda r: order.get(r.job["job"]["model"]["id"], len(order)))
+    records.sort(key=lambda r: order.get(r.job.model.id, len(order)))
     figs: dict[str, bytes] = {}
     tables = {}
     for which in ("last", "best"):
@@ -176,7 +178,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     data_figs = []
     seen_ds = set()
     for r in records:
-        d = r.job["job"]["dataset"]["id"]
+        d = r.job.dataset.id
         counts = r.manifest.get("class_counts")
         if d in seen_ds or not counts:
             continue
@@ -196,11 +198,10 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
                 f"FER+ non-faces {right.get('NF', 0):,})")
             data_figs.append({"dataset": f"{d}: FER-2013 vs FER+", "figure": name})
     curve_figs = []
-    for d in seen_ds | {r.job["job"]["dataset"]["id"] for r in records if r.complete}:
+    for d in sorted(seen_ds | {r.job.dataset.id for r in records if r.complete}):  # a set: sorted, so pages repeat
         hist = {}
         for r in records:
-            j = r.job["job"]
-            if j["dataset"]["id"] == d and r.complete and (rows := r.history()):  # train.epochs: 0 has none
+            if r.job.dataset.id == d and r.complete and (rows := r.history()):  # train.epochs: 0 has none
                 hist.setdefault(r.label, []).append(rows)
         if hist:
             name = fig_name("curves", d)
@@ -239,7 +240,7 @@ def code_versions(records: list[RunRecord]) -> dict[str, list[str]]:
     for r in records:
         env = r.manifest.get("environment") or {}
         edited = edited or bool(env.get("git_dirty"))
-        versions.setdefault(code_version(env), []).append(f"{r.label}/s{r.job['job']['seed']}")
+        versions.setdefault(code_version(env), []).append(f"{r.label}/s{r.job.seed}")
     return versions if len(versions) > 1 or edited else {}
 
 
@@ -251,7 +252,7 @@ def leakage_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
         note = r.manifest.get("data_notes", {}).get("leakage") if r.complete else None
         if note:
             fold = fold_of(r)
-            row = out.setdefault(r.job["job"]["dataset"]["id"], {"dataset": r.job["job"]["dataset"]["id"], "runs": 0,
+            row = out.setdefault(r.job.dataset.id, {"dataset": r.job.dataset.id, "runs": 0,
                                                                   "note": note if fold is None else f"e.g. fold {fold}: {note}"})
             row["runs"] += 1
     return list(out.values())

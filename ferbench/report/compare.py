@@ -30,17 +30,17 @@ def _matches(rec: RunRecord, who: str) -> bool:
     an EmoNeXt with STN, SE and the attention loss off is a ConvNeXt, not an EmoNeXt)."""
     from ferbench.models import family_of
 
-    j = rec.job["job"]["model"]
-    return who in (j["id"], j["arch"], family_of(j["arch"], j.get("options")))
+    m = rec.job.model
+    return who in (m.id, m.arch, family_of(m.arch, m.options))
 
 
 def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], reps: int = 2000) -> dict[str, Any] | None:
     """acc(A) - acc(B) over the paired seeds with its image-level CI and permutation p-value, McNemar
     per seed, agreement and per-class recall differences."""
-    by_seed = {r.job["job"]["seed"]: r for r in rb}
+    by_seed = {r.job.seed: r for r in rb}
     ca, cb, pa, pb, ys, seeds = [], [], [], [], [], []
     for r in ra:
-        other = by_seed.get(r.job["job"]["seed"])
+        other = by_seed.get(r.job.seed)
         if other is None:
             continue
         p, q = r.predictions(), other.predictions()
@@ -53,7 +53,7 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
         pa.append(a)
         pb.append(b)
         ys.append(y)
-        seeds.append(r.job["job"]["seed"])
+        seeds.append(r.job.seed)
     if not ys:
         return None
     A, B = np.stack(ca), np.stack(cb)  # (seeds, images)
@@ -84,7 +84,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
     records = [r for r in found if r.complete]
     damaged = len(unreadable) + sum(r.status == "unreadable" for r in found)
     if dataset:
-        records = [r for r in records if r.job["job"]["dataset"]["id"] == dataset]
+        records = [r for r in records if r.job.dataset.id == dataset]
     ra_all = [r for r in records if _matches(r, a)]
     rb_all = [r for r in records if _matches(r, b)]
     if not ra_all or not rb_all:
@@ -95,15 +95,15 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
     from ferbench.report import conditions
 
     out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all)}
-    for d in sorted({r.job["job"]["dataset"]["id"] for r in ra_all} & {r.job["job"]["dataset"]["id"] for r in rb_all}):
-        rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job["job"]["dataset"]["id"] == d])}
+    for d in sorted({r.job.dataset.id for r in ra_all} & {r.job.dataset.id for r in rb_all}):
+        rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job.dataset.id == d])}
         variants, recs_of = [], {}  # recs_of[side, model id]: that variant's records on d
         for side, recs in (("A", ra_all), ("B", rb_all)):
-            here = [r for r in recs if r.job["job"]["dataset"]["id"] == d]
+            here = [r for r in recs if r.job.dataset.id == d]
             for mid in dict.fromkeys(r.label for r in here):
                 recs_of[side, mid] = [r for r in here if r.label == mid]
                 g = rows[mid]
-                specs = sorted({r.job["job"]["spec"] for r in recs_of[side, mid]})
+                specs = sorted({r.job.spec for r in recs_of[side, mid]})
                 variants.append({"side": side, "side_name": a if side == "A" else b, "spec": ", ".join(specs),
                                  "model": mid, "n": g["n"], "accuracy": g["accuracy"],
                                  "balanced_accuracy": g["balanced_accuracy"], "macro_f1": g["macro_f1"],
@@ -113,7 +113,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
         for va in [v for v in variants if v["side"] == "A"]:
             for vb in [v for v in variants if v["side"] == "B"]:
                 recs_a, recs_b = recs_of["A", va["model"]], recs_of["B", vb["model"]]
-                if {r.job["job"]["spec"] for r in recs_a} != {r.job["job"]["spec"] for r in recs_b}:
+                if {r.job.spec for r in recs_a} != {r.job.spec for r in recs_b}:
                     continue  # different experiments: listed side by side above, never paired
                 st = paired_stats(recs_a, recs_b, va["classes"])
                 pairs.append({"a": va["model"], "b": vb["model"], **(st or {"note": "nothing to pair: no common seed with identical test labels"})})

@@ -33,7 +33,7 @@ def tidy_results(records: list[RunRecord]) -> pd.DataFrame:
     df = runs_frame(records)
     if df.empty:
         return pd.DataFrame(columns=TIDY_COLUMNS)
-    spec = {r.id: r.job["job"]["spec"] for r in records}
+    spec = {r.id: r.job.spec for r in records}
     condition = {r.id: r.condition for r in records}
     rows = []
     for _, row in df.iterrows():

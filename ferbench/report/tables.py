@@ -17,13 +17,13 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     for r in records:
         if not r.complete:
             continue
-        job, m = r.job["job"], r.metrics()
+        job, m = r.job, r.metrics()
         test = m.get("test", {})
         prof = m.get("profile", {})
         row: dict[str, Any] = {
-            "run": r.id, "model": r.label, "model_id": job["model"]["id"], "arch": job["model"]["arch"], "dataset": job["dataset"]["id"],
-            "seed": job["seed"], "input_size": job["train"]["input_size"], "epochs": job["train"]["epochs"],
-            "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "recipe": job["recipe"],
+            "run": r.id, "model": r.label, "model_id": job.model.id, "arch": job.model.arch, "dataset": job.dataset.id,
+            "seed": job.seed, "input_size": job.train.input_size, "epochs": job.train.epochs,
+            "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "recipe": job.recipe,
             "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": prof.get("latency_ms_cpu"),
         }
         for which in ("last", "best"):
@@ -38,8 +38,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
 
 def fold_of(record: RunRecord) -> int | None:
     """The cross-validation fold a run tested on (its dataset's options.fold), if any."""
-    fold = record.job["job"]["dataset"].get("options", {}).get("fold")
-    return fold if isinstance(fold, int) else None
+    return record.job.fold
 
 
 def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int = 0) -> tuple[float, float] | None:
@@ -54,7 +53,7 @@ def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int 
         key = f"test.{which}.logits"
         if key not in p:
             return None
-        hits.setdefault(r.job["job"]["seed"], {})[fold_of(r)] = p[key].argmax(1) == p["test.labels"]
+        hits.setdefault(r.job.seed, {})[fold_of(r)] = p[key].argmax(1) == p["test.labels"]
     folds = {tuple(sorted(per, key=str)) for per in hits.values()}
     if len(folds) != 1:
         return None
@@ -135,8 +134,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
         if r.complete:
-            j = r.job["job"]
-            groups.setdefault((r.label, j["dataset"]["id"]), []).append(r)
+            groups.setdefault((r.label, r.job.dataset.id), []).append(r)
     for (model, dataset), recs in groups.items():
         ms = [r.metrics() for r in recs]
         tests = [m["test"][which] for m in ms if "test" in m and which in m["test"]]
@@ -148,7 +146,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
         from ferbench.published_sizes import size_claim
 
         out.append({
-            "size_claim": size_claim(recs[0].job["job"]["model"]["arch"]),
+            "size_claim": size_claim(recs[0].job.model.arch),
             "model": model, "dataset": dataset, "n": len(tests),
             "accuracy": float(np.mean([t["accuracy"] for t in tests])),
             "balanced_accuracy": float(np.mean([t["balanced_accuracy"] for t in tests])),
@@ -184,7 +182,7 @@ def cross_table(records: list[RunRecord], which: str = "last") -> list[dict[str,
             continue
         for target, entry in (r.metrics().get("cross") or {}).items():
             if which in entry:
-                groups.setdefault((r.label, r.job["job"]["dataset"]["id"], target), []).append(entry)
+                groups.setdefault((r.label, r.job.dataset.id, target), []).append(entry)
     out = []
     for (model, dataset, target), entries in groups.items():
         accs = np.array([e[which]["accuracy"] for e in entries])

@@ -41,33 +41,32 @@ COLUMN_OF_SELECTION = {"last": "last", "best-val": "best", None: "last"}
 
 def run_conditions(rec: RunRecord, n_seeds: int, which: str) -> dict[str, Any]:
     """The claim-comparable conditions of one experiment, read from a run's job record."""
-    j = rec.job["job"]
-    t = j["train"]
-    subset = {k: v for k, v in (j["dataset"].get("subset") or {}).items() if v}
+    j = rec.job
+    t = j.train
+    subset = {k: v for k, v in (j.dataset.subset.model_dump() if j.dataset.subset else {}).items() if v}
     return {
-        "input_size": t["input_size"], "in_chans": t["in_chans"], "epochs": t["epochs"],
-        "pretraining": weights_label(j["model"]["weights"]) if j["model"].get("weights") else "none",
-        "labels": LABELS_OF_LOSS.get(t["loss"], t["loss"]),
+        "input_size": t.input_size, "in_chans": t.in_chans, "epochs": t.epochs,
+        "pretraining": weights_label(j.model.weights) if j.model.weights else "none",
+        "labels": LABELS_OF_LOSS.get(t.loss, t.loss),
         "data": "full" if not subset else "subset (" + ", ".join(f"{k} {v}" for k, v in subset.items()) + ")",
         "selection": "last" if which == "last" else "best-val", "seeds": n_seeds,
-        "protocol": dataset_protocol(j["dataset"]), "extra_data": "none", "kind": run_kind(rec),
+        "protocol": dataset_protocol(j.dataset.name, j.dataset.options), "extra_data": "none", "kind": run_kind(rec),
     }
 
 
 def run_kind(rec: RunRecord) -> str:
     """Released weights re-evaluated (`train.epochs: 0` with `weights:`: nothing trained here) or retrained."""
-    j = rec.job["job"]
-    return RELEASED if j["train"]["epochs"] == 0 and j["model"].get("weights") else RETRAINED
+    return RELEASED if rec.job.train.epochs == 0 and rec.job.model.weights else RETRAINED
 
 
-def dataset_protocol(dataset: dict[str, Any]) -> str | None:
+def dataset_protocol(name: str, options: dict[str, Any]) -> str | None:
     """The run's dataset protocol: its `protocol` option, or the loader's default for it."""
-    if "protocol" in (dataset.get("options") or {}):
-        return str(dataset["options"]["protocol"])
+    if "protocol" in options:
+        return str(options["protocol"])
     from ferbench.data import get_kind
 
     try:
-        field = get_kind(dataset["name"]).options.model_fields.get("protocol")
+        field = get_kind(name).options.model_fields.get("protocol")
     except Exception:  # noqa: BLE001  (a dataset this installation does not know: no protocol to compare)
         return None
     return None if field is None else str(field.default)
@@ -123,7 +122,7 @@ def claim_verdicts(claims: list[dict[str, Any]], records: list[RunRecord]) -> li
 def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> list[dict[str, Any]]:
     base = {"model": claim["model"], "arch": claim.get("arch"), "dataset": claim["dataset"], "claim": claim["value"] / 100,
             "source": claim["source"]}
-    keys = {r.id: (r.job["job"]["model"]["id"], r.job["job"]["model"]["arch"], r.job["job"]["dataset"]["id"])
+    keys = {r.id: (r.job.model.id, r.job.model.arch, r.job.dataset.id)
             for r in records if r.complete}  # (model id, arch, dataset)
     matched = [r for r in records if r.id in keys and claim_matches(claim, *keys[r.id])]
     if not matched:  # say why: the model ran, but as another architecture, or not at all
