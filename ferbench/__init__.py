@@ -17,14 +17,15 @@ Architecture: one direction, spec -> jobs -> run records -> reports; each step h
 | `spec` | spec schema, profiles, `--set` overrides, recipes, expansion into `Job`s, job ids and condition hashes |
 | `data/` | one module per dataset, the prepared-array cache, batched augmentation (arrays in, never files out) |
 | `models/` | the registry and one module per family (its variants, options and checkpoint filter) |
-| `engine/` | `train` (the loop), `losses`, `checkpoint` (state, background writer, resume), `evaluate` (TTA), `optim`, `dist`, `weights`, `sinks` (opt-in TensorBoard logging) |
+| `engine/` | `train` (the loop), `losses`, `checkpoint` (state, background writer, resume), `evaluate` (TTA), `optim`, `dist`, `weights`, `graphs` (a step replayed as one CUDA graph), `sinks` (opt-in TensorBoard logging) |
 | `hub` | what a `weights:` value names: a local file, or `timm:` / `hf-hub:` weights through the Hugging Face cache |
 | `trained` | a finished run's model read back from its folder (`predict` and `export` use it) |
 | `predict` | class probabilities for image files and folders, CSV/JSON out |
 | `export` | ONNX / TorchScript / torch.export files with a parity check against PyTorch |
 | `runner` | `run_job` and its phases, `prepare`, the manifest |
 | `launch` | where jobs run (in-process, worker processes, submitit) and the one dependency rule they share |
-| `records` | the run-record format: atomic writes, locks, status, discovery |
+| `records` | the run-record format: its file names, `job.yaml` validated into `Job`, `RunRecord`, locks, status, discovery |
+| `recordcheck` | what a record's files must hold before report reads them (and where the file names are defined) |
 | `metrics` | every statistic computed from saved predictions (the one bootstrap lives here) |
 | `cost` | params, GMACs, latency of a model |
 | `estimate` | a job's time on a device from a short probe (`ferbench plan`) |
@@ -32,6 +33,7 @@ Architecture: one direction, spec -> jobs -> run records -> reports; each step h
 | `report/` | tables, figures, rendering, compare; reads records only, never imports `engine` |
 | `bench/` | the harness's own cost against reference pipelines (`ferbench bench`) |
 | `published_sizes` | the papers' published model sizes (params, GMACs) that `models --claims` sets beside measured ones |
+| `cpuinfo` | the CPU's model name (a leaf: the data layer keys its kernel choices by it) |
 | `hostmem` | the host allocator policy every process applies first |
 | `fileio` | atomic writes and file hashes, the leaf every writer imports |
 """

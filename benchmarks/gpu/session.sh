@@ -17,7 +17,8 @@
 #     tarred every 30 s and at the end; a second call on the same (warm) machine resumes its jobs;
 #   eagerbench: the same bench row without graphs, if time is left (the speed-up, measured in one call).
 #
-# STAGES picks and orders what runs (default "bench table6 compile"; also "profile": `ferbench bench
+# STAGES picks and orders what runs (default "graphbench paper eagerbench", issue 37's call; the table6-gpu
+# page's was "bench table6 compile"; also "profile": `ferbench bench
 # profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
 # BENCH_ROUNDS=n repeats the bench stage (rounds 2.. go to bench_gpu_round<k>.json): rows swung 5-10 %
 # between rounds on one machine before the loops alternated epoch by epoch. Only "table6" needs the
@@ -28,7 +29,10 @@
 #
 # On the device:  bash benchmarks/gpu/session.sh            (carry .gpudata and .whl)
 # Dry run here:   GPU_DRYRUN=1 OUT=/tmp/gpu-out bash benchmarks/gpu/session.sh
-# Prepare here (both folders ignored via .git/info/exclude; ~60 MiB together, under the 64 MiB a call carries):
+# Commit first: the manifests name the commit the call ran from. What travels is the tracked tree plus
+# the carried folders, 64 MiB at most: with the published pages (reports/, ~19 MB) beside the ~60 MiB
+# below it is over, so move reports/ out of the checkout for the call and back after it (2026-12-04).
+# Prepare here (both folders ignored via .git/info/exclude; ~60 MiB together):
 #   python benchmarks/gpu/datapack.py pack "$FERBENCH_DATA" .gpudata
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pydantic==2.13.4 \
@@ -73,7 +77,7 @@ else
   PAPER=(--device cuda --threads 4)
   GRAPHBENCH=(--device cuda --images 3200 --epochs 2)
 fi
-STAGES=${STAGES:-bench table6 compile}
+STAGES=${STAGES:-graphbench paper eagerbench}
 mkdir -p /tmp/runs
 [ -f .gpuruns/runs.tar.gz ] && tar xzf .gpuruns/runs.tar.gz -C /tmp/runs && echo "earlier records: $(ls /tmp/runs)"
 
