@@ -97,6 +97,22 @@ def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
         return None, None
 
 
+def source_digest(package: Path | None = None) -> str:
+    """sha256 over the package's Python sources (each file's path relative to the package, then its
+    bytes, in sorted order): names the code a record was made by whether or not it was committed. A
+    manifest with `git_dirty: true` can be matched to the commit that later held the same code by
+    computing this on a checkout of that commit (`source_digest(Path("ferbench"))`)."""
+    import hashlib
+
+    root = package or Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def environment(device: Any) -> dict[str, Any]:
     """Versions, device, threads, determinism flags and allocator settings: a manifest's `environment`."""
     import timm
@@ -106,7 +122,8 @@ def environment(device: Any) -> dict[str, Any]:
 
     commit, dirty = git_state()
     env = {
-        "ferbench": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+        "ferbench": __version__, "git_commit": commit, "git_dirty": dirty, "source_sha256": source_digest(),
+        "python": platform.python_version(),
         "platform": platform.platform(), "torch": torch.__version__, "timm": timm.__version__,
         "numpy": np.__version__, "device": str(device), "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
