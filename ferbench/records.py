@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -59,11 +58,14 @@ class RunRecord:
     job_yaml: dict[str, Any]  # job.yaml as read ({"id", "job"}): what the hashes and the labels compare
     manifest: dict[str, Any]
     label: str = ""  # the model id, plus the profile/condition when one model ran under several
+    typed: Job | None = field(default=None, repr=False, compare=False)  # `discover` hands over the Job it validated
 
-    @functools.cached_property
+    @property
     def job(self) -> Job:
-        """The job as its type (`discover` has validated it): what report and compare read."""
-        return Job.model_validate(self.job_yaml["job"])
+        """The job as its type: what report and compare read (validated once)."""
+        if self.typed is None:
+            self.typed = Job.model_validate(self.job_yaml["job"])
+        return self.typed
 
     @property
     def condition(self) -> str:
@@ -175,7 +177,7 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
     out = []
     for job_yaml in sorted(root.rglob(JOB_FILE)):
         d = job_yaml.parent
-        job, problem = _read_job(job_yaml)
+        job, typed, problem = _read_job(job_yaml)
         if problem:
             if unreadable is not None:
                 unreadable.append({"run": d.name, "status": "unreadable", "reason": problem})
@@ -184,36 +186,36 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
         problem = _damaged(d) if manifest.get("status") == COMPLETE else None
         if problem:  # shown with the failed runs; the rest of the report renders
             manifest = {**manifest, "status": "unreadable", "failure": problem}
-        out.append(RunRecord(d, job, manifest))
+        out.append(RunRecord(d, job, manifest, typed=typed))
     label_experiments(out)
     return out
 
 
-def _read_job(path: Path) -> tuple[dict[str, Any], str | None]:
-    """job.yaml as read and the first problem with it: unparsable, a field report reads missing, or
-    not a `Job` (the first validation error, with the field's path)."""
+def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
+    """job.yaml as read, as a `Job`, and the first problem with it (then no Job): unparsable, a field
+    report reads missing, or not a `Job` (the first validation error, with the field's path)."""
     from pydantic import ValidationError
 
     try:
         job = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return {}, f"{JOB_FILE}: unreadable ({type(e).__name__})"
+        return {}, None, f"{JOB_FILE}: unreadable ({type(e).__name__})"
     problem = recordcheck.check_job(job)
-    if problem is None:
-        try:
-            Job.model_validate(job["job"])
-        except ValidationError as e:
-            err = e.errors()[0]
-            problem = f"{JOB_FILE}: job.{'.'.join(map(str, err['loc']))}: {err['msg']}"
-    return job, problem
+    if problem:
+        return job, None, problem
+    try:
+        return job, Job.model_validate(job["job"]), None
+    except ValidationError as e:
+        err = e.errors()[0]
+        return job, None, f"{JOB_FILE}: job.{'.'.join(map(str, err['loc']))}: {err['msg']}"
 
 
 def read_job(job_dir: Path) -> Job:
     """A job folder's job.yaml as its type (resume, teachers, trained checkpoints); FerbenchError naming the file."""
-    job, problem = _read_job(job_dir / JOB_FILE)
-    if problem:  # e.g. "runs/s/j/job.yaml: job.model.arch: Field required"
+    _, job, problem = _read_job(job_dir / JOB_FILE)
+    if job is None:  # e.g. "runs/s/j/job.yaml: job.model.arch: Field required"
         raise FerbenchError(f"{job_dir}/{problem}")
-    return Job.model_validate(job["job"])
+    return job
 
 
 def _read_record_manifest(job_dir: Path) -> dict[str, Any]:

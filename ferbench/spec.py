@@ -229,6 +229,10 @@ class DatasetEntry(_Strict):
         "indices), k = options.folds; each job's options.fold says which (a dataset with folds: folder, ckplus48)")
     cross: list[CrossTarget] = Field([], description="other datasets to test the trained models on, with a class map")
 
+    def subset_sizes(self) -> dict[str, int]:
+        """The split sizes `subset` sets ({}: the full splits)."""
+        return {k: v for k, v in (self.subset.model_dump() if self.subset else {}).items() if v}
+
     @model_validator(mode="after")
     def _default_id(self) -> "DatasetEntry":
         if self.id is None:

@@ -23,22 +23,6 @@ from ferbench.models import create_model
 from ferbench.spec import EvalConfig, TrainConfig, condition_hash, cuda_graph_blockers
 
 
-def _snapshot(step: GraphedStep) -> tuple[dict, dict]:
-    weights = {k: v.clone() for k, v in step.model.state_dict().items()}
-    states = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in step.opt.state.items()}
-    return weights, states
-
-
-def _put_back(step: GraphedStep, saved: tuple[dict, dict]) -> None:
-    with torch.no_grad():
-        for k, v in step.model.state_dict().items():
-            v.copy_(saved[0][k])
-        for p, s in step.opt.state.items():
-            for k, v in s.items():
-                if torch.is_tensor(v):
-                    v.copy_(saved[1][id(p)][k])
-
-
 class Recorded(GraphedStep):
     """GraphedStep with a CPU stand-in for CUDA's stream and capture (see the module docstring)."""
 
@@ -46,9 +30,9 @@ class Recorded(GraphedStep):
         return contextlib.nullcontext()
 
     def _record(self, fn):
-        saved = _snapshot(self)
+        saved = self.snapshot()
         out = tuple(t.detach().clone() for t in fn())  # run once for the output shapes, then undone
-        _put_back(self, saved)
+        self.put_back(saved)
         self.opt.zero_grad(set_to_none=True)
         lrs = [g["lr"] for g in self.opt.param_groups]
 

@@ -39,7 +39,7 @@ from ferbench.engine.optim import build_optimizer
 from ferbench.engine.checkpoint import CheckpointWriter
 from ferbench.engine.graphs import GraphedStep
 from ferbench.engine.losses import compute_loss
-from ferbench.engine.train import NoProgress, Progress
+from ferbench.engine.train import NoProgress, Progress, graphs_run
 from ferbench.errors import FerbenchError
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import sync
@@ -101,7 +101,7 @@ class LoopPair:
         self.model = create_model(arch, 7, size).to(device, memory_format=torch.channels_last)
         self.opt = build_optimizer(self.model, self.cfg)
         self.call = torch.compile(self.model) if compile and device.type == "cuda" else self.model
-        self.graphed = GraphedStep(self.model, self.opt, self._update) if graphs and device.type == "cuda" else None
+        self.graphed = GraphedStep(self.model, self.opt, self._update) if graphs_run(self.cfg, device) else None
         k = min(8, self.steps)  # distinct pre-made batches, cycled
         self.xs = torch.randn(k, batch, 3, size, size, device=device)
         self.ys = torch.from_numpy(labels[: k * batch].reshape(k, batch)).to(device)
@@ -136,10 +136,9 @@ class LoopPair:
             sync(self.device)
             return time.perf_counter() - t0
 
-    def _update(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, cache: bool | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _update(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The bare step: forward, loss, backward, optimizer step (autocast's cache off when captured)."""
-        with autocast_ctx(self.device, self.cfg.amp, cache=self.graphed is None if cache is None else cache):
+        with autocast_ctx(self.device, self.cfg.amp, cache=self.graphed is None):
             logits = self.call(x)
             loss = compute_loss(self.model, logits, y, t, self.cfg)
         loss.backward()
@@ -193,7 +192,7 @@ def bench_model(arch: str, recipe: str, device: torch.device, size: int = 224, b
     return {"name": f"gpu_train_{arch}_{size}", "ours_per_s": ours, "reference_per_s": ref, "ratio": ours / ref,
             "model": arch, "recipe": recipe, "input_size": size, "batch": batch, "images_per_epoch": pair.steps * batch,
             "epochs": epochs, "amp": cfg.amp if device.type == "cuda" else "off", "compile": compile,
-            "cuda_graphs": graphs and device.type == "cuda", "optimizer": cfg.optimizer, "loss": cfg.loss, "gmacs_forward": gmacs, "train_tflops": ours * 6 * gmacs / 1e3,
+            "cuda_graphs": graphs_run(cfg, device), "optimizer": cfg.optimizer, "loss": cfg.loss, "gmacs_forward": gmacs, "train_tflops": ours * 6 * gmacs / 1e3,
             "reference": "bare loop over pre-made device batches: forward, loss, backward, step",
             "method": "one bare epoch after each of fit's epochs, inside one fit",
             "all_epochs": [{"ours_s": r["seconds"], "reference_s": b} for r, b in zip(sink.rows, sink.bare_epochs)],

@@ -64,21 +64,32 @@ class GraphedStep:
     def _warm_up(self) -> None:
         """WARMUP_STEPS eager steps on a side stream, then every tensor they changed put back."""
         assert self.static is not None
-        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        states = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in self.opt.state.items()}
+        saved = self.snapshot()
         with self._side_stream():
             for _ in range(WARMUP_STEPS):
                 self.opt.zero_grad(set_to_none=True)
                 self.body(*self.static)
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(weights[k])
-            for p, s in self.opt.state.items():
-                before = states.get(id(p), {})
-                for k, v in s.items():
-                    if torch.is_tensor(v):
-                        v.copy_(before[k]) if k in before else v.zero_()
+        self.put_back(saved)
         self.opt.zero_grad(set_to_none=True)
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
+        """Copies of the model's state (weights, BatchNorm statistics and counters) and the optimizer's tensors."""
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        states = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in self.opt.state.items()}
+        return weights, states
+
+    @torch.no_grad()
+    def put_back(self, saved: tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]) -> None:
+        """Copy a `snapshot` back in place (a captured graph holds these tensors); optimizer tensors made
+        since the snapshot become zeros."""
+        weights, states = saved
+        for k, v in self.model.state_dict().items():
+            v.copy_(weights[k])
+        for p, s in self.opt.state.items():
+            before = states.get(id(p), {})
+            for k, v in s.items():
+                if torch.is_tensor(v):
+                    v.copy_(before[k]) if k in before else v.zero_()
 
     def _capture(self) -> None:
         """Capture the body at the optimizer's current lr (the gradients it allocates live in the graph)."""

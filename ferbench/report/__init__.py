@@ -24,7 +24,7 @@ from ferbench.hub import weights_label
 from ferbench.errors import FerbenchError
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.report import figures
-from ferbench.report.tables import accuracy_table, cross_table, fmt_pct, fold_of, fold_table, metric_rows
+from ferbench.report.tables import accuracy_table, cross_table, fmt_pct, fold_table, metric_rows
 from ferbench.report.verdicts import claim_verdicts
 from ferbench.records import SPEC_FILE, RunRecord, copy_records, discover, write_bytes_atomic, write_text_atomic
 
@@ -81,7 +81,6 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
         j = r.job
         t, m, ds = j.train, j.model, j.dataset
         env = r.manifest.get("environment", {})
-        subset = ds.subset.model_dump() if ds.subset else {}
         row = {
             "model": r.label, "dataset": ds.id, "arch": m.arch,
             "profile": (j.profile or "none") if "profile" in j.model_fields_set else "not recorded",
@@ -94,7 +93,7 @@ def conditions(records: list[RunRecord]) -> list[dict[str, str]]:
                             if m.weights else "none (random init)"),
             "tta": j.eval.tta,
             "options": ", ".join(f"{k}={v}" for k, v in m.options.items()) or "defaults",
-            "data": (", ".join(f"{k} {v}" for k, v in subset.items() if v) or "no subset")
+            "data": (", ".join(f"{k} {v}" for k, v in ds.subset_sizes().items()) or "no subset")
             + "".join(f"; {k} {v}" for k, v in ds.options.items() if k != "fold"),
             "device": device_label(env, r.manifest.get("precision") or {}),
         }
@@ -251,7 +250,7 @@ def leakage_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     for r in records:
         note = r.manifest.get("data_notes", {}).get("leakage") if r.complete else None
         if note:
-            fold = fold_of(r)
+            fold = r.job.fold
             row = out.setdefault(r.job.dataset.id, {"dataset": r.job.dataset.id, "runs": 0,
                                                                   "note": note if fold is None else f"e.g. fold {fold}: {note}"})
             row["runs"] += 1

@@ -36,11 +36,6 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fold_of(record: RunRecord) -> int | None:
-    """The cross-validation fold a run tested on (its dataset's options.fold), if any."""
-    return record.job.fold
-
-
 def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int = 0) -> tuple[float, float] | None:
     """Bootstrap 95 % CI of the seed-mean test accuracy, resampling test samples (paired across seeds).
 
@@ -53,7 +48,7 @@ def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int 
         key = f"test.{which}.logits"
         if key not in p:
             return None
-        hits.setdefault(r.job.seed, {})[fold_of(r)] = p[key].argmax(1) == p["test.labels"]
+        hits.setdefault(r.job.seed, {})[r.job.fold] = p[key].argmax(1) == p["test.labels"]
     folds = {tuple(sorted(per, key=str)) for per in hits.values()}
     if len(folds) != 1:
         return None
@@ -69,7 +64,7 @@ def fold_table(records: list[RunRecord], which: str = "last") -> list[dict[str, 
     df = runs_frame(records)
     if df.empty or f"acc_{which}" not in df:
         return []
-    df["fold"] = [next((fold_of(r) for r in records if r.id == run), None) for run in df["run"]]
+    df["fold"] = [next((r.job.fold for r in records if r.id == run), None) for run in df["run"]]
     out = []
     for (model, dataset), sub in df.groupby(["model", "dataset"], sort=False):
         per_fold = sub.dropna(subset=["fold"]).groupby("fold")[f"acc_{which}"].mean()

@@ -43,7 +43,7 @@ def run_conditions(rec: RunRecord, n_seeds: int, which: str) -> dict[str, Any]:
     """The claim-comparable conditions of one experiment, read from a run's job record."""
     j = rec.job
     t = j.train
-    subset = {k: v for k, v in (j.dataset.subset.model_dump() if j.dataset.subset else {}).items() if v}
+    subset = j.dataset.subset_sizes()
     return {
         "input_size": t.input_size, "in_chans": t.in_chans, "epochs": t.epochs,
         "pretraining": weights_label(j.model.weights) if j.model.weights else "none",
