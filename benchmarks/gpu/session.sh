@@ -92,13 +92,18 @@ for r in json.load(open(sys.argv[1]))["rows"]:
 EOF
 }
 
+# `ferbench bench gpu --json ARGS` into /tmp/NAME.json and $OUT/NAME.json, bounded by the time left
+bench_json() {
+  local name=$1; shift
+  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json "$@" >/tmp/$name.json && cp /tmp/$name.json "$OUT/$name.json"
+}
+
 stage_bench() {
   for round in $(seq "${BENCH_ROUNDS:-1}"); do
     [ "$round" = 1 ] && name=bench_gpu || name=bench_gpu_round$round
     [ "$round" = 1 ] || [ "$(left)" -gt 80 ] || { echo "== bench round $round skipped ($(left) s left)"; continue; }
     echo "== bench gpu, eager, round $round ($(left) s left)"
-    timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json "${BENCH[@]}" >/tmp/$name.json \
-      && cp /tmp/$name.json "$OUT/$name.json" && summarise_bench /tmp/$name.json
+    bench_json $name "${BENCH[@]}" && summarise_bench /tmp/$name.json
   done
 }
 
@@ -151,28 +156,25 @@ EOF
 stage_compile() {
   [ "$(left)" -gt 80 ] || { echo "== compile skipped ($(left) s left)"; return; }
   echo "== bench gpu, torch.compile, ResFace-R18 ($(left) s left)"
-  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --compile --model resface-r18=resface-paper \
-    "${BENCH[@]}" >/tmp/bench_gpu_compile.json && cp /tmp/bench_gpu_compile.json "$OUT/bench_gpu_compile.json"
+  bench_json bench_gpu_compile --compile --model resface-r18=resface-paper "${BENCH[@]}"
 }
 
 stage_batch256() {
   [ "$(left)" -gt 45 ] || { echo "== batch 256 skipped ($(left) s left)"; return; }
   echo "== bench gpu, ResFace-R18 at batch 256 ($(left) s left)"
-  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --model resface-r18=resface-paper --epochs 2 "${B256[@]}" \
-    >/tmp/bench_gpu_b256.json && cp /tmp/bench_gpu_b256.json "$OUT/bench_gpu_b256.json"
+  bench_json bench_gpu_b256 --model resface-r18=resface-paper --epochs 2 "${B256[@]}"
 }
 
 stage_graphbench() {
   echo "== bench gpu, CUDA graphs, ResFace-R18 ($(left) s left)"
-  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --graphs --model resface-r18=resface-paper "${GRAPHBENCH[@]}" \
-    >/tmp/bench_gpu_graphs.json && cp /tmp/bench_gpu_graphs.json "$OUT/bench_gpu_graphs.json" && summarise_bench /tmp/bench_gpu_graphs.json
+  bench_json bench_gpu_graphs --graphs --model resface-r18=resface-paper "${GRAPHBENCH[@]}" \
+    && summarise_bench /tmp/bench_gpu_graphs.json
 }
 
 stage_eagerbench() {
   [ "$(left)" -gt 60 ] || { echo "== eager bench skipped ($(left) s left)"; return; }
   echo "== bench gpu, eager, ResFace-R18 ($(left) s left)"
-  timeout $(($(left) - 10)) $PY -m ferbench bench gpu --json --model resface-r18=resface-paper "${GRAPHBENCH[@]}" \
-    >/tmp/bench_gpu_eager.json && cp /tmp/bench_gpu_eager.json "$OUT/bench_gpu_eager.json" && summarise_bench /tmp/bench_gpu_eager.json
+  bench_json bench_gpu_eager --model resface-r18=resface-paper "${GRAPHBENCH[@]}" && summarise_bench /tmp/bench_gpu_eager.json
 }
 
 tar_runs() { tar czf "$OUT/runs.tar.gz.part" --exclude checkpoint.pt -C /tmp/runs . && mv "$OUT/runs.tar.gz.part" "$OUT/runs.tar.gz"; }
