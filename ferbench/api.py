@@ -298,7 +298,7 @@ def data_info(name: str, options: dict[str, Any] | None = None, path: str | None
     return {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}
 
 
-BENCH_KINDS = ("data", "train", "eval", "csv", "all", "small", "gpu", "profile")
+BENCH_KINDS = ("data", "train", "eval", "csv", "all", "small", "gpu", "trace")
 
 
 def bench(which: str = "all", data_root: str | None = None, device: str = "cuda", models: list[str] | None = None,
@@ -312,7 +312,7 @@ def bench(which: str = "all", data_root: str | None = None, device: str = "cuda"
     if which not in BENCH_KINDS:
         raise FerbenchError(f"bench {which!r}: expected one of {', '.join(BENCH_KINDS)}")
     dev = None
-    if which in ("gpu", "profile"):
+    if which in ("gpu", "trace"):
         from ferbench.bench.gpu import DEFAULT_MODELS, parse_models, run_gpu_bench
 
         dev = pick_device(device)
@@ -320,9 +320,9 @@ def bench(which: str = "all", data_root: str | None = None, device: str = "cuda"
         if which == "gpu":
             rows = run_gpu_bench(dev, chosen, size, batch, images, compile, epochs=epochs, graphs=graphs)
         else:
-            from ferbench.bench.torchprof import profile_epoch
+            from ferbench.bench.torchprof import trace_epoch
 
-            rows = [profile_epoch(arch, recipe, dev, size, batch, images) for arch, recipe in (chosen or DEFAULT_MODELS).items()]
+            rows = [trace_epoch(arch, recipe, dev, size, batch, images) for arch, recipe in (chosen or DEFAULT_MODELS).items()]
     elif which == "small":
         from ferbench.bench.small import run_small
 

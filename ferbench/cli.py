@@ -376,19 +376,18 @@ def cost(
                   f"{res['gmacs']:.3f} GMACs ({res['gflops']:.3f} GFLOPs), {res['latency_ms']:.1f} ms CPU latency")
 
 
-app.command("profile", hidden=True, help="Old name of `ferbench cost`.")(cost)
 
 
 @app.command()
 def bench(
-    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows), small (Deep-Emotion and mini-Xception: harness vs bare loop, memory formats, processes vs threads), gpu, or profile (an epoch under torch.profiler)"),
+    which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows), small (Deep-Emotion and mini-Xception: harness vs bare loop, memory formats, processes vs threads), gpu, or trace (an epoch under torch.profiler)"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)"),
     as_json: bool = typer.Option(False, "--json"),
     device: str = typer.Option("cuda", "--device", help="gpu: the device to measure"),
     model: list[str] = typer.Option([], "--model", help="gpu: arch=recipe (repeatable; default emonext-tiny and resface-r18)"),
     size: int = typer.Option(224, "--size", help="gpu: input size"),
     batch: int = typer.Option(64, "--batch", help="gpu: batch size"),
-    images: int = typer.Option(6400, "--images", help="gpu/profile: images per epoch"),
+    images: int = typer.Option(6400, "--images", help="gpu/trace: images per epoch"),
     epochs: int = typer.Option(3, "--epochs", min=1, help="gpu: epochs per timed fit (and as many bare epochs)"),
     compile_: bool = typer.Option(False, "--compile", help="gpu: torch.compile both loops"),
     graphs: bool = typer.Option(False, "--graphs", help="gpu: both loops replay each step as one CUDA graph (train.cuda_graphs)"),
@@ -409,8 +408,8 @@ def bench(
     for k in res["kernels"]:
         console.print(f"kernel {k['op']} at {k['shape']}: {k['kernel']} ({k['why']})", highlight=False)
     rows = res["rows"]
-    if which == "profile":
-        _print_profile(rows)
+    if which == "trace":
+        _print_trace(rows)
         return
     t = Table(title=f"ferbench bench {which}")
     for c in ("name", "ours /s", "reference /s", "ratio", "conditions"):
@@ -425,7 +424,7 @@ def bench(
     console.print(t)
 
 
-def _print_profile(rows: list[dict[str, Any]]) -> None:
+def _print_trace(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         console.print(f"[bold]{r['name']}[/] on {r['device']}, batch {r['batch']}, {r['bare']['steps']} steps")
         for loop in ("bare", "fit"):

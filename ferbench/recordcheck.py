@@ -19,6 +19,15 @@ JOB_FILE, MANIFEST_FILE, HISTORY_FILE = "job.yaml", "manifest.json", "history.cs
 METRICS_FILE, PREDICTIONS_FILE, CHECKPOINT_FILE = "metrics.json", "predictions.npz", "checkpoint.pt"
 SPEC_FILE = "spec.yaml"
 
+# metrics.json's model cost (params, GMACs, CPU latency at the job's input size); records made before
+# 2026-12-04 name it "profile", a word ferbench keeps for a spec's named override sets
+COST_FIELD, LEGACY_COST_FIELD = "cost", "profile"
+
+
+def metrics_cost(metrics: dict) -> dict:
+    """The model cost a metrics.json records (either name), {} when it records none."""
+    return metrics.get(COST_FIELD) or metrics.get(LEGACY_COST_FIELD) or {}
+
 NUMBER = (int, float)
 JOB_FIELDS: dict[str, type | tuple[type, ...]] = {
     "job": dict, "job.spec": str, "job.recipe": str, "job.seed": int,
@@ -84,8 +93,9 @@ def check_metrics(metrics: Any) -> str | None:
         return f"{METRICS_FILE}: field 'classes' must be a list of class names"
     if not isinstance(metrics.get("test"), dict) or not metrics["test"]:
         return f"{METRICS_FILE}: field 'test' missing"
-    if "profile" in metrics and not isinstance(metrics["profile"], dict):
-        return f"{METRICS_FILE}: field 'profile' must be a mapping"
+    for key in (COST_FIELD, LEGACY_COST_FIELD):
+        if key in metrics and not isinstance(metrics[key], dict):
+            return f"{METRICS_FILE}: field '{key}' must be a mapping"
     for which, result in metrics["test"].items():
         problem = _fields(result, RESULT_FIELDS, f"{METRICS_FILE}: test.{which}", required=True)
         if problem:

@@ -22,11 +22,12 @@ import yaml
 
 from ferbench import recordcheck
 from ferbench.recordcheck import (  # noqa: F401  (the record's file names: defined beside the checks, read from here)
-    CHECKPOINT_FILE, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, SPEC_FILE)
+    CHECKPOINT_FILE, COST_FIELD, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, SPEC_FILE,
+    metrics_cost)
 from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
     read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.errors import FerbenchError, first_line
-from ferbench.spec import Job, condition_hash
+from ferbench.spec import IDENTITY_DEFAULTS, Job
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
 
@@ -55,7 +56,7 @@ class RunRecord:
     """What report and compare read of one job folder."""
 
     path: Path
-    job_yaml: dict[str, Any]  # job.yaml as read ({"id", "job"}): what the hashes and the labels compare
+    job_yaml: dict[str, Any]  # job.yaml as read ({"id", "job"}); `job` is its validated form
     manifest: dict[str, Any]
     label: str = ""  # the model id, plus the profile/condition when one model ran under several
     typed: Job | None = field(default=None, repr=False, compare=False)  # `discover` hands over the Job it validated
@@ -69,8 +70,8 @@ class RunRecord:
 
     @property
     def condition(self) -> str:
-        """The job's condition hash (`spec.condition_hash`): equal for the seeds of one experiment."""
-        return condition_hash(self.job_yaml.get("job", {}))
+        """The job's condition hash (`Job.condition`): equal for the seeds of one experiment."""
+        return self.job.condition()
 
     @property
     def id(self) -> str:
@@ -113,16 +114,23 @@ def _num(v: Any) -> Any:
 
 
 def read_manifest(job_dir: Path) -> dict[str, Any]:
-    """A job folder's manifest ({} when there is none or it is unreadable)."""
+    """A job folder's manifest, checked (`recordcheck.check_manifest`): the one reader for report,
+    resume, reuse and plan. It fails closed: no manifest reads `{"status": "incomplete"}`, one that
+    does not parse or check reads `{"status": "unreadable", "failure": why}`, so nothing treats a
+    damaged record as complete."""
+    path = job_dir / MANIFEST_FILE
+    if not path.exists():
+        return {"status": "incomplete"}
     try:
-        m = json.loads((job_dir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return m if isinstance(m, dict) else {}
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {"status": "unreadable", "failure": f"{MANIFEST_FILE}: unreadable ({type(e).__name__})"}
+    problem = recordcheck.check_manifest(manifest)
+    return {"status": "unreadable", "failure": problem} if problem else manifest
 
 
-def read_status(job_dir: Path) -> str | None:
-    """The status a job folder's manifest records (None: no readable manifest)."""
+def read_status(job_dir: Path) -> str:
+    """The status a job folder's manifest records (`incomplete` or `unreadable` without a good one)."""
     return read_manifest(job_dir).get("status")
 
 
@@ -182,7 +190,7 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
             if unreadable is not None:
                 unreadable.append({"run": d.name, "status": "unreadable", "reason": problem})
             continue
-        manifest = _read_record_manifest(d)
+        manifest = read_manifest(d)
         problem = _damaged(d) if manifest.get("status") == COMPLETE else None
         if problem:  # shown with the failed runs; the rest of the report renders
             manifest = {**manifest, "status": "unreadable", "failure": problem}
@@ -216,18 +224,6 @@ def read_job(job_dir: Path) -> Job:
     if job is None:  # e.g. "runs/s/j/job.yaml: job.model.arch: Field required"
         raise FerbenchError(f"{job_dir}/{problem}")
     return job
-
-
-def _read_record_manifest(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / MANIFEST_FILE
-    if not path.exists():
-        return {"status": "incomplete"}
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return {"status": "unreadable", "failure": f"{MANIFEST_FILE}: unreadable ({type(e).__name__})"}
-    problem = recordcheck.check_manifest(manifest)
-    return {"status": "unreadable", "failure": problem} if problem else manifest
 
 
 def _damaged(job_dir: Path) -> str | None:
@@ -264,21 +260,27 @@ def label_experiments(records: list[RunRecord]) -> None:
     at most three do, else the profile and condition hash (a smoke and a cpu profile in one folder)."""
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in records:
-        j = r.job_yaml.get("job", {})
-        key = (j.get("model", {}).get("id", "?"), j.get("dataset", {}).get("id", "?"))
-        groups.setdefault(key, {}).setdefault(r.condition, _flat(j))
+        key = (r.job.model.id, r.job.dataset.id)
+        groups.setdefault(key, {}).setdefault(r.condition, _condition_fields(r.job))
     names = {key: _condition_names(conds) for key, conds in groups.items() if len(conds) > 1}
     for r in records:
-        j = r.job_yaml.get("job", {})
-        mid = j.get("model", {}).get("id", "?")
-        key = (mid, j.get("dataset", {}).get("id", "?"))
+        key = (r.job.model.id, r.job.dataset.id)
         if key not in names:
-            r.label = mid
+            r.label = r.job.model.id
         else:
-            r.label = f"{mid} [{names[key].get(r.condition) or (j.get('profile') or 'default') + ' ' + r.condition[:6]}]"
+            r.label = f"{r.job.model.id} [{names[key].get(r.condition) or (r.job.profile or 'default') + ' ' + r.condition[:6]}]"
 
 
-_NOT_CONDITIONS = ("seed", "data_root", "profile", "log", "spec", "depends_on", "dataset.path", "dataset.options.fold")
+_NOT_CONDITIONS = ("spec", "depends_on", "format")  # equal in one folder, or named by the model id already
+
+
+def _condition_fields(job: Job) -> dict[str, Any]:
+    """What a condition hashes, as dotted keys -> values, with the defaults the hash leaves out put back
+    (`eval.dropout_at_eval=false` reads as such, not as a missing field)."""
+    flat = _flat(job.condition_identity())
+    for path, default in IDENTITY_DEFAULTS.items():
+        flat.setdefault(".".join(path), default)
+    return flat
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -32,7 +32,7 @@ from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import build_model, check_options, create_model, get_variant
-from ferbench.records import (CHECKPOINT_FILE, COMPLETE, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
+from ferbench.records import (CHECKPOINT_FILE, COMPLETE, COST_FIELD, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
                               PREDICTIONS_FILE, RUNNING, is_complete, job_lock, read_job, read_manifest, remove_orphans,
                               write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
@@ -101,8 +101,6 @@ def data_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, A
     A job id leaves the data's location out (a moved dataset is still found), so the record says what
     it was made from: the content digest of the arrays (`FerDataset.content_digest`), or, in records
     made before it, the sha256 of each source file."""
-    if not manifest:
-        return None
     recorded, now = manifest.get("data_content_sha256"), ds.content_digest()
     if recorded is None:
         old, new = set((manifest.get("data_files") or {}).values()), set(ds.files.values())
@@ -434,7 +432,7 @@ def record(job: Job, job_dir: Path, num_classes: int, arrays: dict[str, np.ndarr
 
     cost = model_cost(job.model.arch, job.train.input_size, num_classes, job.train.in_chans, latency_repeats=5,
                       **job.model.options)
-    metrics["profile"] = {"params": cost["params"], "gmacs": cost["gmacs"], "gflops": cost["gflops"],
+    metrics[COST_FIELD] = {"params": cost["params"], "gmacs": cost["gmacs"], "gflops": cost["gflops"],
                           "latency_ms_cpu": cost["latency_ms"], "input_size": job.train.input_size}
     write_npz_atomic(job_dir / PREDICTIONS_FILE, arrays)
     write_json_atomic(job_dir / METRICS_FILE, metrics)

@@ -407,19 +407,6 @@ def _drop_exempt(job: dict[str, Any]) -> None:
                 del node[path[-1]]
 
 
-def condition_hash(job: dict[str, Any]) -> str:
-    """8 hex digits of a job (as dumped to job.yaml) without its seed, cross-validation fold, data
-    location and profile: equal for the seeds (and folds) of one experiment, different for two
-    experiments with one model id."""
-    d = copy.deepcopy(job)
-    for k in ("seed", *NOT_IDENTITY):
-        d.pop(k, None)
-    d.get("dataset", {}).pop("path", None)
-    d.get("dataset", {}).get("options", {}).pop("fold", None)  # the folds of a cross-validation pool like seeds
-    _drop_exempt(d)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 class Job(_Strict):
     """One model, one dataset, one seed, one fully resolved recipe."""
 
@@ -446,9 +433,18 @@ class Job(_Strict):
         """The dataset id, with the fold when the job has one: ckplus/f3."""
         return self.dataset.id if self.fold is None else f"{self.dataset.id}/f{self.fold}"
 
+    def condition_identity(self) -> dict[str, Any]:
+        """The identity without the seed and the cross-validation fold: what the seeds (and folds) of
+        one experiment share."""
+        d = self.identity()
+        d.pop("seed")
+        d["dataset"].get("options", {}).pop("fold", None)  # the folds of a cross-validation pool like seeds
+        return d
+
     def condition(self) -> str:
-        """Hash of everything but the seed: runs with equal conditions are seeds of one experiment."""
-        return condition_hash(self.model_dump(mode="json"))
+        """Digest of `condition_identity`: equal for the seeds of one experiment, different for two
+        experiments with one model id."""
+        return _digest(self.condition_identity())
 
     def identity(self) -> dict[str, Any]:
         """The content the job id hashes: everything that changes the result."""
@@ -479,6 +475,7 @@ class Job(_Strict):
 
 
 def _digest(identity: dict[str, Any]) -> str:
+    """The one job hash (job id, condition, training id): 10 hex digits of the canonical JSON."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
 
 

@@ -412,7 +412,8 @@ CLI_CASES = [
     (["run", "SPEC", "--threads", "100000"], ["--threads 100000: expected 1..1024"]),
     (["compare", "a", "b", "--runs-dir", "."], ["no complete runs of 'a'"]),
     (["data", "info", "nope"], ["unknown dataset 'nope'"]),
-    (["profile", "resnet19"], ["unknown model 'resnet19'"]),
+    (["cost", "resnet19"], ["unknown model 'resnet19'"]),
+    (["bench", "profile"], ["profile"]),  # `bench trace` since 2026-12-04: the old name is refused, not run
     (["report", "--runs-dir", "nowhere"], ["nowhere"]),
 ]
 

@@ -53,7 +53,7 @@ def test_run_writes_complete_records(tiny_run):
         for name in ("job.yaml", "history.csv", "metrics.json", "predictions.npz", "checkpoint.pt"):
             assert (folder / name).exists(), name
         metrics = json.loads((folder / "metrics.json").read_text())
-        assert set(metrics["test"]) == {"last", "best"} and metrics["profile"]["params"] > 0
+        assert set(metrics["test"]) == {"last", "best"} and metrics["cost"]["params"] > 0
         assert not list(folder.glob(".*.tmp"))
 
 

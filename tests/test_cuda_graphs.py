@@ -20,7 +20,7 @@ from ferbench.data import FerDataset, Split
 from ferbench.engine import train
 from ferbench.engine.graphs import GraphedStep
 from ferbench.models import create_model
-from ferbench.spec import EvalConfig, TrainConfig, condition_hash, cuda_graph_blockers
+from ferbench.spec import EvalConfig, TrainConfig, cuda_graph_blockers
 
 
 class Recorded(GraphedStep):
@@ -100,8 +100,14 @@ def test_the_spec_refuses_what_a_graph_cannot_hold():
 
 
 def test_cuda_graphs_is_not_part_of_a_jobs_identity():
-    base = {"train": {"lr": 0.1}, "eval": {}}
-    assert condition_hash(base) == condition_hash({"train": {"lr": 0.1, "cuda_graphs": True}, "eval": {}})
+    from ferbench.spec import expand, spec_from_dict
+
+    job = expand(spec_from_dict({"name": "g", "datasets": [{"name": "synthfer"}], "models": [{"id": "r", "arch": "resnet18"}]}, "g.yaml"))[0]
+    graphed = job.model_copy(update={"train": job.train.model_copy(update={"schedule": "step", "cuda_graphs": True})})
+    stepped = job.model_copy(update={"train": job.train.model_copy(update={"schedule": "step"})})
+    assert (graphed.id, graphed.condition()) == (stepped.id, stepped.condition())
+    lr = job.model_copy(update={"train": job.train.model_copy(update={"schedule": "step", "lr": 0.5})})
+    assert lr.condition() != stepped.condition() and lr.id != stepped.id  # the hash does see the recipe
 
 
 def test_the_manifest_says_whether_the_step_was_a_graph():

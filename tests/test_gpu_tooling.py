@@ -132,9 +132,9 @@ def test_bench_gpu_takes_the_bare_epochs_out_of_fits_time(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bench_profile_finds_no_per_step_host_syncs():
+def test_bench_trace_finds_no_per_step_host_syncs():
     """A fit epoch reads the device three times (divergence flag, loss sum, correct count), not once per step."""
-    res = CliRunner().invoke(app, ["bench", "profile", "--device", "cpu", "--model", "resnet18=resface-paper",
+    res = CliRunner().invoke(app, ["bench", "trace", "--device", "cpu", "--model", "resnet18=resface-paper",
                                    "--size", "32", "--batch", "4", "--images", "24", "--json"])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.output)["rows"]

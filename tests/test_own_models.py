@@ -49,7 +49,7 @@ def test_an_external_model_runs_reports_and_compares_like_a_built_in(own_package
     outcomes = api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
     assert [o.status for o in outcomes] == ["complete", "complete"]
     metrics = json.loads((tmp_path / "runs" / "own" / outcomes[0].job.id / "metrics.json").read_text())
-    assert metrics["profile"]["params"] == 3 * 4 * 9 + 4 + 4 * 7 + 7  # its own counts, measured
+    assert metrics["cost"]["params"] == 3 * 4 * 9 + 4 + 4 * 7 + 7  # its own counts, measured
     api.report_spec("own", tmp_path / "runs", tmp_path / "reports")
     assert "mylab.tiny:build" in (tmp_path / "reports" / "own" / "report.md").read_text()
     result, _ = api.compare("mine", "r", tmp_path / "runs")

@@ -70,7 +70,7 @@ def test_a_claim_on_another_architecture_is_not_shown_in_the_accuracy_cell(runs,
     api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
     md = (tmp_path / "reports" / "vd" / "report.md").read_text()
     assert "claimed 87.89" not in md and "**no matching run**" in md and "the claim is about resface-r50" in md
-    assert "| method | backbone | dataset | params (M) | GMACs | paper | ours: mean ± std [95 % CI] | Δ | verdict |" in md
+    assert "| method | backbone | dataset | params (M) | GMACs | paper | ours: mean ± std \\[95 % CI\\] | Δ | verdict |" in md
 
 
 def test_exports_parse_back_and_match_the_records(runs, tmp_path):
@@ -104,7 +104,7 @@ def test_rows_follow_the_spec_order_and_mixed_code_versions_are_named(runs, tmp_
     md = (tmp_path / "reports" / "vd" / "report.md").read_text()
     table = md[md.index("## Test accuracy (%), last epoch"):]
     assert table.index("| zeta |") < table.index("| alpha |")  # the spec's order, not the folders' (alpha < zeta)
-    assert "made by 2 code versions" in md and "`0123456789ab`: alpha/s1" in md
+    assert "made by 2 code versions" in md and "| 0123456789ab | alpha/s1 |" in md
 
 
 def test_a_page_made_from_uncommitted_code_says_so(runs, tmp_path):
@@ -115,8 +115,8 @@ def test_a_page_made_from_uncommitted_code_says_so(runs, tmp_path):
         (job / "manifest.json").write_text(json.dumps(manifest))
     api.report_spec("vd", tmp_path / "runs", tmp_path / "reports")
     md = (tmp_path / "reports" / "vd" / "report.md").read_text()
-    assert "**Uncommitted code.**" in md and "`0123456789ab + uncommitted changes`: " in md
-    assert "Mixed code versions" not in md
+    assert "made by code that differs from its commit" in md and "| 0123456789ab + uncommitted changes | " in md
+    assert "code versions (git commit" not in md
 
 
 def test_git_state_names_the_commit_and_edits_to_tracked_files(tmp_path):
@@ -157,7 +157,7 @@ def test_the_index_lists_every_claim_with_its_verdict(runs, tmp_path):
 
 @pytest.mark.slow
 def test_the_fer_vs_ferplus_figure_names_each_side_by_its_key(runs, tmp_path, monkeypatch):
-    from ferbench.report import build_context, figures
+    from ferbench.report import build_context, page
 
     shutil.copytree(runs, tmp_path / "runs")
     job = next((tmp_path / "runs" / "vd").glob("zeta__*s0*"))
@@ -166,7 +166,7 @@ def test_the_fer_vs_ferplus_figure_names_each_side_by_its_key(runs, tmp_path, mo
                                                      "FER-2013 labels": {"fear": 5121}}}  # sorted keys, as written
     (job / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
     seen = {}
-    monkeypatch.setattr(figures, "side_by_side_figure", lambda left, right, ln, rn, title: seen.update(ln=ln, title=title) or b"")
+    monkeypatch.setattr(page, "side_by_side_figure", lambda left, right, ln, rn, title: seen.update(ln=ln, title=title) or b"")
     build_context(tmp_path / "runs" / "vd")
     assert seen["ln"] == "FER-2013 labels" and "fear 5,121 vs 819" in seen["title"] and "non-faces 177" in seen["title"]
 
@@ -178,7 +178,7 @@ def test_latency_is_the_median_over_seeds(runs, tmp_path):
     for seed, ms in (("s0", 9.0), ("s1", 650.0)):
         job = next((tmp_path / "runs" / "vd").glob(f"zeta__*{seed}*"))
         m = json.loads((job / "metrics.json").read_text())
-        m["profile"]["latency_ms_cpu"] = ms
+        m["cost"]["latency_ms_cpu"] = ms
         (job / "metrics.json").write_text(json.dumps(m))
     rows = {g["model"]: g for g in metric_rows(discover(tmp_path / "runs" / "vd"))}
     assert rows["zeta"]["latency_ms"] == pytest.approx(329.5)

@@ -18,8 +18,8 @@
 #   eagerbench: the same bench row without graphs, if time is left (the speed-up, measured in one call).
 #
 # STAGES picks and orders what runs (default "graphbench paper eagerbench", issue 37's call; the table6-gpu
-# page's was "bench table6 compile"; also "profile": `ferbench bench
-# profile`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
+# page's was "bench table6 compile"; also "trace": `ferbench bench
+# trace`, an epoch of each loop under torch.profiler; "batch256": the ResFace-R18 row at batch 256).
 # BENCH_ROUNDS=n repeats the bench stage (rounds 2.. go to bench_gpu_round<k>.json): rows swung 5-10 %
 # between rounds on one machine before the loops alternated epoch by epoch. Only "table6" needs the
 # datasets; they are unpacked for it.
@@ -62,7 +62,7 @@ $PY -c "import torch, ferbench, pydantic; print('torch', torch.__version__, 'cud
 if [ -n "${GPU_DRYRUN:-}" ]; then
   DATA=${FERBENCH_DATA:-../shared/data}
   BENCH=(--device cpu --size 32 --batch 8 --images 16)
-  PROFILE=(--device cpu --size 32 --batch 8 --images 16 --model resnet18=resface-paper)
+  TRACE=(--device cpu --size 32 --batch 8 --images 16 --model resnet18=resface-paper)
   B256=(--device cpu --size 32 --batch 16 --images 32)
   SHRINK=(--device cpu --set 'datasets.*.subset={train: 128, val: 64, test: 64}' --set train.input_size=48 --set train.batch_size=32)
   PAPER=(--device cpu --threads 1 --set 'datasets.*.subset={train: 128, val: 64, test: 64}' --set train.input_size=48
@@ -71,7 +71,7 @@ if [ -n "${GPU_DRYRUN:-}" ]; then
 else
   DATA=/tmp/data
   BENCH=(--device cuda)
-  PROFILE=(--device cuda --images 1600)  # 3,200 did not finish in the 100 s it had on 2026-11-28
+  TRACE=(--device cuda --images 1600)  # 3,200 did not finish in the 100 s it had on 2026-11-28
   B256=(--device cuda --batch 256 --images 12800)
   SHRINK=(--device cuda)
   PAPER=(--device cuda --threads 4)
@@ -107,13 +107,13 @@ stage_bench() {
   done
 }
 
-stage_profile() {
-  echo "== bench profile ($(left) s left)"
-  timeout $(($(left) - 20)) $PY -m ferbench bench profile --json "${PROFILE[@]}" >/tmp/bench_profile.json \
-    && cp /tmp/bench_profile.json "$OUT/bench_profile.json"
+stage_trace() {
+  echo "== bench trace ($(left) s left)"
+  timeout $(($(left) - 20)) $PY -m ferbench bench trace --json "${TRACE[@]}" >/tmp/bench_trace.json \
+    && cp /tmp/bench_trace.json "$OUT/bench_trace.json"
   $PY - <<'EOF' || true
 import json
-for r in json.load(open("/tmp/bench_profile.json"))["rows"]:
+for r in json.load(open("/tmp/bench_trace.json"))["rows"]:
     for loop in ("bare", "fit"):
         p = r[loop]
         print(f"{r['model']:14s} {loop:4s} {p['wall_s']:.2f} s  syncs {p['host_syncs']} {p['host_syncs_by_op']}  "

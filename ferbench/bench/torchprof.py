@@ -1,4 +1,4 @@
-"""`ferbench bench profile`: a training epoch under `torch.profiler`, read for what the harness adds.
+"""`ferbench bench trace`: a training epoch under `torch.profiler`, read for what the harness adds.
 
 For one epoch of `fit` and one epoch of the bare loop (the same pair `ferbench bench gpu` times),
 after a warm-up of each, it counts per step:
@@ -44,7 +44,7 @@ def summarise(prof: profile, wall_s: float, steps: int, cuda: bool) -> dict[str,
     }
 
 
-def profile_epoch(arch: str, recipe: str, device: torch.device, size: int = 224, batch: int = 64,
+def trace_epoch(arch: str, recipe: str, device: torch.device, size: int = 224, batch: int = 64,
                   n_images: int = 3200) -> dict[str, Any]:
     """Profile one `fit` epoch and one bare epoch of `arch` (after a warm-up of each).
 
@@ -57,7 +57,7 @@ def profile_epoch(arch: str, recipe: str, device: torch.device, size: int = 224,
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     try:
         pair.bare_seconds(1), pair.fit_seconds(1)
-        out: dict[str, Any] = {"name": f"profile_{arch}_{size}", "model": arch, "recipe": recipe, "input_size": size,
+        out: dict[str, Any] = {"name": f"trace_{arch}_{size}", "model": arch, "recipe": recipe, "input_size": size,
                                "batch": batch, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
                                "threads": torch.get_num_threads()}
         for name, timed in (("bare", pair.bare_seconds), ("fit", pair.fit_seconds)):

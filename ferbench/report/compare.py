@@ -21,6 +21,7 @@ import numpy as np
 
 from ferbench.errors import FerbenchError
 from ferbench.metrics import bootstrap_mean_ci, mcnemar_exact, paired_permutation_test, per_class_recall
+from ferbench.report.sections import Section, condition_table
 from ferbench.report.tables import metric_rows
 from ferbench.records import RunRecord, discover
 
@@ -92,7 +93,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
         raise FerbenchError(f"compare: no complete runs of {missing!r} under {runs_dir}"
                             + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext, convnext, resnet)"
                             + (f"; {damaged} damaged record(s) were left out: `ferbench report` lists why" if damaged else ""))
-    from ferbench.report import conditions
+    from ferbench.report.page import conditions
 
     out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all)}
     for d in sorted({r.job.dataset.id for r in ra_all} & {r.job.dataset.id for r in rb_all}):
@@ -141,7 +142,7 @@ def compare_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
 def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     """report.md, index.html (self-contained) and an accuracy-vs-GMACs figure under `out`; the
     reports index links it like any report."""
-    from ferbench.report import _env
+    from ferbench.report.render import _env
     from ferbench.report.figures import scatter_figure
     from ferbench.records import write_bytes_atomic, write_text_atomic
     import base64
@@ -149,7 +150,8 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     points = [{"label": f"{v['model']} ({d})", "GMACs": v["gmacs"], "accuracy": 100 * v["accuracy"]}
               for d, r in result["datasets"].items() for v in r["variants"] if v["gmacs"] is not None]
     png = scatter_figure(points, "GMACs", "accuracy", f"{result['a']} vs {result['b']}: test accuracy vs GMACs")
-    ctx = {**result, "figure_md": "compare_acc_vs_gmacs.png",
+    conditions = Section("Conditions", tables=[condition_table(result["conditions"])])
+    ctx = {**result, "sections": [conditions], "figure_md": "compare_acc_vs_gmacs.png",
            "figure_html": "data:image/png;base64," + base64.b64encode(png).decode()}
     md = _env(False).get_template("compare.md.j2").render(**ctx)
     html = _env(True).get_template("compare.html.j2").render(**ctx)
@@ -157,7 +159,7 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     write_text_atomic(out / "verdicts.json", json.dumps(compare_summary(result, out.name), indent=2))
     write_text_atomic(out / "report.md", md)
     write_text_atomic(out / "index.html", html)
-    from ferbench.report import write_index
+    from ferbench.report.render import write_index
 
     if (out.parent / "index.html").exists():  # inside a reports folder: link it from the index
         write_index(out.parent)

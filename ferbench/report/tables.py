@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ferbench.metrics import bootstrap_mean_ci
-from ferbench.records import RunRecord
+from ferbench.records import RunRecord, metrics_cost
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -19,7 +19,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
             continue
         job, m = r.job, r.metrics()
         test = m.get("test", {})
-        prof = m.get("profile", {})
+        prof = metrics_cost(m)
         row: dict[str, Any] = {
             "run": r.id, "model": r.label, "model_id": job.model.id, "arch": job.model.arch, "dataset": job.dataset.id,
             "seed": job.seed, "input_size": job.train.input_size, "epochs": job.train.epochs,
@@ -137,7 +137,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
             continue
         classes = ms[0]["classes"]
         recall = {c: _nanmean([t["per_class_recall"].get(c) for t in tests]) for c in classes}
-        prof = ms[0].get("profile", {})
+        prof = metrics_cost(ms[0])
         from ferbench.published_sizes import size_claim
 
         out.append({
@@ -158,7 +158,7 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
 def _median_latency(metrics: list[dict[str, Any]]) -> float | None:
     """Median over the seeds' batch-1 CPU latencies (each itself a median of 10 forwards): one run's
     figure swings with whatever else the machine was doing."""
-    v = [m.get("profile", {}).get("latency_ms_cpu") for m in metrics]
+    v = [metrics_cost(m).get("latency_ms_cpu") for m in metrics]
     v = [x for x in v if isinstance(x, (int, float))]
     return float(np.median(v)) if v else None
 

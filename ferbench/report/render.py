@@ -1,0 +1,115 @@
+"""Rendering and writing report pages: context -> index.html (self-contained) and report.md (+ figures/).
+
+Everything is rendered in memory first and then written atomically, so a failure leaves no
+half-written report. Both templates render the same `sections` (`sections.describe_run`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import markupsafe
+
+from ferbench.errors import FerbenchError
+from ferbench.records import RunRecord, copy_records, write_bytes_atomic, write_text_atomic
+from ferbench.report.page import build_context, page_summary, spec_folders
+from ferbench.report.tables import fmt_pct
+
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\\": "\\\\", "[": "\\[", "]": "\\]",
+                             "`": "\\`", "*": "\\*", "_": "\\_"})
+
+
+def markdown_text(value: Any) -> Any:
+    """A value as Markdown text: HTML, table pipes and link, image and emphasis syntax in user
+    strings (descriptions, ids, class names, option values) shown as written, never live in a
+    Markdown viewer (no script, no image fetched from elsewhere). Template-made links are `Markup`."""
+    if not isinstance(value, str) or isinstance(value, markupsafe.Markup):
+        return value
+    return value.translate(_MD_ESCAPES)
+
+
+def _env(html: bool) -> jinja2.Environment:
+    """Templates for HTML (autoescaped) or Markdown (every value through `markdown_text`)."""
+    loader = jinja2.FunctionLoader(lambda name: resources.files("ferbench.templates").joinpath(name).read_text("utf-8"))
+    env = jinja2.Environment(loader=loader, autoescape=html, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined, finalize=None if html else markdown_text)
+    env.filters["pct"] = fmt_pct
+    env.filters["signed"] = lambda x: "–" if x is None else f"{100 * x:+.2f}"
+    return env
+
+
+def _b64(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html"),
+                   with_records: bool = False) -> list[Path]:
+    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them;
+    `with_records` also copies the records behind each page (no checkpoints) to <page>/records/."""
+    html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
+    rendered: list[tuple[Path, bytes]] = []
+    copies: list[tuple[Path, Path]] = []  # (spec folder, its page's records/ folder)
+    for folder in spec_folders(target, runs_dir):
+        ctx, figs = build_context(folder)
+        records = ctx.pop("records")
+        dest = out / folder.resolve().name  # `runs/x/..` names its real folder, never `..`
+        if dest.resolve().parent != out.resolve():
+            raise FerbenchError(f"{folder}: a report would be written outside {out}")
+        html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
+        md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
+        summary = page_summary(ctx)
+        # figures first, pages after: a write that fails (a full disk) never leaves a page without its figures
+        rendered += [(dest / "figures" / n, b) for n, b in figs.items()]
+        rendered += _exports(dest, formats, ctx, records, summary["verdicts"])
+        rendered += [(dest / "verdicts.json", json.dumps(summary, indent=2).encode())]
+        rendered += [(dest / name, text.encode()) for name, text, fmt in (("report.md", md, "md"), ("index.html", html, "html"))
+                     if fmt in formats]
+        if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
+            copies.append((folder, dest / "records"))
+    for path, data in rendered:
+        write_bytes_atomic(path, data)
+    for folder, records_dir in copies:
+        copy_records(folder, records_dir)
+    index = write_index(out)
+    return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
+
+
+def _exports(dest: Path, formats: tuple[str, ...], ctx: dict[str, Any], records: list[RunRecord],
+             verdicts: list[dict[str, Any]]) -> list[tuple[Path, bytes]]:
+    from ferbench.report import exports
+
+    out = []
+    if "csv" in formats:
+        out.append((dest / "results.csv", exports.results_csv(records)))
+    if "json" in formats:
+        out.append((dest / "results.json", exports.results_json(records, verdicts)))
+    if "latex" in formats and ctx["tables"]["last"]["rows"]:
+        out.append((dest / "results.tex", exports.latex_table(ctx["tables"], "last", ctx["name"])))
+    return out
+
+
+def _read_summary(page: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((page / "verdicts.json").read_text())
+        return summary if isinstance(summary, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a page rendered before verdicts existed: listed without them
+
+
+def write_index(out: Path) -> Path:
+    """reports/index.html: every report folder under `out`, with its description, datasets, date
+    and every claim's verdict, so a reader sees in one table what holds up."""
+    pages = sorted(p.parent for p in out.glob("*/index.html"))
+    # relative links, the name percent-encoded: a folder named `javascript:...` is a path, never a script
+    items = [{"name": p.name, "href": f"./{quote(p.name)}/index.html", "md": f"./{quote(p.name)}/report.md",
+              **{k: v for k, v in _read_summary(p).items() if k != "name"}} for p in pages]
+    html = _env(True).get_template("index.html.j2").render(pages=items, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_text_atomic(out / "index.html", html)
+    return out / "index.html"
