@@ -138,13 +138,10 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     With `train=False` (`ferbench eval`) nothing trains: a job is evaluated when a finished record
     holds its training (it differs only in evaluation settings) or it has `train.epochs: 0`; any
     other unfinished job is returned as `untrained` and left alone."""
-    import torch
-
     from ferbench.engine import dist
-    from ferbench.launch import cpu_layout, run_local, run_submitit, run_workers, submitit_executor
-    from ferbench.machine import LAYOUT_ENV, check_threads, pick_device
-    from ferbench.records import check_writable, write_spec_snapshot
-    from ferbench.runner import Outcome, dataset_key, prepare
+    from ferbench.machine import check_threads
+    from ferbench.records import check_writable
+    from ferbench.runner import prepare
 
     hooks = hooks or RunHooks()
     runs_dir = Path(runs_dir)
@@ -153,6 +150,24 @@ def run_spec(spec_path: str | Path, profile: str | None = None, overrides: list[
     check_writable(runs_dir)
     datasets = prepare(jobs, data_root)
     ddp = dist.init_from_env()
+    try:
+        return _run_jobs(spec, profile, jobs, datasets, runs_dir, data_root, device, threads, hooks, estimate, train, ddp)
+    finally:
+        if ddp:
+            dist.finish()
+
+
+def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, runs_dir: Path, data_root: str | None,
+              device: str, threads: int | None, hooks: RunHooks, estimate: bool, train: bool, ddp: bool) -> list[Any]:
+    """run_spec's work once the spec is loaded and its data prepared (inside the process group, if any)."""
+    import torch
+
+    from ferbench.engine import dist
+    from ferbench.launch import cpu_layout, run_local, run_submitit, run_workers, submitit_executor
+    from ferbench.machine import LAYOUT_ENV, pick_device
+    from ferbench.records import write_spec_snapshot
+    from ferbench.runner import Outcome, dataset_key
+
     dev = dist.local_device() if ddp and device == "auto" else pick_device(device)
     lc = spec.launcher
     if ddp and (lc.name != "local" or lc.workers > 1):

@@ -289,7 +289,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write index.html, report.md and a figure here (linked from OUT/../index.html if present)"),
 ) -> None:
-    """Two families side by side: accuracy, cost, exact McNemar, bootstrap CI of the difference."""
+    """Two families side by side: is A better than B with the run (seed) as the unit, then image-level statements about these trained models, accuracy and cost."""
     from ferbench import api
 
     try:
@@ -317,10 +317,16 @@ def compare(
             if "note" in p:
                 console.print(f"  {p['a']} vs {p['b']}: {p['note']}", markup=False)
                 continue
+            sl = p["seed_level"]
+            ci = f" [{100 * sl['ci'][0]:+.2f}, {100 * sl['ci'][1]:+.2f}]" if sl["ci"] else ""
+            console.print(f"  runs: {p['a']} - {p['b']}: {100 * sl['mean_diff']:+.2f} points{ci} over {sl['seeds']} paired "
+                          f"seed(s), paired t p={'-' if sl['p_value'] is None else format(sl['p_value'], '.3g')}, "
+                          f"P(a run of A beats one of B)={sl['p_a_beats_b']:.2f}: {sl['reading']}",
+                          markup=False, highlight=False)
             lo, hi = p["acc_diff_ci95"]
             per_seed = "; ".join(f"s{m['seed']} b={m['b']} c={m['c']} p={m['p_value']:.3g}" for m in p["mcnemar_per_seed"])
-            console.print(f"  {p['a']} - {p['b']}: {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] "
-                          f"(test images resampled), paired permutation p={p['paired_test']['p_value']:.3g} over "
+            console.print(f"  these trained models on this test set: {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, "
+                          f"{100 * hi:+.2f}] (test images resampled), paired permutation p={p['paired_test']['p_value']:.3g} over "
                           f"{p['n_images']} images; McNemar per seed: {per_seed}; agreement {100 * p['agreement']:.1f}%",
                           highlight=False)
 
@@ -373,7 +379,8 @@ def cost(
         print(json.dumps(res, indent=2))
         return
     console.print(f"{model} at {input_size}x{input_size}, {num_classes} classes: {res['params'] / 1e6:.2f}M params, "
-                  f"{res['gmacs']:.3f} GMACs ({res['gflops']:.3f} GFLOPs), {res['latency_ms']:.1f} ms CPU latency")
+                  f"{res['gmacs']:.3f} GMACs ({res['gflops']:.3f} GFLOPs), {res['latency_ms']:.1f} ms CPU latency "
+                  f"(IQR {res['latency_iqr_ms']:.2f} ms, torch.utils.benchmark, {res['threads']} thread(s))")
 
 
 

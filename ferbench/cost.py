@@ -9,7 +9,6 @@ theirs here: `affine_grid_generator` 3 MACs per output coordinate, `grid_sampler
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -46,29 +45,29 @@ def count_flops(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     return int(counter.get_total_flops())
 
 
-def latency_ms(model: nn.Module, input_size: int, in_chans: int = 3, repeats: int = 10) -> float:
-    """Median CPU wall time of one batch-1 eval forward, after 2 warm-up runs."""
+def latency(model: nn.Module, input_size: int, in_chans: int = 3, min_run_time: float = 0.5) -> dict[str, float]:
+    """Batch-1 eval forward on the CPU, timed by `torch.utils.benchmark.Timer.blocked_autorange`
+    (warm-up, blocks sized to the timer's resolution, the process's thread count): its median and
+    interquartile range in ms, and how many blocks the spread rests on."""
+    from torch.utils.benchmark import Timer
+
     model.eval()
     x = torch.randn(1, in_chans, input_size, input_size)
-    times = []
     with torch.no_grad():
-        for i in range(repeats + 2):
-            t0 = time.perf_counter()
-            model(x)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * times[len(times) // 2]
+        m = Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads()).blocked_autorange(
+            min_run_time=min_run_time)
+    return {"median_ms": 1000 * m.median, "iqr_ms": 1000 * m.iqr, "blocks": len(m.times)}
 
 
 def model_cost(name: str, input_size: int = 224, num_classes: int = 7, in_chans: int = 3,
-               latency: bool = True, latency_repeats: int = 10, **options: Any) -> dict[str, Any]:
-    """Params, GMACs, GFLOPs and (optionally) the median batch-1 CPU latency of a registered model."""
+               timed: bool = True, min_run_time: float = 0.5, **options: Any) -> dict[str, Any]:
+    """Params, GMACs, GFLOPs and (when `timed`) the batch-1 CPU latency (median, IQR) of a registered model."""
     model = create_model(name, num_classes, input_size, in_chans, **options)
     flops = count_flops(model, input_size, in_chans)
+    lat = latency(model, input_size, in_chans, min_run_time) if timed else None
     return {
         "model": name, "params": count_params(model), "gmacs": flops / 2e9, "gflops": flops / 1e9,
-        "latency_ms": latency_ms(model, input_size, in_chans, latency_repeats) if latency else None,
+        "latency_ms": lat["median_ms"] if lat else None, "latency_iqr_ms": lat["iqr_ms"] if lat else None,
         "input_size": input_size, "num_classes": num_classes, "in_chans": in_chans, "options": options,
         "threads": torch.get_num_threads(),
     }

@@ -197,7 +197,7 @@ def cpu_layout(jobs: list[Job], device: Any, launcher: Any, threads: int | None,
         key = (j.model.arch, repr(sorted(j.model.options.items())), j.train.input_size, j.train.in_chans)
         if key not in costs:
             costs[key] = model_cost(j.model.arch, j.train.input_size, num_classes.get(j.id, 7), j.train.in_chans,
-                                    latency=False, **j.model.options)["gmacs"]
+                                    timed=False, **j.model.options)["gmacs"]
     if max(costs.values()) >= SMALL_MODEL_GMACS:
         return launcher.workers, threads, asked
     workers = min(os.cpu_count() or 1, len(jobs))

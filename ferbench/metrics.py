@@ -149,6 +149,112 @@ def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, 
     return float(ci.low), float(ci.high)
 
 
+def run_predictive(values: np.ndarray, extra_var: float = 0.0, mean_of: int = 1) -> tuple[float, float, int] | None:
+    """(mean, scale, df) of the predictive distribution of one more run (or the mean of `mean_of` more
+    runs), from k >= 2 runs' values.
+
+    The result is modelled as mean + scale * T with T Student-t on k - 1 degrees of freedom and
+    scale = sqrt(s^2 (1/m + 1/k) + extra_var), s the sample std (ddof 1), m = `mean_of`: for m = 1 the
+    classical prediction interval for a new draw from a normal population (the seeds' training
+    randomness). `extra_var` adds test-set sampling (p (1 - p) / n) where a run's test images are not
+    the claim's. None for k < 2.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return None
+    return float(v.mean()), math.sqrt(float(v.var(ddof=1)) * (1 / mean_of + 1 / v.size) + extra_var), int(v.size - 1)
+
+
+def single_run_interval(values: np.ndarray, confidence: float = 0.95, best_of: int = 1,
+                        extra_var: float = 0.0, mean_of: int = 1) -> tuple[float, float] | None:
+    """Central `confidence` interval for one new run of the recipe (or the best of `best_of` runs).
+
+    With (m, c, df) = `run_predictive(values, extra_var)` and q = (1 - confidence) / 2, the interval is
+    m + c * t_df^-1(u) at u = q^(1/b) and (1 - q)^(1/b), b = `best_of`: the max of b independent draws
+    has cdf F^b. For b = 1 it is scipy.stats.t.interval(confidence, df, m, c); for b > 1 it treats the
+    b draws as independent given the observed runs (it ignores that they share the uncertainty in m
+    and c, so it is a little narrow for few seeds). `mean_of` = m: the mean of m new runs instead
+    (a paper that reports the mean of its m seeds). None for fewer than 2 runs.
+
+    >>> lo, hi = single_run_interval(np.array([0.60, 0.62, 0.64]))  # 0.62 -+ t(0.975, 2) 4.3027 * 0.02 * sqrt(4/3)
+    >>> round(lo, 4), round(hi, 4)
+    (0.5206, 0.7194)
+    """
+    from scipy.stats import t
+
+    pred = run_predictive(values, extra_var, mean_of)
+    if pred is None:
+        return None
+    m, c, df = pred
+    q = (1 - confidence) / 2
+    return (m + c * float(t.ppf(q ** (1 / best_of), df)), m + c * float(t.ppf((1 - q) ** (1 / best_of), df)))
+
+
+def probability_run_reaches(values: np.ndarray, claim: float, best_of: int = 1, extra_var: float = 0.0,
+                            mean_of: int = 1) -> float | None:
+    """P(one new run, or the best of `best_of`, scores >= `claim`) under `run_predictive`: 1 - F(claim)^b.
+
+    >>> round(probability_run_reaches(np.array([0.60, 0.62, 0.64]), 0.62), 3)
+    0.5
+    """
+    from scipy.stats import t
+
+    pred = run_predictive(values, extra_var, mean_of)
+    if pred is None:
+        return None
+    m, c, df = pred
+    return 1.0 - float(t.cdf((claim - m) / c, df)) ** best_of if c > 0 else float(m >= claim)
+
+
+def seeds_to_settle(mean: float, std: float, claim: float, confidence: float = 0.95, best_of: int = 1,
+                    extra_var: float = 0.0, most: int = 50, mean_of: int = 1) -> int | None:
+    """The fewest runs k >= 3 whose single-run interval (same mean and std as observed) would exclude
+    `claim`, i.e. would turn the verdict to below/above if the spread holds; None when no k <= `most`
+    does (the claim lies within the recipe's own spread: more seeds would confirm it, not refute it).
+
+    >>> seeds_to_settle(0.87055, 0.00177, 0.8789), seeds_to_settle(0.62, 0.02, 0.63)
+    (4, None)
+    """
+    from scipy.stats import t
+
+    q = 1 - (1 - confidence) / 2
+    for k in range(3, most + 1):
+        c = math.sqrt(std ** 2 * (1 / mean_of + 1 / k) + extra_var)
+        lo, hi = mean + c * float(t.ppf((1 - q) ** (1 / best_of), k - 1)), mean + c * float(t.ppf(q ** (1 / best_of), k - 1))
+        if not lo <= claim <= hi:
+            return k
+    return None
+
+
+def seed_level_difference(acc_a: np.ndarray, acc_b: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Is method A better than method B, with the run (seed) as the unit (Bouthillier et al., "Accounting
+    for Variance in Machine Learning Benchmarks", MLSys 2021).
+
+    `acc_a[i]` and `acc_b[i]` are the two methods' accuracies at seed i (paired: same seed, same test
+    set). Returns the mean difference, its t interval over the k paired seeds (k - 1 df), the paired t
+    test's two-sided p (scipy.stats.ttest_rel; None below 2 seeds or with no spread) and P(A > B): the
+    share of all (run of A, run of B) pairs where A's run is better, ties counted half, the estimator of
+    the probability that a run of A beats a run of B.
+
+    >>> r = seed_level_difference(np.array([0.70, 0.72, 0.71]), np.array([0.69, 0.70, 0.71]))  # wins 1.5 + 3 + 2.5 of 9
+    >>> round(r["mean_diff"], 4), [round(x, 4) for x in r["ci"]], round(r["p_value"], 3), round(r["p_a_beats_b"], 3)
+    (0.01, [-0.0148, 0.0348], 0.225, 0.778)
+    """
+    from scipy.stats import t, ttest_rel
+
+    a, b = np.asarray(acc_a, dtype=float), np.asarray(acc_b, dtype=float)
+    d = a - b
+    k = d.size
+    wins = (a[:, None] > b[None, :]).mean() + 0.5 * (a[:, None] == b[None, :]).mean()
+    out: dict[str, Any] = {"seeds": int(k), "mean_diff": float(d.mean()), "ci": None, "p_value": None,
+                           "p_a_beats_b": float(wins), "test": "paired t test over seeds (scipy.stats.ttest_rel)"}
+    if k >= 2 and d.std(ddof=1) > 0:
+        half = float(t.ppf(1 - (1 - confidence) / 2, k - 1)) * float(d.std(ddof=1)) / math.sqrt(k)
+        out["ci"] = [float(d.mean()) - half, float(d.mean()) + half]
+        out["p_value"] = float(ttest_rel(a, b).pvalue)
+    return out
+
+
 def classification_report(logits: np.ndarray, y_true: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """The metrics stored in metrics.json for one split and one model selection."""
     k = len(classes)

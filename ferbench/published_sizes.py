@@ -40,7 +40,7 @@ def claims_table() -> list[dict[str, Any]]:
 
     rows = []
     for name, opts, k, size, p_claim, g_claim, source in SIZE_CLAIMS:
-        m = model_cost(name, size, k, latency=False, **opts)
+        m = model_cost(name, size, k, timed=False, **opts)
         p = m["params"] / 1e6
         rows.append({
             "model": name, "input_size": size, "num_classes": k, "params_m": p, "claimed_params_m": p_claim,

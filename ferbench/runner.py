@@ -430,10 +430,10 @@ def record(job: Job, job_dir: Path, num_classes: int, arrays: dict[str, np.ndarr
     """Phase 5: predictions and metrics (with the model's cost at the job's input size) on disk."""
     from ferbench.cost import model_cost
 
-    cost = model_cost(job.model.arch, job.train.input_size, num_classes, job.train.in_chans, latency_repeats=5,
-                      **job.model.options)
+    cost = model_cost(job.model.arch, job.train.input_size, num_classes, job.train.in_chans, **job.model.options)
     metrics[COST_FIELD] = {"params": cost["params"], "gmacs": cost["gmacs"], "gflops": cost["gflops"],
-                          "latency_ms_cpu": cost["latency_ms"], "input_size": job.train.input_size}
+                           "latency_ms_cpu": cost["latency_ms"], "latency_iqr_ms_cpu": cost["latency_iqr_ms"],
+                           "input_size": job.train.input_size}
     write_npz_atomic(job_dir / PREDICTIONS_FILE, arrays)
     write_json_atomic(job_dir / METRICS_FILE, metrics)
 

@@ -282,6 +282,10 @@ class ClaimConditions(_Strict):
                                  "carve-val; ferplus: the label mode)")
     extra_data: str | None = Field(None, description="training data beyond the dataset's own training split (e.g. "
                                    "'KDEF' where released weights were pre-trained on it; 'none')")
+    vote_table: str | None = Field(None, description="FER+: the vote table the labels came from (fer2013new.csv, or "
+                                   "label.csv: the official trainer's per-split tables; they disagree on 1,602 images)")
+    test_images: int | None = Field(None, ge=1, description="test images the number was measured on (FER+'s official "
+                                    "export: 3,573; a different count is a different test set)")
 
 
 class Claim(_Strict):

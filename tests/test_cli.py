@@ -134,10 +134,10 @@ def test_data_info_json_on_real_fer2013(real_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_models_and_profile_json(tmp_path):
-    r = ferbench("profile", "resnet18", "--num-classes", "1000", "--json", cwd=tmp_path)
+def test_models_and_cost_json(tmp_path):
+    r = ferbench("cost", "resnet18", "--num-classes", "1000", "--json", cwd=tmp_path)
     p = json.loads(r.stdout)
-    assert set(p) >= {"params", "gmacs", "gflops", "latency_ms", "input_size", "num_classes"}
+    assert set(p) >= {"params", "gmacs", "gflops", "latency_ms", "latency_iqr_ms", "input_size", "num_classes"}
     assert p["gflops"] == pytest.approx(2 * p["gmacs"]) and abs(p["gmacs"] - 1.82) < 0.02
 
 

@@ -262,7 +262,7 @@ def test_released_weights_verdict_end_to_end(tmp_path):
     v = claim_verdicts(claims, records)
     assert [x["kind"] for x in v] == [RELEASED] * 3
     assert [x["verdict"] for x in v] == ["reproduced", "below", "not comparable"]
-    assert v[0]["ci"] == (acc, acc) and "every test image is exact here" in v[0]["why"] and v[0]["caveats"] == []
+    assert v[0]["interval"] == (acc, acc) and "every test image is exact here" in v[0]["why"] and v[0]["caveats"] == []
     assert v[2]["differs"] == ["input size: paper 64 vs run 48"]
 
 
@@ -300,8 +300,8 @@ def test_index_shows_each_verdicts_kind_and_reads_pages_without_one(tmp_path):
 
     from ferbench.report import write_index
 
-    v = {"model": "m", "arch": "a", "dataset": "d", "claim": 0.66, "mean": 0.6546, "ci": [0.651, 0.658], "diff": -0.0054,
-         "verdict": "reproduced", "why": "w", "differs": [], "paper_rule": None}
+    v = {"model": "m", "arch": "a", "dataset": "d", "claim": 0.66, "mean": 0.6546, "interval": [0.651, 0.658],
+         "diff": -0.0054, "verdict": "reproduced", "why": "w", "differs": []}
     for name, extra in (("old", {}), ("new", {"kind": "released weights re-evaluated"})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "index.html").write_text("<html></html>")

@@ -26,7 +26,8 @@ def is_main() -> bool:
 
 
 def init_from_env() -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns whether we did."""
+    """Join the process group torchrun describes (WORLD_SIZE > 1); returns whether we did. Pair it
+    with `finish()`: a rank that exits while its group is live aborts in gloo's threads."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -74,3 +75,12 @@ def sharded(fn: Callable[[np.ndarray], np.ndarray], items: np.ndarray) -> np.nda
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+def finish() -> None:
+    """Leave the process group once every rank is done. Without it a rank > 0, which returns as soon
+    as its share of the last job is computed, exits while rank 0 still writes records, and gloo's
+    live threads abort the process ("terminate called without an active exception", exit -6)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -2,8 +2,10 @@
 
 Pairs are runs of A and B from the same spec (so under one experiment's conditions: a 48x48 CPU
 run is never paired with a 224x224 GPU run) on the same dataset and seed whose test labels are
-identical. The statistics use the saved per-sample test predictions (last-epoch model), and their
-unit is the test image: seeds are repeated measurements of the same images, not more images.
+identical. "Is method A better than method B" is answered with the run (seed) as the unit
+(`metrics.seed_level_difference`): the mean difference over paired seeds with its t interval, a
+paired t test, and P(a run of A beats a run of B). Beside it, statements about these trained
+models on this test set, whose unit is the test image:
 - per seed, an exact McNemar test (that seed's images are independent);
 - across seeds, a paired permutation test (sign flips of each image's mean difference over the
   seeds) and a percentile-bootstrap 95 % CI of the accuracy difference that resamples test images,
@@ -20,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from ferbench.errors import FerbenchError
-from ferbench.metrics import bootstrap_mean_ci, mcnemar_exact, paired_permutation_test, per_class_recall
-from ferbench.report.sections import Section, condition_table
+from ferbench.metrics import (bootstrap_mean_ci, mcnemar_exact, paired_permutation_test, per_class_recall,
+                              seed_level_difference)
+from ferbench.report.sections import (Section, Table, condition_table, environment_sections, latency_cell,
+                                      provenance_sections, signed, small, text)
+from ferbench.report.tables import fmt_pct
 from ferbench.report.tables import metric_rows
 from ferbench.records import RunRecord, discover
 
@@ -64,6 +69,7 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
     rd = per_class_recall(y, a, k) - per_class_recall(y, b, k)
     return {
         "seeds": seeds, "n_images": int(A.shape[1]), "acc_diff": float(A.mean() - B.mean()),
+        "seed_level": seed_level_difference(A.mean(1), B.mean(1)),
         "acc_diff_ci95": list(bootstrap_mean_ci(diffs, reps)),
         "ci_resamples": f"test images, each image's {len(seeds)} seed(s) kept together ({reps} percentile-bootstrap replicates)",
         "paired_test": {"method": "paired permutation test, sign flips of each test image's mean difference over the seeds",
@@ -95,7 +101,11 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
                             + (f"; {damaged} damaged record(s) were left out: `ferbench report` lists why" if damaged else ""))
     from ferbench.report.page import conditions
 
-    out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all)}
+    from ferbench.report.page import code_versions, environments
+
+    out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all),
+                           "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "code_versions": code_versions(ra_all + rb_all), "environments": environments(ra_all + rb_all)}
     for d in sorted({r.job.dataset.id for r in ra_all} & {r.job.dataset.id for r in rb_all}):
         rows = {g["model"]: g for g in metric_rows([r for r in ra_all + rb_all if r.job.dataset.id == d])}
         variants, recs_of = [], {}  # recs_of[side, model id]: that variant's records on d
@@ -108,7 +118,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
                 variants.append({"side": side, "side_name": a if side == "A" else b, "spec": ", ".join(specs),
                                  "model": mid, "n": g["n"], "accuracy": g["accuracy"],
                                  "balanced_accuracy": g["balanced_accuracy"], "macro_f1": g["macro_f1"],
-                                 "params": g["params"], "gmacs": g["gmacs"], "latency_ms": g["latency_ms"],
+                                 "params": g["params"], "gmacs": g["gmacs"], "latency_ms": g["latency_ms"], "latency_iqr_ms": g["latency_iqr_ms"],
                                  "input_size": g["input_size"], "classes": g["classes"]})
         pairs = []
         for va in [v for v in variants if v["side"] == "A"]:
@@ -117,6 +127,8 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
                 if {r.job.spec for r in recs_a} != {r.job.spec for r in recs_b}:
                     continue  # different experiments: listed side by side above, never paired
                 st = paired_stats(recs_a, recs_b, va["classes"])
+                if st:
+                    st["seed_level"]["reading"] = run_level_reading(st["seed_level"], va["model"], vb["model"])
                 pairs.append({"a": va["model"], "b": vb["model"], **(st or {"note": "nothing to pair: no common seed with identical test labels"})})
         out["datasets"][d] = {"variants": variants, "pairs": pairs}
     if not out["datasets"]:
@@ -130,13 +142,81 @@ def compare_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
     lines = []
     for d, r in result["datasets"].items():
         for p in r["pairs"][:1]:
-            if "acc_diff" in p:
-                lo, hi = p["acc_diff_ci95"]
-                lines.append(f"{d}: {p['a']} - {p['b']} {100 * p['acc_diff']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}], "
-                             f"paired permutation p = {p['paired_test']['p_value']:.2g} over {p['n_images']:,} test images")
+            if "seed_level" in p:
+                sl = p["seed_level"]
+                ci = f" [{100 * sl['ci'][0]:+.2f}, {100 * sl['ci'][1]:+.2f}]" if sl["ci"] else ""
+                lines.append(f"{d}: {p['a']} - {p['b']} {100 * sl['mean_diff']:+.2f} points{ci} over {sl['seeds']} paired "
+                             f"seed(s), P(a run of {p['a']} beats one of {p['b']}) = {sl['p_a_beats_b']:.2f}: "
+                             + sl["reading"])
     return {"name": name, "description": f"Paired comparison, {result['a']} vs {result['b']}. " + "; ".join(lines) + ".",
             "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datasets": sorted(result["datasets"]),
             "verdicts": []}
+
+
+def run_level_reading(sl: dict[str, Any], a: str, b: str) -> str:
+    """One line: what the seed-level result says about A against B."""
+    if sl["ci"] is None:
+        return f"{sl['seeds']} paired seed(s): too few (or no spread) for a statement about runs of the methods"
+    lo, hi = sl["ci"]
+    if lo > 0 or hi < 0:
+        better, worse = (a, b) if lo > 0 else (b, a)
+        return f"runs of {better} beat runs of {worse}: the 95 % interval of the mean difference over seeds excludes 0"
+    return f"no difference shown between runs of the methods at {sl['seeds']} seeds (the interval includes 0)"
+
+
+def compare_sections(result: dict[str, Any]) -> list[Section]:
+    """A compare page's sections: the answer (the run as the unit) first, then each dataset's variants
+    and the image-level statements about these trained models, conditions and environments."""
+    a, b = result["a"], result["b"]
+    answer, image, recall = [], [], []
+    for d, r in result["datasets"].items():
+        for p in r["pairs"]:
+            if "note" in p:
+                answer.append([text(d), text(p["a"]), text(p["b"]), text("–"), text(p["note"]), *[text("")] * 4])
+                continue
+            sl = p["seed_level"]
+            answer.append([text(d), text(p["a"]), text(p["b"]), text(sl["seeds"]), text(("b", signed(sl["mean_diff"]))),
+                           text(f"[{signed(sl['ci'][0])}, {signed(sl['ci'][1])}]" if sl["ci"] else "–"),
+                           text("–" if sl["p_value"] is None else f"{sl['p_value']:.3g}"), text(f"{sl['p_a_beats_b']:.2f}"),
+                           text(sl["reading"])])
+            pt = p["paired_test"]
+            image.append([text(d), text(p["a"]), text(p["b"]), text(", ".join(map(str, p["seeds"]))), text(p["n_images"]),
+                          text(signed(p["acc_diff"])), text(f"[{signed(p['acc_diff_ci95'][0])}, {signed(p['acc_diff_ci95'][1])}]"),
+                          text(f"{pt['p_value']:.3g}" + ("" if pt["exact"] else f" ({pt['resamples']} sign flips)")),
+                          text("; ".join(f"s{m['seed']}: {m['b']} / {m['c']}, {m['p_value']:.3g}" for m in p["mcnemar_per_seed"])),
+                          text(fmt_pct(p["agreement"], 1))])
+            recall.append([text(d), text(f"{p['a']} − {p['b']}"),
+                           text(", ".join(f"{c} {signed(v)}" for c, v in p["recall_diff"].items()))])
+    out = [*provenance_sections(result), Section(
+        f"Is {a} better than {b}? The run as the unit",
+        "A paper and a reproduction share the test images; what separates two methods is how their runs vary. Per "
+        "paired seed, the accuracy difference (points); its mean over seeds with a 95 % t interval, a paired t test "
+        "over seeds (scipy.stats.ttest_rel), and P(run of A beats run of B): the share of all pairs of runs in which "
+        "A's run is better, ties counted half (Bouthillier et al., MLSys 2021).",
+        tables=[Table(["dataset", "A", "B", "paired seeds", "mean Δ", "95 % CI (seeds)", "paired t p", "P(A run > B run)",
+                       "reading"], answer)])]
+    for d, r in result["datasets"].items():
+        rows = [[text(f"{v['side']}: {v['side_name']}"), text(v["spec"]), text(v["model"]), text(v["n"]),
+                 text(fmt_pct(v["accuracy"])), text(fmt_pct(v["balanced_accuracy"])), text(fmt_pct(v["macro_f1"])),
+                 text(f"{v['params'] / 1e6:.2f}" if v["params"] else "–"),
+                 text("–" if v["gmacs"] is None else f"{v['gmacs']:.3f}", small(f" @{v['input_size']}")),
+                 latency_cell(v)] for v in r["variants"]]
+        out.append(Section(f"{d}: the variants", tables=[Table(
+            ["side", "spec", "model", "seeds", "accuracy", "balanced acc.", "macro-F1", "params (M)", "GMACs",
+             "CPU latency (ms)"], rows)]))
+    if image:
+        out.append(Section(
+            "These trained models on this test set (unit: the test image)",
+            "A statement about the particular trained models, not about the methods: Δ = accuracy(A) − accuracy(B) "
+            "averaged over the paired seeds; the CI is a percentile bootstrap that resamples test images (each image's "
+            "seeds kept together), the p-value a paired permutation test that flips the sign of each image's mean "
+            "difference, and McNemar's exact test is given per seed (b / c: images only A / only B got right).",
+            tables=[Table(["dataset", "A", "B", "paired seeds", "test images", "Δ accuracy", "95 % CI (images)",
+                           "permutation p", "McNemar per seed (b / c, exact p)", "agreement"], image),
+                    Table(["dataset", "per-class recall difference (points)", "classes"], recall)]))
+    out.append(Section("Conditions", "The runs compared here were made under these conditions; they may differ from "
+                       "the papers'.", box="note", tables=[condition_table(result["conditions"])]))
+    return out + environment_sections(result["environments"])
 
 
 def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
@@ -150,8 +230,7 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     points = [{"label": f"{v['model']} ({d})", "GMACs": v["gmacs"], "accuracy": 100 * v["accuracy"]}
               for d, r in result["datasets"].items() for v in r["variants"] if v["gmacs"] is not None]
     png = scatter_figure(points, "GMACs", "accuracy", f"{result['a']} vs {result['b']}: test accuracy vs GMACs")
-    conditions = Section("Conditions", tables=[condition_table(result["conditions"])])
-    ctx = {**result, "sections": [conditions], "figure_md": "compare_acc_vs_gmacs.png",
+    ctx = {**result, "sections": compare_sections(result), "figure_md": "compare_acc_vs_gmacs.png",
            "figure_html": "data:image/png;base64," + base64.b64encode(png).decode()}
     md = _env(False).get_template("compare.md.j2").render(**ctx)
     html = _env(True).get_template("compare.html.j2").render(**ctx)

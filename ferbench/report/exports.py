@@ -13,7 +13,7 @@ from ferbench.records import RunRecord
 from ferbench.report.tables import runs_frame
 
 FORMATS = ("md", "html", "csv", "json", "latex")
-TIDY_COLUMNS = ["spec", "model", "arch", "dataset", "seed", "selection", "accuracy", "balanced_accuracy", "macro_f1",
+TIDY_COLUMNS = ["spec", "model", "arch", "dataset", "fold", "seed", "selection", "accuracy", "balanced_accuracy", "macro_f1",
                 "params", "gmacs", "input_size", "epochs", "condition", "run"]
 
 
@@ -35,13 +35,14 @@ def tidy_results(records: list[RunRecord]) -> pd.DataFrame:
         return pd.DataFrame(columns=TIDY_COLUMNS)
     spec = {r.id: r.job.spec for r in records}
     condition = {r.id: r.condition for r in records}
+    fold = {r.id: r.job.fold for r in records}  # the cross-validation fold a row tests on (empty without folds)
     rows = []
     for _, row in df.iterrows():
         for which, selection in (("last", "last"), ("best", "best-val")):
             if f"acc_{which}" not in row or pd.isna(row[f"acc_{which}"]):
                 continue
             rows.append({"spec": spec[row.run], "model": row.model, "arch": row.arch, "dataset": row.dataset,
-                         "seed": row.seed, "selection": selection, "accuracy": row[f"acc_{which}"],
+                         "fold": fold[row.run], "seed": row.seed, "selection": selection, "accuracy": row[f"acc_{which}"],
                          "balanced_accuracy": row[f"bacc_{which}"], "macro_f1": row[f"f1_{which}"],
                          "params": row.params, "gmacs": row.gmacs, "input_size": row.input_size, "epochs": row.epochs,
                          "condition": condition[row.run], "run": row.run})
@@ -71,14 +72,18 @@ def latex_table(tables: dict[str, Any], which: str, name: str) -> bytes:
     cells = {}
     for row in t["rows"]:
         cells[row["model"]] = {d: _latex_cell(row["cells"][d]) for d in t["datasets"]}
+    majority = t.get("majority") or {}
+    cells["majority class (test)"] = {d: "--" if majority.get(d) is None else f"{100 * majority[d]:.2f}" for d in t["datasets"]}
+    claimed = any(c and c["claim"] is not None for row in t["rows"] for c in row["cells"].values())
     frame = pd.DataFrame.from_dict(cells, orient="index", columns=t["datasets"])
     frame.index.name = "model"
     buf = io.StringIO()
     # names (model ids, dataset ids) escaped; the cells hold only numbers and the macros written here
     styler = frame.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     selection = "last epoch" if which == "last" else "best validation epoch"
-    caption = (f"{latex_escape(name)}: test accuracy (\\%), {selection}, mean $\\pm$ std over n seeds; "
-               "paper = the claimed value, $\\Delta$ = reproduced $-$ claimed (ferbench)")
+    caption = (f"{latex_escape(name)}: test accuracy (\\%), {selection}, mean $\\pm$ std over n seeds"
+               + ("; paper = the claimed value, $\\Delta$ = reproduced $-$ claimed" if claimed else "")
+               + "; last row: always predicting the most frequent test class (ferbench)")
     styler.to_latex(buf, hrules=True, caption=caption, position_float="centering")
     return buf.getvalue().encode()
 

@@ -22,7 +22,7 @@ from ferbench.records import SPEC_FILE, RunRecord, discover
 from ferbench.report.figures import (class_distribution_figure, confusion_figure, curves_figure,
                                       label_distribution_figure, side_by_side_figure)
 from ferbench.report.sections import describe_run
-from ferbench.report.tables import accuracy_table, cross_table, fold_table, metric_rows
+from ferbench.report.tables import accuracy_table, cross_table, fold_table, majority_rate, metric_rows
 from ferbench.report.verdicts import claim_verdicts
 
 
@@ -42,6 +42,8 @@ def spec_folders(target: str | None, runs_dir: Path) -> list[Path]:
     p = Path(target)
     if p.is_dir() and any(p.glob("*/job.yaml")):
         return [p]
+    if p.is_dir() and any(p.glob("*/*/job.yaml")):  # a runs folder, e.g. a page's published records/
+        return sorted(q for q in p.iterdir() if q.is_dir() and any(q.glob("*/job.yaml")))
     q = runs_dir / target
     if q.is_dir() and any(q.glob("*/job.yaml")):
         return [q]
@@ -131,9 +133,11 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     records.sort(key=lambda r: order.get(r.job.model.id, len(order)))
     figs: dict[str, bytes] = {}
     tables = {}
+    complete = [r for r in records if r.complete]
+    majority = {d: majority_rate([r for r in complete if r.job.dataset.id == d]) for d in dict.fromkeys(r.job.dataset.id for r in complete)}
     for which in ("last", "best"):
         datasets, rows = accuracy_table(records, claims, which)
-        tables[which] = {"datasets": datasets, "rows": rows}
+        tables[which] = {"datasets": datasets, "rows": rows, "majority": majority}
     folds = {which: fold_table(records, which) for which in ("last", "best")}
     groups = metric_rows(records, "last")
     for g in groups:
@@ -175,14 +179,11 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             curve_figs.append({"dataset": d, "figure": name})
     problems = unreadable + [{"run": r.id, "status": r.status, "reason": r.manifest.get("failure", "no complete manifest (interrupted or still running)")}
                              for r in records if not r.complete]
-    envs = []
-    for r in records:
-        e = r.manifest.get("environment")
-        if e and e not in envs:
-            envs.append(e)
+    envs = environments(records)
     ctx = {
         "name": folder.name, "description": spec.get("description", ""), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_runs": len(records), "n_complete": sum(r.complete for r in records), "tables": tables, "groups": groups,
+        "majority": majority,
         "data_figs": data_figs, "curve_figs": curve_figs, "problems": problems, "conditions": conditions(records),
         "environments": envs, "claims": claims, "verdicts": claim_verdicts(claims, records),
         "code_versions": code_versions(records), "records": records,
@@ -190,6 +191,16 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     }
     ctx["sections"] = describe_run(ctx)
     return ctx, figs
+
+
+def environments(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """The distinct manifest environments of the records, in record order."""
+    envs: list[dict[str, Any]] = []
+    for r in records:
+        e = r.manifest.get("environment")
+        if e and e not in envs:
+            envs.append(e)
+    return envs
 
 
 def code_version(environment: dict[str, Any]) -> str:
@@ -247,6 +258,7 @@ def page_summary(ctx: dict[str, Any]) -> dict[str, Any]:
     datasets = sorted({c["dataset"] for c in ctx["conditions"]})
     return {"name": ctx["name"], "description": ctx["description"], "generated": ctx["generated"], "datasets": datasets,
             "runs": ctx["n_runs"], "complete": ctx["n_complete"],
-            "verdicts": [{k: v.get(k) for k in ("model", "arch", "dataset", "claim", "mean", "ci", "diff", "verdict", "why",
-                                                "differs", "paper_rule", "kind", "label")}
+            "verdicts": [{k: v.get(k) for k in ("model", "arch", "dataset", "claim", "mean", "std", "n", "interval", "diff",
+                                                "verdict", "why", "differs", "kind", "label", "basis", "method",
+                                                "p_reach", "seeds_needed")}
                          for v in ctx["verdicts"]]}

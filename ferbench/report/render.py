@@ -59,9 +59,7 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
     for folder in spec_folders(target, runs_dir):
         ctx, figs = build_context(folder)
         records = ctx.pop("records")
-        dest = out / folder.resolve().name  # `runs/x/..` names its real folder, never `..`
-        if dest.resolve().parent != out.resolve():
-            raise FerbenchError(f"{folder}: a report would be written outside {out}")
+        dest = page_folder(folder, out)
         html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
         md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
         summary = page_summary(ctx)
@@ -79,6 +77,24 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
         copy_records(folder, records_dir)
     index = write_index(out)
     return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
+
+
+LOCAL_SUFFIX = "-local"
+
+
+def page_folder(folder: Path, out: Path) -> Path:
+    """Where the page of spec folder `folder` goes: out/<name>, unless that page is published with its
+    records (out/<name>/records/) and `folder` is not those records: then out/<name>-local, so a
+    published page always rests on the records beside it (the README's quickstart run, repeated in a
+    clone, renders to reports/quickstart-local/ and leaves reports/quickstart/ as published)."""
+    name = folder.resolve().name  # `runs/x/..` names its real folder, never `..`
+    dest = out / name
+    published = dest / "records" / name
+    if published.is_dir() and published.resolve() != folder.resolve():
+        dest = out / f"{name}{LOCAL_SUFFIX}"
+    if dest.resolve().parent != out.resolve():
+        raise FerbenchError(f"{folder}: a report would be written outside {out}")
+    return dest
 
 
 def _exports(dest: Path, formats: tuple[str, ...], ctx: dict[str, Any], records: list[RunRecord],

@@ -58,6 +58,36 @@ def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int 
     return bootstrap_mean_ci(np.stack(rows).astype(float), reps, seed=seed)  # (seeds, N): images resampled
 
 
+def seed_values(recs: list[RunRecord], which: str) -> tuple[np.ndarray, int]:
+    """One accuracy per seed (a seed's folds pooled: correct over tested images) and the images a seed
+    is tested on. `which` is last, best (validation-selected) or best-test (each fold's best per-epoch
+    test accuracy, history.csv's test_acc; NaN where it was not recorded)."""
+    per_seed: dict[int, list[tuple[float, int]]] = {}
+    for r in recs:
+        res = r.metrics()["test"]["last" if which == "best-test" else which]
+        n = int(np.asarray(res["confusion"]).sum())
+        if which == "best-test":
+            acc = max((row["test_acc"] for row in r.history() if isinstance(row.get("test_acc"), (int, float))), default=np.nan)
+        else:
+            acc = res["accuracy"]
+        per_seed.setdefault(r.job.seed, []).append((acc, n))
+    values = np.array([sum(a * n for a, n in v) / sum(n for _, n in v) for _, v in sorted(per_seed.items())])
+    return values, sum(n for _, n in next(iter(per_seed.values())))
+
+
+def majority_rate(records: list[RunRecord]) -> float | None:
+    """The test accuracy of always predicting the most frequent test class (one seed's test images, its
+    folds joined): the floor every accuracy on the page is read against."""
+    if not records:
+        return None
+    first = min(r.job.seed for r in records)
+    labels = [r.predictions().get("test.labels") for r in records if r.job.seed == first]
+    if any(lab is None for lab in labels):
+        return None
+    y = np.concatenate(labels)
+    return float(np.bincount(y).max() / y.size) if y.size else None
+
+
 def fold_table(records: list[RunRecord], which: str = "last") -> list[dict[str, Any]]:
     """Per (model, dataset) run under several cross-validation folds: each fold's test accuracy (mean
     over seeds), and the mean and sample std over folds, as CK+ papers report them."""
@@ -108,14 +138,14 @@ def accuracy_table(
             if sub.empty:
                 cells[d] = None
                 continue
-            accs = sub[f"acc_{which}"].to_numpy(float)
             recs = [r for r in records if r.id in set(sub["run"])]
+            values, _ = seed_values(recs, which)  # one per seed, a seed's folds pooled: what the CI resamples too
             ci = pooled_ci(recs, which)
             claim = next((c for c in claims if c.get("metric", "accuracy") == "accuracy"
                           and claim_matches(c, sub["model_id"].iloc[0], sub["arch"].iloc[0], d)), None)
-            mean = float(accs.mean())
+            mean = float(values.mean())
             cells[d] = {
-                "mean": mean, "std": seed_std(accs), "n": int(accs.size),
+                "mean": mean, "std": seed_std(values), "n": int(values.size), "folds": len({r.job.fold for r in recs}),
                 "ci": ci, "claim": claim["value"] / 100 if claim else None, "source": claim["source"] if claim else None,
                 "diff": (mean - claim["value"] / 100) if claim else None,
             }
@@ -149,18 +179,21 @@ def metric_rows(records: list[RunRecord], which: str = "last") -> list[dict[str,
             "ece": float(np.mean([t["ece"] for t in tests])),
             "recall": recall, "classes": classes,
             "confusion": np.sum([np.array(t["confusion"]) for t in tests], axis=0),
-            "params": prof.get("params"), "gmacs": prof.get("gmacs"), "latency_ms": _median_latency(ms),
+            "params": prof.get("params"), "gmacs": prof.get("gmacs"), **dict(zip(("latency_ms", "latency_iqr_ms"), _latency(ms))),
             "input_size": prof.get("input_size"), "records": recs,
         })
     return out
 
 
-def _median_latency(metrics: list[dict[str, Any]]) -> float | None:
-    """Median over the seeds' batch-1 CPU latencies (each itself a median of 10 forwards): one run's
-    figure swings with whatever else the machine was doing."""
-    v = [metrics_cost(m).get("latency_ms_cpu") for m in metrics]
-    v = [x for x in v if isinstance(x, (int, float))]
-    return float(np.median(v)) if v else None
+def _latency(metrics: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(median, IQR) in ms of the batch-1 CPU latency: the median over the seeds' medians, and the
+    median of their interquartile ranges (`cost.latency`, torch.utils.benchmark). Records made before
+    the spread was recorded (2026-12-04) give (None, None): a number without its spread is left out."""
+    pairs = [(c.get("latency_ms_cpu"), c.get("latency_iqr_ms_cpu")) for c in map(metrics_cost, metrics)]
+    pairs = [(m, q) for m, q in pairs if isinstance(m, (int, float)) and isinstance(q, (int, float))]
+    if not pairs:
+        return None, None
+    return float(np.median([m for m, _ in pairs])), float(np.median([q for _, q in pairs]))
 
 
 def _nanmean(xs: list[float | None]) -> float | None:

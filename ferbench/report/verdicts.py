@@ -4,14 +4,18 @@ A claim (spec `claims[]`) is matched to the runs of its model id on its dataset 
 the claim's; runs of another architecture never count (the page says why none matched). For each
 experiment that matches (one condition hash) the verdict is
 
-- `not comparable` when a condition the claim states (input size, colour, epochs, pretraining,
-  labels, data) differs from the runs' records, listed as `paper X vs run Y`;
-- otherwise `reproduced` when the claim lies inside the 95 % CI of the reproduction's seed-mean
-  accuracy (a bootstrap over test images, each image's seeds kept together), or `below` / `above`
-  when the CI lies entirely below / above the claim, with the distance.
-
-The selection rule and the number of seeds are reported beside the verdict (a paper that selects on
-the test set or shows the best of several runs is biased upward) but do not block it.
+- `not comparable` when a condition the claim states (input size, colour, epochs, pretraining kind,
+  labels, data, protocol) differs from the runs' records, listed as `paper X vs run Y`;
+- otherwise decided by where the claim lies among single runs of the recipe. A paper's number and
+  a reproduction are measured on the same test images, so what separates them is training
+  randomness (seed, data order, augmentation, hardware): the unit is the run. The interval is a 95 %
+  prediction interval for one run from the seeds (`metrics.single_run_interval`), taken at the
+  paper's selection rule where the records allow it (its best test epoch from the per-epoch test
+  accuracies; the best of its `seeds` runs as the maximum of that many draws). `reproduced`: the
+  claim lies inside it; `below` / `above`: outside; `inconclusive`: fewer than 3 seeds with the
+  claim inside their interval, or one run's interval so wide (over ±5 points) that no claim inside
+  it is confirmed or refuted. The row also gives P(a run of the recipe reaches the claim) and, when
+  inconclusive, how many seeds would settle it.
 
 Each verdict says what kind of check it is. *Retrained*: runs trained by ferbench, as above.
 *Released weights re-evaluated*: a run with `train.epochs: 0` and `weights:` evaluates the authors'
@@ -23,6 +27,7 @@ the test images whose pixels are known to be approximate in the data used here (
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -30,28 +35,63 @@ import pandas as pd
 
 from ferbench.hub import weights_label
 from ferbench.records import RunRecord
-from ferbench.report.tables import claim_matches, pooled_ci, runs_frame, seed_std
+from ferbench.metrics import probability_run_reaches, seeds_to_settle, single_run_interval
+from ferbench.report.tables import claim_matches, runs_frame, seed_std, seed_values
 
-BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data", "protocol", "extra_data")
-RELEASED_BLOCKING = ("input_size", "in_chans", "data", "protocol")  # how the authors trained is not ours to match
+BLOCKING = ("input_size", "in_chans", "epochs", "pretraining", "labels", "data", "protocol", "extra_data", "vote_table",
+            "test_images")
+RELEASED_BLOCKING = ("input_size", "in_chans", "data", "protocol", "test_images")  # how the authors trained is theirs
 RELEASED, RETRAINED = "released weights re-evaluated", "retrained"
 LABELS_OF_LOSS = {"ce": "hard", "ldl": "distribution", "sampled": "distribution", "multi_target": "distribution"}
 COLUMN_OF_SELECTION = {"last": "last", "best-val": "best", None: "last"}
 
 
 def run_conditions(rec: RunRecord, n_seeds: int, which: str) -> dict[str, Any]:
-    """The claim-comparable conditions of one experiment, read from a run's job record."""
+    """The claim-comparable conditions of one experiment, read from a run's job record and manifest."""
     j = rec.job
     t = j.train
-    subset = j.dataset.subset_sizes()
+    notes = rec.manifest.get("data_notes") or {}
+    test = rec.metrics().get("test", {}).get("last") or {}
     return {
         "input_size": t.input_size, "in_chans": t.in_chans, "epochs": t.epochs,
         "pretraining": weights_label(j.model.weights) if j.model.weights else "none",
-        "labels": LABELS_OF_LOSS.get(t.loss, t.loss),
-        "data": "full" if not subset else "subset (" + ", ".join(f"{k} {v}" for k, v in subset.items()) + ")",
+        "labels": LABELS_OF_LOSS.get(t.loss, t.loss), "data": data_condition(j.dataset.subset_sizes(), notes, j.dataset.options),
         "selection": "last" if which == "last" else "best-val", "seeds": n_seeds,
         "protocol": dataset_protocol(j.dataset.name, j.dataset.options), "extra_data": "none", "kind": run_kind(rec),
+        "vote_table": notes.get("votes"), "test_images": int(np.asarray(test["confusion"]).sum()) if test else None,
     }
+
+
+def data_condition(subset: dict[str, Any], notes: dict[str, Any], options: dict[str, Any]) -> str:
+    """`full` (the dataset's standard training split, all of it), or what the run trained on instead: a
+    subset, or the training split less a validation split carved out of it (RAF-DB, AffectNet, folder
+    trees without a val split, FER-2013's carve-val protocol)."""
+    if subset:
+        return "subset (" + ", ".join(f"{k} {v}" for k, v in subset.items()) + ")"
+    if "val_rule" in notes or options.get("protocol") == "carve-val":
+        return "training split less a validation split carved from it"
+    return "full"
+
+
+PRETRAINING_KINDS = (("22k", "imagenet-22k"), ("21k", "imagenet-22k"), ("in1k", "imagenet-1k"), ("imagenet", "imagenet-1k"))
+
+
+def pretraining_kind(label: str) -> str:
+    """What a model started from, by kind: none, imagenet-1k, imagenet-22k, a file (.pt/.pth/.safetensors/
+    .hdf5), or another dataset by name (`KDEF`). timm tags name the kind (`convnext_tiny.fb_in22k`).
+
+    >>> [pretraining_kind(x) for x in ("none", "convnext_atto.d2_in1k", "imagenet-22k", "w.pth", "KDEF (then FER)")]
+    ['none', 'imagenet-1k', 'imagenet-22k', 'file', 'kdef']
+    """
+    low = label.strip().lower()
+    if low in ("none", ""):
+        return "none"
+    for tag, kind in PRETRAINING_KINDS:
+        if tag in low:
+            return kind
+    if low.endswith((".pt", ".pth", ".safetensors", ".hdf5", ".h5", ".bin", ".ckpt")):
+        return "file"
+    return low.split()[0]
 
 
 def run_kind(rec: RunRecord) -> str:
@@ -77,33 +117,37 @@ def differences(paper: dict[str, Any], run: dict[str, Any]) -> list[str]:
     (for released weights only those of the evaluation)."""
     out = []
     for name in RELEASED_BLOCKING if run.get("kind") == RELEASED else BLOCKING:
-        want, got = paper.get(name), run[name]
+        want, got = paper.get(name), run.get(name)
         if want is None:
             continue
-        same = (want == "none") == (got == "none") if name == "pretraining" else want == got
+        same = pretraining_kind(str(want)) == pretraining_kind(got) if name == "pretraining" else want == got
         if not same:
-            out.append(f"{name.replace('_', ' ')}: paper {want} vs run {got}")
+            out.append(f"{name.replace('_', ' ')}: paper {want} vs run {'not recorded' if got is None else got}")
     return out
 
 
 def caveats(paper: dict[str, Any], run: dict[str, Any]) -> list[str]:
     """Selection and seed differences: shown, not blocking."""
     out = []
+    unstated = [f"{name.replace('_', ' ')} (run: {run[name]})" for name in ("vote_table", "test_images")
+                if paper.get(name) is None and run.get(name) is not None and (name != "test_images" or run.get("vote_table"))]
+    if unstated:  # FER+: which vote table and test set the paper used decides what its number means
+        out.append("the paper does not state its " + " or ".join(unstated))
     sel = paper.get("selection")
     if run.get("kind") == RELEASED:  # the file is the checkpoint the authors selected: no selection of ours to compare
-        return [f"the paper's number is test-selected ({sel}); the released file is that checkpoint, re-evaluated on "
-                "the same images"] if sel in ("best-test", "max-of-seeds") else []
+        if sel in ("best-test", "max-of-seeds"):
+            out.append(f"the paper's number is test-selected ({sel}); the released file is that checkpoint, re-evaluated "
+                       "on the same images")
+        return out
     if sel in ("best-test", "max-of-seeds"):
         out.append(f"the paper's number is test-selected ({sel}); the run's is {run['selection']}")
     elif sel and sel != run["selection"]:
         out.append(f"selection: paper {sel} vs run {run['selection']}")
-    if paper.get("seeds") and paper["seeds"] != run["seeds"]:
-        out.append(f"seeds: paper {paper['seeds']} vs run {run['seeds']}")
-    return out
+    return out  # the paper's seeds are not a caveat: the interval is for what its number is (one run, a mean, a best)
 
 
 def ci_verdict(claim: float, ci: tuple[float, float]) -> str:
-    """reproduced / below / above: where the claim lies against the reproduction's CI (fractions)."""
+    """reproduced / below / above: where the claim lies against an interval (fractions)."""
     lo, hi = ci
     return "reproduced" if lo <= claim <= hi else ("below" if hi < claim else "above")
 
@@ -119,6 +163,10 @@ def claim_verdicts(claims: list[dict[str, Any]], records: list[RunRecord]) -> li
     return out
 
 
+EMPTY = {"label": None, "mean": None, "interval": None, "kind": None, "diff": None, "differs": [], "caveats": [],
+         "std": None, "cost": None, "p_reach": None, "basis": None, "seeds_needed": None, "method": None, "n": 0}
+
+
 def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> list[dict[str, Any]]:
     base = {"model": claim["model"], "arch": claim.get("arch"), "dataset": claim["dataset"], "claim": claim["value"] / 100,
             "source": claim["source"]}
@@ -131,32 +179,95 @@ def _verdicts_for(claim: dict[str, Any], records: list[RunRecord], df: Any) -> l
         why = (f"{claim['model']} ran as {', '.join(ran)}, the claim is about {claim['arch']}" if ran
                else f"no complete run of {claim['model']} on {claim['dataset']}"
                + (f" (runs here on {claim['dataset']}: {', '.join(here)})" if here else ""))
-        return [{**base, "verdict": "no matching run", "why": why, "label": None, "mean": None, "ci": None, "kind": None,
-                 "diff": None, "differs": [], "caveats": [], "paper_rule": None, "std": None, "cost": None}]
+        return [{**base, **EMPTY, "verdict": "no matching run", "why": why}]
     rows = []
     for label in dict.fromkeys(r.label for r in matched):
         recs = [r for r in matched if r.label == label]
         kind = run_kind(recs[0])  # released weights are evaluated as given: no epoch to select
-        which = "last" if kind == RELEASED else COLUMN_OF_SELECTION.get(claim.get("conditions", {}).get("selection"), "last")
+        paper = claim.get("conditions", {})
+        which = "last" if kind == RELEASED else COLUMN_OF_SELECTION.get(paper.get("selection"), "last")
         sub = df[df.run.isin({r.id for r in recs})]
         accs = sub[f"acc_{which}"].to_numpy(float)
-        run = run_conditions(recs[0], len(recs), which)
-        paper = claim.get("conditions", {})
-        mean = float(np.mean(accs))
+        run = run_conditions(recs[0], len({r.job.seed for r in recs}), which)
         differs = differences(paper, run)
+        row = {**base, **EMPTY, "label": label, "n": run["seeds"], "cost": model_cost(sub), "kind": kind,
+               "differs": differs, "caveats": caveats(paper, run), "selection": run["selection"]}
         if kind == RELEASED:
-            ci, direction, why = released_check(claim, mean, recs[0])
-            rule = None
+            mean = float(np.mean(accs))
+            interval, direction, why = released_check(claim, mean, recs[0])
+            row.update(mean=mean, std=seed_std(accs), interval=interval, basis="the released file, re-evaluated",
+                       method="the re-evaluated accuracy ± the test images with approximate pixels")
         else:
-            ci = pooled_ci(recs, which)
-            direction = ci_verdict(base["claim"], ci) if ci else None
-            why, rule = _plainly(differs, direction), paper_rule(paper.get("selection"), recs, accs, base["claim"])
-        rows.append({**base, "label": label, "mean": mean, "std": seed_std(accs), "ci": ci, "diff": mean - base["claim"],
-                     "n": len(recs), "cost": model_cost(sub), "kind": kind,
-                     "verdict": "not comparable" if differs or direction is None else direction,
-                     "direction": direction, "differs": differs, "caveats": caveats(paper, run),
-                     "why": why, "selection": run["selection"], "paper_rule": rule})
+            spread = run_spread(base["claim"], paper, recs, which)
+            direction, why = spread.pop("direction"), spread.pop("why")
+            row.update(spread)
+            if "as the paper" in spread["basis"]:
+                row["caveats"] = [c for c in row["caveats"] if "test-selected" not in c]  # matched: not a difference
+        row["diff"] = row["mean"] - base["claim"]
+        row["verdict"] = "not comparable" if differs else direction
+        row["why"] = _plainly(differs, direction, why)
+        rows.append(row)
     return rows
+
+
+MIN_SEEDS = 3  # fewer cannot tell a claim inside the recipe's spread from a spread not yet seen
+MAX_HALF_WIDTH = 0.05  # a single run's 95 % interval wider than +-5 points says the recipe itself is unstable
+METHOD = "95 % prediction interval for one run of the recipe (Student t on the seeds, k - 1 df{extra})"
+
+
+def run_spread(claim: float, paper: dict[str, Any], recs: list[RunRecord], which: str) -> dict[str, Any]:
+    """The retrained verdict: where the claim lies in the distribution of single runs of the recipe.
+
+    A paper's number is one run (or the best of `seeds` runs, or a run's best test epoch), measured on
+    the same test images as ours, so the interval holds training randomness: a prediction interval
+    for one run from the seeds (`metrics.single_run_interval`), taken at the paper's selection rule
+    where the records allow (best-test from per-epoch test accuracies; max-of-seeds as the best of
+    the paper's `seeds` draws). Where a run's test images are a subset, test sampling is added."""
+    sel = paper.get("selection")
+    basis, values, n_test = {"last": "last epoch", "best": "best validation epoch"}[which], *seed_values(recs, which)
+    if sel == "best-test":
+        best, _ = seed_values(recs, "best-test")
+        if not np.isnan(best).any():
+            basis, values = "best test epoch (test-selected, as the paper)", best
+    best_of = int(paper.get("seeds") or 1) if sel == "max-of-seeds" else 1
+    mean_of = int(paper.get("seeds") or 1) if sel != "max-of-seeds" else 1
+    if best_of > 1:
+        basis += f", best of {best_of} runs (as the paper)"
+    if mean_of > 1:
+        basis += f", mean of {mean_of} runs (as the paper)"
+    mean, std = float(values.mean()), seed_std(values)
+    subset = recs[0].job.dataset.subset_sizes()
+    extra = mean * (1 - mean) / n_test if "test" in subset else 0.0
+    method = METHOD.format(extra=", plus test-image sampling: the runs test a subset" if extra else "")
+    interval = single_run_interval(values, 0.95, best_of, extra, mean_of)
+    p_reach = probability_run_reaches(values, claim, best_of, extra, mean_of)
+    out = {"mean": mean, "std": std, "interval": interval, "p_reach": p_reach, "basis": basis, "method": method}
+    k = len(values)
+    if interval is None:
+        return {**out, "seeds_needed": MIN_SEEDS, "direction": "inconclusive",
+                "why": f"one seed says nothing of the recipe's run-to-run spread: run at least {MIN_SEEDS}"}
+    direction = ci_verdict(claim, interval)
+    half = (interval[1] - interval[0]) / 2
+    out["interval"] = (max(0.0, interval[0]), min(1.0, interval[1]))  # an accuracy: the t model's tails are cut
+    if direction != "reproduced":
+        return {**out, "direction": direction, "why": f"the claim lies outside the 95 % interval for one run "
+                f"({k} seeds), P(a run reaches it) = {p_reach:.3f}"}
+    if k >= MIN_SEEDS and half <= MAX_HALF_WIDTH:
+        return {**out, "direction": "reproduced", "why": f"the claim lies inside the 95 % interval for one run "
+                f"({k} seeds), P(a run reaches it) = {p_reach:.2f}"}
+    settle = seeds_to_settle(mean, std, claim, 0.95, best_of, extra, mean_of=mean_of)
+    said = (f"{k} seeds: the claim lies inside their wide interval (±{100 * half:.1f} points)" if k < MIN_SEEDS else
+            f"the runs spread too widely (one run's interval ±{100 * half:.1f} points) to confirm or refute a claim inside it")
+    if settle:
+        hint = f"; {settle} seeds would show it {'below' if claim > mean else 'above'} if this spread holds"
+    elif k < MIN_SEEDS and 1.96 * math.sqrt(std ** 2 + extra) > MAX_HALF_WIDTH:
+        hint = f"; run at least {MIN_SEEDS} seeds to measure the spread"
+    elif 1.96 * math.sqrt(std ** 2 + extra) <= MAX_HALF_WIDTH:
+        hint = f"; {MIN_SEEDS} seeds would confirm it if this spread holds"
+    else:
+        hint = "; more seeds would not narrow one run's spread: the recipe itself is unstable"
+    return {**out, "seeds_needed": settle or (MIN_SEEDS if "confirm" in hint or "at least" in hint else None),
+            "direction": "inconclusive", "why": f"{said}, P(a run reaches it) = {p_reach:.2f}{hint}"}
 
 
 def claim_resolution(value: float, resolution: float | None) -> float:
@@ -208,36 +319,8 @@ def model_cost(runs: Any) -> dict[str, Any] | None:
     return {"params_m": float(row["params"]) / 1e6, "gmacs": float(row["gmacs"]), "input_size": int(row["input_size"])}
 
 
-def paper_rule(selection: str | None, recs: list[RunRecord], accs: np.ndarray, claim: float) -> dict[str, Any] | None:
-    """The reproduction under the paper's own test-selected rule, labelled as such: `best-test` = each
-    seed's best per-epoch test accuracy (history.csv's test_acc, recorded with eval.test_each_epoch),
-    mean over seeds; `max-of-seeds` = the best seed's accuracy. Its 95 % interval is a Wilson interval
-    over the test images (seeds pooled); the number is biased upward by the selection, like the paper's."""
-    from ferbench.metrics import wilson_ci
-
-    if selection not in ("best-test", "max-of-seeds"):
-        return None
-    n_test = len(recs[0].predictions()["test.labels"])
-    if selection == "max-of-seeds":
-        value, n = float(accs.max()), n_test
-    else:
-        best = [max((row["test_acc"] for row in r.history() if "test_acc" in row), default=None) for r in recs]
-        if any(b is None for b in best):
-            return {"rule": selection, "value": None, "note": "per-epoch test accuracy not recorded (eval.test_each_epoch)"}
-        value, n = float(np.mean(best)), n_test * len(recs)
-    ci = wilson_ci(round(value * n), n)
-    return {"rule": selection, "value": value, "ci": ci, "diff": value - claim, "verdict": ci_verdict(claim, ci),
-            "note": "test-selected: biased upward, shown only to compare with the paper's own rule"}
-
-
-def _plainly(differs: list[str], direction: str | None) -> str:
+def _plainly(differs: list[str], direction: str, why: str) -> str:
     """The sentence a reader needs: what the verdict rests on."""
-    if direction is None:
-        return "no confidence interval (the runs' test predictions differ in size)"
     if differs:
-        return f"the runs differ from the paper's conditions; at these conditions the CI lies {direction} the claim" \
-            if direction != "reproduced" else "the runs differ from the paper's conditions; the claim lies inside the CI anyway"
-    if direction == "reproduced":
-        return "run at the paper's stated conditions; the claim lies inside the 95 % CI"
-    return (f"run at the paper's stated conditions and the result is {direction} the claim: "
-            "a different outcome under the same conditions")
+        return f"the runs differ from the paper's stated conditions (below), so no verdict on the claim; at these conditions: {why}"
+    return why
