@@ -72,6 +72,11 @@ class RichEpochs:
         self.bar.remove_task(self.batches)
 
 
+def _opt(x: float | None, fmt: str) -> str:
+    """A number for a table cell, "–" when the record holds none (never a made-up 0)."""
+    return "–" if x is None else format(x, fmt)
+
+
 def _overrides(set_: list[str], **launcher: Any) -> list[tuple[str, Any]]:
     """`--set key=value` items, then the launcher flags as `launcher.<field>` overrides."""
     from ferbench.specfile import parse_set
@@ -310,8 +315,8 @@ def compare(
             t.add_column(c)
         for v in r["variants"]:
             t.add_row(v["side"], v["model"], str(v["n"]), f"{100 * v['accuracy']:.2f}", f"{100 * v['balanced_accuracy']:.2f}",
-                      f"{100 * v['macro_f1']:.2f}", f"{(v['params'] or 0) / 1e6:.2f}", f"{v['gmacs'] or 0:.3f}",
-                      f"{v['latency_ms'] or 0:.1f}")
+                      f"{100 * v['macro_f1']:.2f}", _opt(v["params"] and v["params"] / 1e6, ".2f"), _opt(v["gmacs"], ".3f"),
+                      _opt(v["latency_ms"], ".1f"))
         console.print(t)
         for p in r["pairs"]:
             if "note" in p:

@@ -25,7 +25,7 @@ from ferbench.errors import FerbenchError
 from ferbench.metrics import (bootstrap_mean_ci, mcnemar_exact, paired_permutation_test, per_class_recall,
                               seed_level_difference)
 from ferbench.report.sections import (Section, Table, condition_table, environment_sections, latency_cell,
-                                      provenance_sections, signed, small, text)
+                                      provenance_sections, run_level_reading, signed, small, text)
 from ferbench.report.tables import fmt_pct
 from ferbench.report.tables import metric_rows
 from ferbench.records import RunRecord, discover
@@ -151,17 +151,6 @@ def compare_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
     return {"name": name, "description": f"Paired comparison, {result['a']} vs {result['b']}. " + "; ".join(lines) + ".",
             "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "datasets": sorted(result["datasets"]),
             "verdicts": []}
-
-
-def run_level_reading(sl: dict[str, Any], a: str, b: str) -> str:
-    """One line: what the seed-level result says about A against B."""
-    if sl["ci"] is None:
-        return f"{sl['seeds']} paired seed(s): too few (or no spread) for a statement about runs of the methods"
-    lo, hi = sl["ci"]
-    if lo > 0 or hi < 0:
-        better, worse = (a, b) if lo > 0 else (b, a)
-        return f"runs of {better} beat runs of {worse}: the 95 % interval of the mean difference over seeds excludes 0"
-    return f"no difference shown between runs of the methods at {sl['seeds']} seeds (the interval includes 0)"
 
 
 def compare_sections(result: dict[str, Any]) -> list[Section]:

@@ -22,7 +22,7 @@ from ferbench.records import SPEC_FILE, RunRecord, discover
 from ferbench.report.figures import (class_distribution_figure, confusion_figure, curves_figure,
                                       label_distribution_figure, side_by_side_figure)
 from ferbench.report.sections import describe_run
-from ferbench.report.tables import accuracy_table, cross_table, fold_table, majority_rate, metric_rows
+from ferbench.report.tables import accuracy_table, cross_table, fold_table, majority_rate, metric_rows, paired_rows
 from ferbench.report.verdicts import claim_verdicts
 
 
@@ -183,7 +183,7 @@ def build_context(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     ctx = {
         "name": folder.name, "description": spec.get("description", ""), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_runs": len(records), "n_complete": sum(r.complete for r in records), "tables": tables, "groups": groups,
-        "majority": majority,
+        "majority": majority, "paired": paired_rows(records, claims, "last"),
         "data_figs": data_figs, "curve_figs": curve_figs, "problems": problems, "conditions": conditions(records),
         "environments": envs, "claims": claims, "verdicts": claim_verdicts(claims, records),
         "code_versions": code_versions(records), "records": records,

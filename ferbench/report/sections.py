@@ -70,7 +70,8 @@ def mean_cell(mean: float, std: float | None, n: int | None = None, ci: Any = No
 
 def describe_run(ctx: dict[str, Any]) -> list[Section]:
     """Every section of a report page, in page order."""
-    return [*provenance_sections(ctx), *verdict_sections(ctx), *problem_sections(ctx), *accuracy_sections(ctx), *cross_sections(ctx), *fold_sections(ctx), *metric_sections(ctx),
+    return [*provenance_sections(ctx), *verdict_sections(ctx), *problem_sections(ctx), *accuracy_sections(ctx), *paired_sections(ctx), *cross_sections(ctx),
+            *fold_sections(ctx), *metric_sections(ctx),
             *figure_sections(ctx), *claim_sections(ctx), *condition_sections(ctx)]
 
 
@@ -131,6 +132,41 @@ def verdict_sections(ctx: dict[str, Any]) -> list[Section]:
     methods = sorted({v["method"] for v in vs if v.get("method")})
     return [Section("Verdicts", VERDICT_CAPTION + (" Intervals: " + "; ".join(methods) + "." if methods else ""),
                     tables=[table])]
+
+
+def run_level_reading(sl: dict[str, Any], a: str, b: str) -> str:
+    """One line: what the seed-level result says about A against B."""
+    if sl["ci"] is None:
+        return f"{sl['seeds']} paired seed(s): too few (or no spread) for a statement about runs of the methods"
+    lo, hi = sl["ci"]
+    if lo > 0 or hi < 0:
+        better, worse = (a, b) if lo > 0 else (b, a)
+        return f"runs of {better} beat runs of {worse}: the 95 % interval of the mean difference over seeds excludes 0"
+    return f"no difference shown between runs of the methods at {sl['seeds']} seeds (the interval includes 0)"
+
+
+PAIRED_CAPTION = (
+    "Each model against the spec's first model (its reference row) on the same dataset, with the run as the unit: "
+    "per seed trained on both, the difference in test accuracy (points, {basis}, the same test images); its mean "
+    "with a 95 % t interval over the paired seeds, a paired t test over seeds (scipy.stats.ttest_rel), and P(A run > "
+    "B run), the share of all pairs of runs in which A's run is better, ties counted half (Bouthillier et al., MLSys "
+    "2021). Paper's Δ: the difference between the paper's claims for these model ids, at the paper's own architecture and "
+    "conditions (see the verdicts for whether these runs share them): context, not a test.")
+
+
+def paired_sections(ctx: dict[str, Any]) -> list[Section]:
+    rows = []
+    for p in ctx["paired"]:
+        rows.append([text(p["dataset"]), text(("b", p["a"])), text(p["b"]), text(p["seeds"]), text(("b", signed(p["mean_diff"]))),
+                     text(f"[{signed(p['ci'][0])}, {signed(p['ci'][1])}]" if p["ci"] else "–"),
+                     text("–" if p["p_value"] is None else f"{p['p_value']:.3g}"), text(f"{p['p_a_beats_b']:.2f}"),
+                     text("–" if p["paper_diff"] is None else signed(p["paper_diff"])),
+                     text(run_level_reading(p, p["a"], p["b"]))])
+    if not rows:
+        return []
+    return [Section("Paired differences (the run as the unit)", PAIRED_CAPTION.format(basis="last epoch"), tables=[Table(
+        ["dataset", "A", "B (reference)", "paired seeds", "mean Δ", "95 % CI (seeds)", "paired t p", "P(A run > B run)",
+         "paper's Δ", "reading"], rows)])]
 
 
 def problem_sections(ctx: dict[str, Any]) -> list[Section]:

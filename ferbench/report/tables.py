@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferbench.metrics import bootstrap_mean_ci
+from ferbench.metrics import bootstrap_mean_ci, seed_level_difference
 from ferbench.records import RunRecord, metrics_cost
 
 
@@ -58,10 +58,10 @@ def pooled_ci(records: list[RunRecord], which: str, reps: int = 1000, seed: int 
     return bootstrap_mean_ci(np.stack(rows).astype(float), reps, seed=seed)  # (seeds, N): images resampled
 
 
-def seed_values(recs: list[RunRecord], which: str) -> tuple[np.ndarray, int]:
-    """One accuracy per seed (a seed's folds pooled: correct over tested images) and the images a seed
-    is tested on. `which` is last, best (validation-selected) or best-test (each fold's best per-epoch
-    test accuracy, history.csv's test_acc; NaN where it was not recorded)."""
+def per_seed_accuracy(recs: list[RunRecord], which: str) -> dict[int, tuple[float, int]]:
+    """{seed: (accuracy, images tested)}, a seed's folds pooled (correct over tested images). `which`
+    is last, best (validation-selected) or best-test (each fold's best per-epoch test accuracy,
+    history.csv's test_acc; NaN where it was not recorded)."""
     per_seed: dict[int, list[tuple[float, int]]] = {}
     for r in recs:
         res = r.metrics()["test"]["last" if which == "best-test" else which]
@@ -71,8 +71,50 @@ def seed_values(recs: list[RunRecord], which: str) -> tuple[np.ndarray, int]:
         else:
             acc = res["accuracy"]
         per_seed.setdefault(r.job.seed, []).append((acc, n))
-    values = np.array([sum(a * n for a, n in v) / sum(n for _, n in v) for _, v in sorted(per_seed.items())])
-    return values, sum(n for _, n in next(iter(per_seed.values())))
+    return {s: (sum(a * n for a, n in v) / sum(n for _, n in v), sum(n for _, n in v)) for s, v in sorted(per_seed.items())}
+
+
+def seed_values(recs: list[RunRecord], which: str) -> tuple[np.ndarray, int]:
+    """One accuracy per seed (`per_seed_accuracy`, in seed order) and the images a seed is tested on."""
+    per_seed = per_seed_accuracy(recs, which)
+    return np.array([a for a, _ in per_seed.values()]), next(iter(per_seed.values()))[1]
+
+
+def _test_labels(recs: list[RunRecord], seed: int) -> np.ndarray | None:
+    """A seed's test labels, its folds joined in fold order (None when a record holds none)."""
+    mine = sorted((r for r in recs if r.job.seed == seed), key=lambda r: str(r.job.fold))
+    labels = [r.predictions().get("test.labels") for r in mine]
+    return None if any(lab is None for lab in labels) else np.concatenate(labels)
+
+
+def paired_rows(records: list[RunRecord], claims: list[dict[str, Any]], which: str = "last") -> list[dict[str, Any]]:
+    """Every experiment of a dataset against the page's first (the spec's first model: its reference
+    row, as an ablation's baseline), with the seed as the unit (`metrics.seed_level_difference` over
+    the seeds both ran on the same test images), and the difference the paper's claims for those model
+    ids state (at the paper's own architecture and conditions, which may not be these runs')."""
+    groups: dict[str, dict[str, list[RunRecord]]] = {}
+    for r in records:
+        if r.complete:
+            groups.setdefault(r.job.dataset.id, {}).setdefault(r.label, []).append(r)
+    out = []
+    for d, by_label in groups.items():
+        if len(by_label) < 2:
+            continue
+        (ref, ref_recs), *others = by_label.items()
+        for label, recs in others:
+            a, b = per_seed_accuracy(recs, which), per_seed_accuracy(ref_recs, which)
+            same_test = {s: _test_labels(recs, s) for s in a if s in b}
+            seeds = [s for s, y in same_test.items() if y is not None and np.array_equal(y, _test_labels(ref_recs, s))]
+            if not seeds:
+                continue
+            # the paper's difference at its own setting (its arch and conditions): context, never a verdict
+            claimed = [next((c["value"] / 100 for c in claims if c.get("metric", "accuracy") == "accuracy"
+                             and c["model"] == rs[0].job.model.id and c["dataset"] == d), None) for rs in (recs, ref_recs)]
+            out.append({"dataset": d, "a": label, "b": ref, "seed_ids": seeds,
+                        **seed_level_difference(np.array([a[s][0] for s in seeds]), np.array([b[s][0] for s in seeds])),
+                        "paper_diff": None if None in claimed or recs[0].job.model.id == ref_recs[0].job.model.id
+                        else claimed[0] - claimed[1]})  # one model's two evaluations: its claim is not a difference
+    return out
 
 
 def majority_rate(records: list[RunRecord]) -> float | None:
