@@ -84,8 +84,10 @@ class RunHooks:
 def load(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None
          ) -> tuple[Spec, list[Job]]:
     """A validated spec (profile and `key=value` overrides applied) and its jobs."""
+    from ferbench.data import fold_count
+
     spec = load_spec(spec_path, profile, overrides)
-    return spec, expand(spec, profile)
+    return spec, expand(spec, profile, fold_count)
 
 
 def plan_spec(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None,

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Callable, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -597,12 +597,17 @@ def resolve_eval(spec: Spec, model: ModelEntry) -> EvalConfig:
     return EvalConfig.model_validate(_merge(EVAL_PRESETS.get(recipe, {}), explicit))
 
 
-def expand(spec: Spec, profile: str | None = None) -> list[Job]:
-    """Every (model x dataset [x fold] x seed) job, dependencies first."""
+FoldCount = Callable[[DatasetEntry], "int | None"]
+
+
+def expand(spec: Spec, profile: str | None = None, fold_count: FoldCount | None = None) -> list[Job]:
+    """Every (model x dataset [x fold] x seed) job, dependencies first. `fold_count` says how many
+    cross-validation folds a dataset entry has (None: none); the data layer knows (`data.fold_count`,
+    which `api.load` passes), so the spec never imports it."""
     jobs: list[Job] = []
     by_key: dict[tuple[str, str, Any, int], Job] = {}
     order = _dependency_order(spec.models)
-    entries = [(d, f) for d in spec.datasets for f in fold_entries(d)]
+    entries = [(d, f) for d in spec.datasets for f in fold_entries(d, fold_count)]
     for m in order:
         for d, f in entries:
             for seed in spec.seeds:
@@ -618,16 +623,16 @@ def expand(spec: Spec, profile: str | None = None) -> list[Job]:
     return jobs
 
 
-def fold_entries(d: DatasetEntry) -> list[DatasetEntry]:
+def fold_entries(d: DatasetEntry, fold_count: FoldCount | None = None) -> list[DatasetEntry]:
     """A dataset entry as its jobs see it: itself, or with `folds:` one entry per fold (options.fold set),
     so a fold's job is the job of a spec naming that fold in its options."""
     if d.folds is None:
         return [d]
-    from ferbench.data import parse_options
-
-    opts = parse_options(d.name, d.options, where=f"datasets.{d.id}: ")
-    k = getattr(opts, "folds", None)
-    if not isinstance(k, int) or not hasattr(opts, "fold"):
+    if fold_count is None:
+        raise FerbenchError(f"datasets.{d.id}.folds: expanding folds needs the dataset's fold count (pass "
+                            "fold_count=ferbench.data.fold_count to expand)")
+    k = fold_count(d)
+    if k is None:
         raise FerbenchError(f"datasets.{d.id}.folds: dataset {d.name!r} has no cross-validation folds (folder and "
                             "ckplus48 have: options.folds sets k)")
     chosen = list(range(k)) if d.folds == "all" else list(dict.fromkeys(d.folds))

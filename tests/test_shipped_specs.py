@@ -75,9 +75,10 @@ def test_smoke_profile_runs_and_reports(spec, tmp_path):
 def test_cpu_and_default_settings_validate(spec):
     s = load_spec(spec)
     if "cpu" in s.profiles:  # at least 3 runs per experiment: seeds, or seeds x cross-validation folds
+        from ferbench.data import fold_count
         from ferbench.spec import fold_entries
 
         cpu = load_spec(spec, "cpu")
-        folds = min(len(fold_entries(d)) for d in cpu.datasets)
+        folds = min(len(fold_entries(d, fold_count)) for d in cpu.datasets)
         assert len(cpu.seeds) * folds >= 3 if spec.stem != "quickstart" else True
     assert "smoke" in s.profiles

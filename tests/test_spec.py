@@ -109,8 +109,22 @@ def test_dependencies_are_ordered_first():
 
 
 def test_shipped_specs_validate():
+    from ferbench.data import fold_count
+
     for path in sorted((REPO / "benchmarks").glob("*.yaml")):
         spec = load_spec(path)
-        assert expand(spec)
+        assert expand(spec, fold_count=fold_count)
         for prof in spec.profiles:
-            assert expand(load_spec(path, prof))
+            assert expand(load_spec(path, prof), prof, fold_count)
+
+
+def test_the_spec_layer_asks_the_data_layer_for_fold_counts():
+    """spec never imports data: `folds:` expands through the fold count the caller passes."""
+    raw = {"name": "f", "datasets": [{"name": "ckplus48", "folds": "all", "options": {"folds": 4}}],
+           "models": [{"id": "r", "arch": "resnet18"}]}
+    with pytest.raises(FerbenchError, match="fold count"):
+        expand(spec_from_dict(raw, "f.yaml"))
+    jobs = expand(spec_from_dict(raw, "f.yaml"), fold_count=lambda d: d.options["folds"])
+    assert [j.dataset.options["fold"] for j in jobs] == [0, 1, 2, 3]
+    with pytest.raises(FerbenchError, match="no cross-validation folds"):
+        expand(spec_from_dict(raw, "f.yaml"), fold_count=lambda d: None)

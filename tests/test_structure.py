@@ -65,8 +65,9 @@ def test_reports_and_records_never_reach_the_engine_nor_load_torch(module):
     assert "torch" not in reach(graph(top_level_only=True), module)  # importing a report module loads no torch
 
 
-def test_spec_never_imports_torch():
-    assert "torch" not in reach(graph(top_level_only=False), "ferbench.spec")
+def test_spec_never_imports_torch_nor_the_data_layer():
+    reached = reach(graph(top_level_only=False), "ferbench.spec")  # functions' imports included
+    assert "torch" not in reached and not {m for m in reached if m.startswith("ferbench.data")}, reached
 
 
 def test_the_cli_reaches_runs_only_through_the_api():

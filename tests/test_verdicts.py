@@ -210,6 +210,27 @@ def test_records_published_with_a_page_render_the_same_page_without_checkpoints(
 
     assert compare("zeta", "alpha", records)["datasets"]["synthfer"]
 
+    # a user's own run of a published spec, reported into the same folder, never replaces the page
+    mine = tmp_path / "mine"
+    shutil.copytree(runs / "vd", mine / "vd")
+    for job in list((mine / "vd").glob("zeta__*s1*")):
+        shutil.rmtree(job)
+    api.report_spec("vd", mine, tmp_path / "reports", "md,html,csv")
+    assert (tmp_path / "reports" / "vd" / "results.csv").read_text() == first
+    local = (tmp_path / "reports" / "vd-local" / "results.csv").read_text()
+    def zeta_runs(csv: str) -> set[str]:
+        return {line.rsplit(",", 1)[1] for line in csv.splitlines() if ",zeta__" in line}
+
+    assert len(zeta_runs(first)) == 2 and len(zeta_runs(local)) == 1
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert 'href="./vd-local/index.html"' in index and 'href="./vd/index.html"' not in index  # vd has no html page
+    # publishing (--with-records) puts its records beside the published ones and renders from them all
+    extra = mine / "vd" / "zeta__synthfer__s9__0000000000"
+    shutil.copytree(next((mine / "vd").glob("zeta__*s0*")), extra)
+    api.report_spec("vd", mine, tmp_path / "reports", "md,csv", with_records=True)
+    assert (records / "vd" / extra.name / "metrics.json").is_file()
+    assert len(zeta_runs((tmp_path / "reports" / "vd" / "results.csv").read_text())) == 3
+
 
 @pytest.mark.slow
 def test_per_epoch_test_accuracy_changes_no_weight_and_gives_the_paper_rule(runs, tmp_path):

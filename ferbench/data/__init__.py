@@ -113,6 +113,14 @@ def parse_options(name: str, options: dict[str, Any], where: str = "") -> BaseMo
         raise FerbenchError(f"{where}dataset {name!r} options.{loc}: {what}{got}") from None
 
 
+def fold_count(entry: Any) -> int | None:
+    """How many cross-validation folds a spec's dataset entry has (its `options.folds`, or the dataset's
+    default), None for a dataset without folds: what `spec.expand` needs to make one job per fold."""
+    opts = parse_options(entry.name, entry.options, where=f"datasets.{entry.id}: ")
+    k = getattr(opts, "folds", None)
+    return k if isinstance(k, int) and hasattr(opts, "fold") else None
+
+
 def resolve_root(spec_path: str | None, data_root: str | None) -> Path | None:
     """Dataset location: the spec's `path`, then `--data-root`, then FERBENCH_DATA."""
     if spec_path:

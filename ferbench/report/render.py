@@ -51,15 +51,19 @@ def _b64(png: bytes) -> str:
 
 def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html"),
                    with_records: bool = False) -> list[Path]:
-    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them;
-    `with_records` also copies the records behind each page (no checkpoints) to <page>/records/."""
+    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them.
+    `with_records` publishes: the spec's records (no checkpoints) are first copied into the page's
+    records/ folder, joining any published there before, and the page is rendered from that folder,
+    so a published page always shows exactly the records beside it."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
     rendered: list[tuple[Path, bytes]] = []
-    copies: list[tuple[Path, Path]] = []  # (spec folder, its page's records/ folder)
     for folder in spec_folders(target, runs_dir):
+        dest = page_folder(folder, out, publish=with_records)
+        if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
+            copy_records(folder, dest / "records")
+            folder = dest / "records" / folder.resolve().name
         ctx, figs = build_context(folder)
         records = ctx.pop("records")
-        dest = page_folder(folder, out)
         html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
         md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
         summary = page_summary(ctx)
@@ -69,12 +73,8 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
         rendered += [(dest / "verdicts.json", json.dumps(summary, indent=2).encode())]
         rendered += [(dest / name, text.encode()) for name, text, fmt in (("report.md", md, "md"), ("index.html", html, "html"))
                      if fmt in formats]
-        if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
-            copies.append((folder, dest / "records"))
     for path, data in rendered:
         write_bytes_atomic(path, data)
-    for folder, records_dir in copies:
-        copy_records(folder, records_dir)
     index = write_index(out)
     return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
 
@@ -82,15 +82,16 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
 LOCAL_SUFFIX = "-local"
 
 
-def page_folder(folder: Path, out: Path) -> Path:
+def page_folder(folder: Path, out: Path, publish: bool = False) -> Path:
     """Where the page of spec folder `folder` goes: out/<name>, unless that page is published with its
-    records (out/<name>/records/) and `folder` is not those records: then out/<name>-local, so a
-    published page always rests on the records beside it (the README's quickstart run, repeated in a
-    clone, renders to reports/quickstart-local/ and leaves reports/quickstart/ as published)."""
+    records (out/<name>/records/), `folder` is not those records and we are not publishing (`report
+    --with-records`): then out/<name>-local, so a published page always rests on the records beside it
+    (the README's quickstart run, repeated in a clone, renders to reports/quickstart-local/ and leaves
+    reports/quickstart/ as published)."""
     name = folder.resolve().name  # `runs/x/..` names its real folder, never `..`
     dest = out / name
     published = dest / "records" / name
-    if published.is_dir() and published.resolve() != folder.resolve():
+    if not publish and published.is_dir() and published.resolve() != folder.resolve():
         dest = out / f"{name}{LOCAL_SUFFIX}"
     if dest.resolve().parent != out.resolve():
         raise FerbenchError(f"{folder}: a report would be written outside {out}")
