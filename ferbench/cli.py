@@ -271,11 +271,14 @@ def report(
     out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
     formats: str = typer.Option("md,html", "--format", help="any of md,html,csv,json,latex (csv/json: one row per job; "
                                 "latex: the paper's table layout)"),
-    with_records: bool = typer.Option(False, "--with-records", help="copy the records behind each page (no "
-                                      "checkpoints) to OUT/<spec>/records/, readable by report and compare"),
+    with_records: bool = typer.Option(False, "--with-records", help="publish: copy the records behind each page (no "
+                                      "checkpoints) to OUT/<spec>/records/ and render the page from them"),
 ) -> None:
-    """Render Markdown and self-contained HTML reports from run records (never trains)."""
+    """Render Markdown and self-contained HTML reports from run records (never trains). A spec whose
+    page is published with its records (OUT/<spec>/records/) renders to OUT/<spec>-local/ unless
+    --with-records publishes."""
     from ferbench import api
+    from ferbench.report.render import LOCAL_SUFFIX
 
     try:
         written = api.report_spec(target, runs_dir, out, formats, with_records)
@@ -283,6 +286,9 @@ def report(
         _fail(str(e))
     for p in written:
         console.print(f"wrote {p}", markup=False, highlight=False)
+    for page in sorted({p.parent for p in written if p.parent.name.endswith(LOCAL_SUFFIX)}):
+        console.print(f"note: {page.with_name(page.name[:-len(LOCAL_SUFFIX)])} is a published page that rests on its "
+                      f"records; this report went to {page} (--with-records publishes)", markup=False, highlight=False)
 
 
 @app.command()

@@ -215,7 +215,13 @@ def test_records_published_with_a_page_render_the_same_page_without_checkpoints(
     shutil.copytree(runs / "vd", mine / "vd")
     for job in list((mine / "vd").glob("zeta__*s1*")):
         shutil.rmtree(job)
-    api.report_spec("vd", mine, tmp_path / "reports", "md,html,csv")
+    from typer.testing import CliRunner
+
+    from ferbench.cli import app
+
+    said = CliRunner().invoke(app, ["report", "vd", "--runs-dir", str(mine), "--out", str(tmp_path / "reports"),
+                                    "--format", "md,html,csv"])
+    assert said.exit_code == 0 and "went to" in said.output and "vd-local" in said.output, said.output
     assert (tmp_path / "reports" / "vd" / "results.csv").read_text() == first
     local = (tmp_path / "reports" / "vd-local" / "results.csv").read_text()
     def zeta_runs(csv: str) -> set[str]:
