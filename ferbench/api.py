@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ferbench import RUNS_DIR
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, JobFailed
 from ferbench.spec import Job, Spec, expand, load_spec
 
 LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning before it starts
@@ -29,6 +29,7 @@ class PlannedJob:
     estimate_s: float | None  # what is left of it; None when not estimated
     conflict: str | None = None  # why its record cannot be reused (status "other data")
     trained_in: str | None = None  # status evaluate: the finished record whose training it reuses
+    problem: str | None = None  # why the job's model cannot run (it will fail with this reason; the rest runs)
 
 
 @dataclass
@@ -44,8 +45,12 @@ class Plan:
 
     @property
     def estimate_s(self) -> float | None:
-        left = [p.estimate_s for p in self.jobs if p.status != "done"]
-        return None if any(s is None for s in left) else sum(left)
+        left = [p.estimate_s for p in self.jobs if p.status != "done" and not p.problem]  # a job that cannot run costs nothing
+        return None if not left and any(p.problem for p in self.jobs) or any(s is None for s in left) else sum(left)
+
+    def problems(self) -> list[str]:
+        """A line per job whose model cannot run: it will fail with this reason and the rest will run."""
+        return [f"{p.job.id} will fail: {p.problem}" for p in self.jobs if p.problem]
 
     def warning(self) -> str | None:
         """A line for a spec that would run for days, naming the spec's smaller profiles."""
@@ -121,12 +126,15 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
             state = "other data"
         elif donor is not None or (state == "new" and job.train.epochs == 0):
             state, done = "evaluate", job.train.epochs
-        secs = None
+        secs, problem = None, None
         if state in ("done", "other data"):
             secs = 0.0
         elif estimate:
-            secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state in ("resume", "evaluate") else 0)
-        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None))
+            try:
+                secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state in ("resume", "evaluate") else 0)
+            except JobFailed as e:
+                problem = str(e)
+        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None, problem))
     return plan
 
 

@@ -97,6 +97,7 @@ def _plan_table(plan: Any) -> Table:
     t.add_column("estimated time left")
     for p in plan.jobs:
         status = f"resume after epoch {p.epochs_done}" if p.status == "resume" else p.status
+        status += " (cannot run)" if p.problem else ""
         est = "-" if p.estimate_s is None else format_seconds(p.estimate_s)
         t.add_row(p.job.id, *([str(p.job.fold)] if folds else []), status, est)
     return t
@@ -106,7 +107,7 @@ def _plan_json(plan: Any) -> dict[str, Any]:
     return {"spec": plan.spec.name, "profile": plan.profile, "device": str(plan.device), "estimate_s": plan.estimate_s,
             "jobs": [{"id": p.job.id, "model": p.job.model.id, "dataset": p.job.dataset.id, "fold": p.job.fold, "seed": p.job.seed,
                       "depends_on": p.job.depends_on, "status": p.status, "epochs_done": p.epochs_done,
-                      "estimate_s": p.estimate_s} for p in plan.jobs]}
+                      "estimate_s": p.estimate_s, "problem": p.problem} for p in plan.jobs]}
 
 
 @app.command()
@@ -140,6 +141,8 @@ def plan(
         _warn(p.warning())
     for line in p.leakage():
         _warn(f"leakage: {line}")
+    for line in p.problems():
+        _warn(line)
 
 
 class RichRun:
@@ -164,6 +167,8 @@ class RichRun:
             _warn(plan.warning())
         for line in plan.leakage():
             _warn(f"leakage: {line}")
+        for line in plan.problems():
+            _warn(line)
         self.started = True
         self.bar.start()
 

@@ -56,12 +56,13 @@ def _measure(job: Job, num_classes: int, device: Any, n: int) -> Probe:
     import torch.nn.functional as F
 
     from ferbench.engine.evaluate import autocast_ctx
-    from ferbench.models import build_model
+    from ferbench.models import build_model, check_logits
 
     t = job.train
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # runs stay seeded as without it
         model = build_model(job, num_classes)
+        check_logits(model, num_classes, t.input_size, t.in_chans)  # JobFailed: the plan says why, nothing is timed
         model = model.to(device, memory_format=fmt)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         x = torch.randn(n, t.in_chans, t.input_size, t.input_size, device=device).contiguous(memory_format=fmt)

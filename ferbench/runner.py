@@ -31,7 +31,7 @@ from ferbench.data.kernels import chosen as chosen_kernels
 from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
-from ferbench.models import build_model, check_options, create_model, get_variant
+from ferbench.models import build_model, check_logits, check_options, create_model, get_variant
 from ferbench.records import (CHECKPOINT_FILE, COMPLETE, COST_FIELD, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
                               PREDICTIONS_FILE, RUNNING, is_complete, job_lock, read_job, read_manifest, remove_orphans,
                               write_json_atomic, write_npz_atomic, write_text_atomic)
@@ -305,6 +305,7 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
                             "model for these classes")
         progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                       f"kept init for {len(kept)}: {', '.join(kept[:8])}" + (" ..." if len(kept) > 8 else ""))
+    check_logits(model, ds.num_classes, job.train.input_size, job.train.in_chans)
     teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
     if job.model.teacher is not None:
         teacher = teacher_from_file(job, ds.num_classes, device, manifest)

@@ -25,6 +25,30 @@ def build(num_classes, input_size, in_chans, width: int = 8):
 
 def wrong(num_classes, size):
     return None
+
+
+def fixed_size(num_classes, input_size, in_chans):
+    """flattens a fixed 64x64 map: any other input size cannot run"""
+    return nn.Sequential(nn.Conv2d(in_chans, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 64 * 64, num_classes))
+
+
+class WithFeatures(nn.Module):
+    def __init__(self, num_classes, in_chans):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.fc(f), f
+
+
+def with_features(num_classes, input_size, in_chans):
+    return WithFeatures(num_classes, in_chans)
+
+
+def eight_classes(num_classes, input_size, in_chans):
+    return build(8, input_size, in_chans)
 '''
 
 
@@ -75,3 +99,40 @@ def test_an_external_models_options_are_checked_like_a_built_ins(own_package):
         check_options("mylab.tiny:build", {"depth": 3})
     with pytest.raises(FerbenchError, match="option width='wide'"):
         check_options("mylab.tiny:build", {"width": "wide"})
+
+
+def test_a_model_that_cannot_serve_its_job_fails_that_job_and_the_plan_says_why(own_package):
+    """Wrong input size, (logits, features) output, a head wider than the dataset's classes: the plan
+    names each (no traceback, the probe does not stop the spec) and the run fails only those jobs."""
+    tmp_path = own_package
+    spec = {"name": "bad", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+            "models": [{"id": "fixed", "arch": "mylab.tiny:fixed_size"}, {"id": "tuple", "arch": "mylab.tiny:with_features"},
+                       {"id": "eight", "arch": "mylab.tiny:eight_classes"}, {"id": "fine", "arch": "mylab.tiny:build"}],
+            "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    plan = api.plan_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=True)
+    why = {p.job.model.id: p.problem for p in plan.jobs}
+    assert "cannot take 3x24x24 input" in why["fixed"] and "returns a tuple" in why["tuple"]
+    assert "(2, 8)" in why["eight"] and "7 classes" in why["eight"] and why["fine"] is None
+    assert len(plan.problems()) == 3 and all("\n" not in line for line in plan.problems())
+    assert plan.estimate_s is not None and plan.estimate_s > 0  # the jobs that can run are still estimated
+    outcomes = {o.job.model.id: o for o in api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs")}
+    assert {k: o.status for k, o in outcomes.items()} == {"fixed": "failed", "tuple": "failed", "eight": "failed", "fine": "complete"}
+    assert outcomes["eight"].reason == why["eight"]
+    manifest = json.loads(next((tmp_path / "runs" / "bad").glob("eight__*/manifest.json")).read_text())
+    assert manifest["status"] == "failed" and manifest["failure"] == why["eight"]
+
+
+def test_the_logits_check_leaves_the_model_and_every_random_stream_as_they_were():
+    import torch
+
+    from ferbench.models import check_logits, create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 7, 32, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    model.train()
+    check_logits(model, 7, 32, 3)
+    assert model.training and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm running stats too

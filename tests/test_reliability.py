@@ -143,14 +143,15 @@ def test_a_job_refused_after_its_record_opened_fails_alone_and_the_spec_goes_on(
     spec = {"name": "mixed", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 8}}],
             "models": [{"id": "ok", "arch": "resnet18"},
                        {"id": "tiny-stn", "arch": "emonext-atto", "train": {"input_size": 8}},  # refused at build
-                       {"id": "crash", "arch": "convnext-atto"},  # a torch error in training: 24 px is too small
+                       {"id": "crash", "arch": "convnext-atto"},  # a torch error at its first forward: 24 px is too small
                        {"id": "after", "arch": "resnet18", "options": {}, "train": {"lr": 0.05}}],
             "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec))
     outcomes = {o.job.model.id: o for o in api.run_spec(tmp_path / "m.yaml", runs_dir=tmp_path / "runs", estimate=False)}
     assert [outcomes[m].status for m in ("ok", "tiny-stn", "crash", "after")] == ["complete", "failed", "failed", "complete"]
     assert "too small for the STN" in outcomes["tiny-stn"].reason
-    assert outcomes["crash"].reason.startswith("RuntimeError: ") and "\n" not in outcomes["crash"].reason
+    assert outcomes["crash"].reason.startswith("the model cannot take 3x24x24 input: RuntimeError: ")
+    assert "\n" not in outcomes["crash"].reason
     recs = {r.job.model.id: r for r in discover(tmp_path / "runs")}
     assert recs["tiny-stn"].status == "failed" and "too small for the STN" in recs["tiny-stn"].manifest["failure"]
 

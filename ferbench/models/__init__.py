@@ -167,3 +167,31 @@ def create_model(name: str, num_classes: int, input_size: int = 224, in_chans: i
 def build_model(job: "Job", num_classes: int):
     """The network a job trains: its model entry's architecture and options at its input size and channels."""
     return create_model(job.model.arch, num_classes, job.train.input_size, job.train.in_chans, **job.model.options)
+
+
+def check_logits(model: Any, num_classes: int, input_size: int, in_chans: int) -> None:
+    """Refuse, in one line, a model that cannot serve a job: it must take (N, in_chans, size, size) and
+    return one logits tensor (N, num_classes). Two all-zero images in eval mode without gradients, so
+    neither the model's state nor any random stream changes (a run stays the run it was without the
+    check). Raises JobFailed: the job fails with the reason, the rest of the spec runs."""
+    import torch
+
+    from ferbench.errors import JobFailed
+
+    x = torch.zeros(2, in_chans, input_size, input_size, device=next(model.parameters(), torch.zeros(0)).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # a user's model may raise anything: one line, never a traceback
+        raise JobFailed(f"the model cannot take {in_chans}x{input_size}x{input_size} input: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise JobFailed(f"the model returns a {type(out).__name__}, not a tensor of logits (N, {num_classes}): return "
+                        "only the logits from forward() (wrap the model if it also returns features)")
+    if tuple(out.shape) != (2, num_classes):
+        raise JobFailed(f"the model returns shape {tuple(out.shape)} for 2 images; the dataset has {num_classes} classes, "
+                        f"so logits must be (2, {num_classes}) (is its head sized from num_classes?)")
