@@ -24,10 +24,10 @@ LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning befor
 @dataclass
 class PlannedJob:
     job: Job
-    status: str  # done | resume | new | evaluate (no training) | failed (runs again) | other data
+    status: str  # done | resume | new | evaluate (no training) | failed (runs again) | other data | model changed
     epochs_done: int
     estimate_s: float | None  # what is left of it; None when not estimated
-    conflict: str | None = None  # why its record cannot be reused (status "other data")
+    conflict: str | None = None  # why its record cannot be reused (status "other data" or "model changed")
     trained_in: str | None = None  # status evaluate: the finished record whose training it reuses
     problem: str | None = None  # why the job's model cannot run (it will fail with this reason; the rest runs)
 
@@ -111,7 +111,7 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
           estimate: bool) -> Plan:
     from ferbench.estimate import epochs_done, job_seconds, probe
     from ferbench.records import read_manifest
-    from ferbench.runner import data_conflict, dataset_key, find_trained
+    from ferbench.runner import dataset_key, find_trained, record_conflict
 
     plan = Plan(spec, profile, device, runs_dir, datasets=datasets)
     for job in jobs:
@@ -120,14 +120,15 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
         done = epochs_done(job_dir)
         state = {"complete": "done", "failed": "failed"}.get(manifest.get("status", ""), "resume" if done else "new")
         ds = datasets[dataset_key(job)]
-        conflict = data_conflict(job, ds, job_dir, manifest)
+        found = record_conflict(job, ds, job_dir, manifest)
+        conflict = found[1] if found else None
         donor = find_trained(job, ds, runs_dir) if state in ("new", "failed") and job.train.epochs else None
-        if conflict:
-            state = "other data"
+        if found:
+            state = found[0]
         elif donor is not None or (state == "new" and job.train.epochs == 0):
             state, done = "evaluate", job.train.epochs
         secs, problem = None, None
-        if state in ("done", "other data"):
+        if state in ("done", "other data", "model changed"):
             secs = 0.0
         elif estimate:
             try:
@@ -186,7 +187,7 @@ def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, 
         torch.set_num_threads(threads)
     plan = _plan(spec, profile, jobs, datasets, runs_dir, dev, estimate and not ddp and lc.name == "local")
     conflict = next((p.conflict for p in plan.jobs if p.conflict), None)
-    if conflict:  # a record made from other data is never reused, resumed or overwritten
+    if conflict:  # a record made from other data or by another model is never reused, resumed or overwritten
         raise FerbenchError(conflict)
     all_jobs = jobs
     untrained = [] if train else [p.job for p in plan.jobs if p.status not in ("done", "evaluate")]

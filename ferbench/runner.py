@@ -29,6 +29,7 @@ import yaml
 from ferbench.data import FerDataset, load_dataset, parse_options
 from ferbench.data.kernels import chosen as chosen_kernels
 from ferbench.errors import FerbenchError, JobFailed, first_line
+from ferbench.fileio import sha256_file
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import build_model, check_logits, check_options, create_model, get_variant
@@ -113,6 +114,46 @@ def data_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, A
             f"{recorded[:12]}... there, {now[:12]}... now); move the record away or use another --runs-dir")
 
 
+def model_source(job: Job) -> dict[str, str]:
+    """What defines the model a job builds, as the manifest records it: for a researcher's model
+    (`module:function`, or a variant registered by another package) the sha256 of the file defining its
+    builder, so an edit is another model; for ferbench's own variants, the ferbench version."""
+    import inspect
+
+    from ferbench import __version__
+
+    build = get_variant(job.model.arch).build
+    if getattr(build, "__module__", "").startswith("ferbench."):
+        return {"builtin": f"ferbench {__version__}"}
+    path = inspect.getsourcefile(build)
+    digest = sha256_file(Path(path)) if path and Path(path).is_file() else "unknown (no source file)"
+    return {"module": f"{build.__module__}:{build.__qualname__}", "file": str(path), "sha256": digest}
+
+
+def model_conflict(job: Job, job_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """Why the job's existing record was made by another model than the job builds now (the user's
+    module was edited), or None; records made before the source was recorded are not second-guessed."""
+    recorded, now = manifest.get("model_source"), model_source(job)
+    if not isinstance(recorded, dict):
+        return None
+    key = "sha256" if "sha256" in now else "builtin"  # where a file lives does not matter, its content does
+    if recorded.get(key) == now[key]:
+        return None
+    return (f"{job_dir}: this record was made by another version of model {job.model.id!r} ({key} "
+            f"{str(recorded.get(key))[:24]} there, {now[key][:24]} now); move the record away or use another --runs-dir")
+
+
+def record_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """(status, reason) when a job's existing record cannot be reused, resumed or overwritten: it was made
+    from other data, or by another version of the model; None when it can."""
+    if why := data_conflict(job, ds, job_dir, manifest):
+        return "other data", why
+    reused = manifest.get("status") == COMPLETE or (job_dir / CHECKPOINT_FILE).exists()  # else it simply runs again
+    if reused and (why := model_conflict(job, job_dir, manifest)):
+        return "model changed", why
+    return None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -181,7 +222,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             environment={**environment(device), "data_parallel_processes": dist.world()[1]},
             data_files=ds.files, data_content_sha256=ds.content_digest(), data_notes=ds.notes, classes=ds.classes,
             class_counts=ds.counts(), image_shape=list(ds.splits["train"].images.shape[1:]),
-            fidelity={"recipe": job.recipe, **job.model.options},
+            fidelity={"recipe": job.recipe, **job.model.options}, model_source=model_source(job),
         )
         sinks = open_sinks(job.log, job_dir) if dist.is_main() else []
         progress = Tee(progress, *sinks) if sinks else progress
@@ -249,7 +290,7 @@ def find_trained(job: Job, ds: FerDataset, runs_dir: Path) -> Path | None:
             other = read_job(folder)
         except FerbenchError:
             continue  # a damaged record is never a donor
-        if other.training_id == want and data_conflict(job, ds, folder, read_manifest(folder)) is None:
+        if other.training_id == want and record_conflict(job, ds, folder, read_manifest(folder)) is None:
             return folder
     return None
 

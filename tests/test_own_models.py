@@ -62,6 +62,15 @@ def own_package(tmp_path, monkeypatch):
     yield tmp_path
     sys.modules.pop("mylab.tiny", None)
     sys.modules.pop("mylab", None)
+    forget_registered("mylab.")
+
+
+def forget_registered(prefix: str) -> None:
+    """Drop external variants registered in this process (each CLI call is a new process)."""
+    from ferbench.models import _REGISTRY
+
+    for name in [n for n in _REGISTRY if n.startswith(prefix)]:
+        del _REGISTRY[name]
 
 
 def test_an_external_model_runs_reports_and_compares_like_a_built_in(own_package):
@@ -136,3 +145,31 @@ def test_the_logits_check_leaves_the_model_and_every_random_stream_as_they_were(
     check_logits(model, 7, 32, 3)
     assert model.training and torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm running stats too
+
+
+def test_an_edited_model_never_reuses_its_old_results(own_package):
+    """The manifest records the sha256 of the module behind `arch: module:function`; after an edit,
+    plan shows the record as 'model changed' and run refuses it in one line instead of skipping."""
+    import importlib
+
+    from ferbench.records import discover
+
+    tmp_path = own_package
+    spec = {"name": "edit", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+            "models": [{"id": "mine", "arch": "mylab.tiny:build"}, {"id": "r", "arch": "resnet18"}],
+            "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert [o.status for o in api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)] == ["complete"] * 2
+    recs = {r.job.model.id: r for r in discover(tmp_path / "runs")}
+    assert len(recs["mine"].manifest["model_source"]["sha256"]) == 64 and recs["r"].manifest["model_source"]["builtin"].startswith("ferbench ")
+    assert {p.status for p in api.plan_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False).jobs} == {"done"}
+
+    source = tmp_path / "lab" / "mylab" / "tiny.py"
+    source.write_text(source.read_text().replace("nn.ReLU()", "nn.GELU()"))
+    importlib.reload(importlib.import_module("mylab.tiny"))
+    forget_registered("mylab.")  # as a new `ferbench` process would see it
+    plan = {p.job.model.id: p for p in api.plan_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False).jobs}
+    assert plan["mine"].status == "model changed" and plan["r"].status == "done"
+    assert "another version of model 'mine'" in plan["mine"].conflict
+    with pytest.raises(FerbenchError, match="another version of model 'mine'"):
+        api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
