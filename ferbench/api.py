@@ -86,6 +86,15 @@ class RunHooks:
     def done(self) -> None: ...
 
 
+def check_loggers(names: list[str]) -> None:
+    """`--log` values, checked as the flag they are (not as the spec field they become): one line."""
+    from ferbench.spec import LOGGERS
+
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise FerbenchError(f"--log {unknown[0]}: unknown logger (expected one of: {', '.join(LOGGERS)})")
+
+
 def load(spec_path: str | Path, profile: str | None = None, overrides: list[tuple[str, Any]] | None = None
          ) -> tuple[Spec, list[Job]]:
     """A validated spec (profile and `key=value` overrides applied) and its jobs."""

@@ -217,6 +217,7 @@ def run(
 
     hooks = RichRun()
     try:
+        api.check_loggers(log)
         overrides = _overrides(set_, name=launcher, workers=workers, executor=executor, partition=partition,
                                gpus_per_node=gpus, cpus_per_task=cpus, mem_gb=mem_gb, timeout_min=time_min,
                                log=log or None)

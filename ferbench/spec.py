@@ -302,6 +302,9 @@ class Claim(_Strict):
     conditions: ClaimConditions = ClaimConditions()
 
 
+LOGGERS = ("tensorboard",)  # progress sinks `--log` / launcher.log accept (engine/sinks.py opens them)
+
+
 class LauncherConfig(_Strict):
     """Where jobs run; never part of a job's identity."""
 
@@ -313,7 +316,7 @@ class LauncherConfig(_Strict):
     cpus_per_task: int | None = Field(None, ge=1)
     mem_gb: int | None = Field(None, ge=1)
     timeout_min: int = Field(24 * 60, ge=1)
-    log: list[Literal["tensorboard"]] = Field([], description="progress sinks besides the terminal: tensorboard "
+    log: list[Literal[LOGGERS]] = Field([], description="progress sinks besides the terminal: tensorboard "
                                               "writes each job's epoch rows as event files under its folder's tensorboard/")
 
 

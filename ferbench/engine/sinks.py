@@ -14,8 +14,6 @@ from typing import Any
 from ferbench.engine.train import NoProgress
 from ferbench.errors import FerbenchError
 
-SINKS = ("tensorboard",)
-
 
 def check_available(names: list[str]) -> None:
     """One line, before any record is written, for a sink whose package is not installed."""
