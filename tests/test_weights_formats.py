@@ -91,3 +91,47 @@ def test_an_efficientface_style_ldg_checkpoint_teaches_a_resface_student(tmp_pat
     (tmp_path / "s2.yaml").write_text(yaml.safe_dump(spec))
     (bad,) = api.run_spec(tmp_path / "s2.yaml", runs_dir=tmp_path / "runs2", estimate=False)
     assert bad.status == "failed" and "did not load (fc.weight, fc.bias)" in bad.reason
+
+
+def _every_tensor_landed(model, src) -> None:
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in src.state_dict().items())
+
+
+def test_a_timm_train_py_checkpoint_with_its_argparse_namespace_loads_without_running_code(tmp_path):
+    """timm's train.py saves {'epoch', 'arch', 'state_dict', 'optimizer', 'version', 'args': Namespace,
+    'metric', 'state_dict_ema'}: weights_only loading allows the Namespace; the state_dict is taken."""
+    import argparse
+
+    torch.manual_seed(1)
+    src = torchvision.models.resnet18(num_classes=7)
+    payload = {"epoch": 12, "arch": "resnet18", "state_dict": src.state_dict(), "optimizer": {"state": {}, "param_groups": []},
+               "version": 2, "args": argparse.Namespace(model="resnet18", lr=0.1, amp=True), "metric": 71.3,
+               "state_dict_ema": torchvision.models.resnet18(num_classes=7).state_dict()}
+    model, info = _load("resnet18", payload, tmp_path)
+    assert info["kept_init"] == [] and info["unused"] == []
+    _every_tensor_landed(model, src)
+
+
+def test_a_net_wrapper_with_scalar_tensors_beside_it_loads(tmp_path):
+    """rmn and Facial-Expression-Recognition.Pytorch save {'net': state_dict, 'acc': ..., 'epoch': ...};
+    scalar tensors beside a state dict (best_acc) neither hide it nor count as weights."""
+    src = torchvision.models.resnet18(num_classes=7)
+    payload = {"net": src.state_dict(), "acc": torch.tensor(73.1), "best_acc": torch.tensor(73.1), "epoch": 40}
+    model, info = _load("resnet18", payload, tmp_path)
+    assert info["kept_init"] == []
+    _every_tensor_landed(model, src)
+    flat = {**src.state_dict(), "best_acc": torch.tensor(0.9), "note": "fold 1"}  # beside the weights themselves
+    model, info = _load("resnet18", flat, tmp_path)
+    assert info["kept_init"] == [] and info["unused"] == ["best_acc"]
+    _every_tensor_landed(model, src)
+
+
+def test_a_checkpoint_without_weights_is_refused_with_the_keys_it_holds(tmp_path):
+    import pytest
+
+    from ferbench.errors import FerbenchError
+
+    torch.save({"epoch": 3, "weights": [1, 2], "config": {"lr": 0.1}}, tmp_path / "w.pth")
+    with pytest.raises(FerbenchError, match=r"no state dict of tensors found \(top-level keys: epoch, weights, config;"):
+        load_pretrained(create_model("resnet18", 7, 48, 3), tmp_path / "w.pth")

@@ -8,6 +8,8 @@ by the same background write, after the checkpoint.
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import threading
 from dataclasses import dataclass, field
@@ -62,6 +64,12 @@ def state_nbytes(obj: Any) -> int:
     return 0
 
 
+# Plain data containers that common training scripts pickle beside the weights, allowed in weights_only
+# loading because building them runs no code of the file's choosing: timm's train.py saves its
+# argparse.Namespace of arguments as `args`.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
 def safe_torch_load(path: Path) -> Any:
     """torch.load with weights_only (a file can never run code) and its warnings about the file's
     pickle protocol kept off the user's screen; a file holding other Python objects raises an
@@ -69,7 +77,7 @@ def safe_torch_load(path: Path) -> Any:
     import pickle
     import warnings
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
         warnings.simplefilter("ignore")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -35,9 +35,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:  # noqa: BLE001  (unpicklable or hostile files are bad input)
         raise FerbenchError(f"{path}: not a loadable weights file ({first_line(e)})") from None
+    found = list(sd) if isinstance(sd, dict) else []
     sd = unwrap_state_dict(sd)
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise FerbenchError(f"{path}: expected a state dict of tensors")
+    if isinstance(sd, dict):  # numbers saved beside the weights (epoch, best_acc) are not weights; a scalar
+        sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}  # tensor matches no key and is listed unused
+    if not isinstance(sd, dict) or not sd:
+        keys = ", ".join(map(str, found[:12])) + (" ..." if len(found) > 12 else "")
+        raise FerbenchError(f"{path}: no state dict of tensors found (top-level keys: {keys or 'none'}; expected the "
+                            f"weights themselves or under one of {', '.join(WRAPPER_KEYS)})")
     return sd
 
 
@@ -68,7 +73,7 @@ def read_keras_h5(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_ema", "module")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_ema", "module", "net")  # net: rmn, FER .Pytorch
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
 
 
@@ -81,11 +86,12 @@ def unwrap_state_dict(obj: Any) -> Any:
     if isinstance(obj, dict) and "rng_torch" in obj and isinstance(obj.get("model"), dict):
         return obj.get("ema") or obj["model"]  # a ferbench checkpoint: the model its run tested (EMA when kept)
     for _ in range(2):  # a wrapper inside a wrapper (e.g. {"model": {"state_dict": ...}})
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
+        # a wrapper key holding a dict: a state dict's own entries are tensors, so scalars beside it
+        # (EfficientFace's best_acc, timm's metric) do not hide it
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None) if isinstance(obj, dict) else None
+        if inner is None:
+            break
+        obj = inner
     if isinstance(obj, dict) and obj:
         for prefix in WRAPPER_PREFIXES:
             if all(isinstance(k, str) and k.startswith(prefix) for k in obj):
