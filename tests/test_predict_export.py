@@ -177,5 +177,5 @@ def test_tensorboard_event_files_only_when_asked(tmp_path):
         assert [s.step for s in scalars] == [1, 2]
         np.testing.assert_allclose([s.value for s in scalars], [float(r[key]) for r in history], rtol=1e-5)
     result = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--log", "wandb", "--runs-dir", str(tmp_path / "r3")])
-    assert result.exit_code == 2 and "launcher.log" in result.output and "tensorboard" in result.output
+    assert result.exit_code == 2 and "--log wandb: unknown logger" in result.output and "tensorboard" in result.output
     assert not (tmp_path / "r3").exists()

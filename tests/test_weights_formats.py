@@ -135,3 +135,27 @@ def test_a_checkpoint_without_weights_is_refused_with_the_keys_it_holds(tmp_path
     torch.save({"epoch": 3, "weights": [1, 2], "config": {"lr": 0.1}}, tmp_path / "w.pth")
     with pytest.raises(FerbenchError, match=r"no state dict of tensors found \(top-level keys: epoch, weights, config;"):
         load_pretrained(create_model("resnet18", 7, 48, 3), tmp_path / "w.pth")
+
+
+def test_an_official_emonext_trainer_checkpoint_gives_its_ema_model_with_the_stn(tmp_path):
+    """yelboudouri/EmoNeXt's train.py saves {'model', 'opt', 'ema': ema_pytorch's EMA, 'scaler', 'scheduler',
+    'best_acc'}, with the STN at the model's top level (localization.*, fc_loc.*). The EMA model (what its
+    test evaluates) is taken, every tensor lands, the STN included, and the record says where it came from."""
+    torch.manual_seed(3)
+    live, ema = create_model("emonext-atto", 7, 48, 3), create_model("emonext-atto", 7, 48, 3)
+
+    def official(sd):
+        return {(k[len("stn."):] if k.startswith("stn.") else k): v for k, v in sd.items()}
+
+    ema_state = {"initted": torch.tensor(True), "step": torch.tensor(640),
+                 **{f"online_model.{k}": v for k, v in official(live.state_dict()).items()},
+                 **{f"ema_model.{k}": v for k, v in official(ema.state_dict()).items()}}
+    payload = {"model": official(live.state_dict()), "opt": {"state": {}, "param_groups": []}, "ema": ema_state,
+               "scaler": {"scale": 1024.0}, "scheduler": {"steps_counter": 640}, "best_acc": 71.2}
+    model, info = _load("emonext-atto", payload, tmp_path)
+    assert info["kept_init"] == [] and info["unused"] == [] and info["taken_from"] == "ema.ema_model"
+    _every_tensor_landed(model, ema)
+    assert any(k.startswith("stn.fc_loc") for k in info["loaded"])
+    model, info = _load("emonext-atto", {"model": official(live.state_dict())}, tmp_path)  # no EMA saved: the model
+    assert info["kept_init"] == [] and info["taken_from"] == "model"
+    _every_tensor_landed(model, live)

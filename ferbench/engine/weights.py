@@ -20,6 +20,11 @@ from ferbench.errors import FerbenchError, first_line
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return read_weights(path)[0]
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A weights file's state dict and where in the file it was found (e.g. "state_dict", "ema.ema_model")."""
     if not path.is_file():
         raise FerbenchError(f"{path}: weights file not found")
     try:
@@ -36,14 +41,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001  (unpicklable or hostile files are bad input)
         raise FerbenchError(f"{path}: not a loadable weights file ({first_line(e)})") from None
     found = list(sd) if isinstance(sd, dict) else []
-    sd = unwrap_state_dict(sd)
+    sd, taken = unwrap_state_dict(sd)
     if isinstance(sd, dict):  # numbers saved beside the weights (epoch, best_acc) are not weights; a scalar
         sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}  # tensor matches no key and is listed unused
     if not isinstance(sd, dict) or not sd:
         keys = ", ".join(map(str, found[:12])) + (" ..." if len(found) > 12 else "")
         raise FerbenchError(f"{path}: no state dict of tensors found (top-level keys: {keys or 'none'}; expected the "
                             f"weights themselves or under one of {', '.join(WRAPPER_KEYS)})")
-    return sd
+    return sd, taken
 
 
 KERAS_SUFFIXES = (".h5", ".hdf5")
@@ -77,21 +82,39 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_ema", "module"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
 
 
-def unwrap_state_dict(obj: Any) -> Any:
+EMA_WRAPPER = ("ema", "ema_model.")  # ema_pytorch's EMA saved whole (EmoNeXt's train.py): its copy of the model
+
+
+def unwrap_state_dict(obj: Any) -> tuple[Any, str]:
     """A checkpoint as users meet it -> its state dict: a training checkpoint's `state_dict` /
     `model_state_dict` / `model` / `model_ema` entry (EfficientFace and most repositories save
     {"epoch", "state_dict", "optimizer", ...}); a ferbench checkpoint's EMA weights where its run kept an
     EMA (what it tested unless eval.use_ema was off), else its model; with a `module.` (DataParallel) or `_orig_mod.`
-    (torch.compile) prefix that every key carries removed."""
+    (torch.compile) prefix that every key carries removed. A checkpoint of the official EmoNeXt trainer
+    ({"model", "ema": ema_pytorch's EMA, "opt", ...}) gives its EMA model: the weights its test uses.
+    Returns the state dict and where it was found ("" for the file itself)."""
     if isinstance(obj, dict) and "rng_torch" in obj and isinstance(obj.get("model"), dict):
-        return obj.get("ema") or obj["model"]  # a ferbench checkpoint: the model its run tested (EMA when kept)
+        # a ferbench checkpoint: the model its run tested (EMA when kept)
+        return (obj["ema"], "ema") if obj.get("ema") else (obj["model"], "model")
+    key, prefix = EMA_WRAPPER
+    ema = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(ema, dict) and any(isinstance(k, str) and k.startswith(prefix) for k in ema):
+        obj = {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+        return _strip_prefixes(obj), f"{key}.{prefix[:-1]}"
+    taken = []
     for _ in range(2):  # a wrapper inside a wrapper (e.g. {"model": {"state_dict": ...}})
         # a wrapper key holding a dict: a state dict's own entries are tensors, so scalars beside it
         # (EfficientFace's best_acc, timm's metric) do not hide it
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None) if isinstance(obj, dict) else None
-        if inner is None:
+        name = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None) if isinstance(obj, dict) else None
+        if name is None:
             break
-        obj = inner
+        obj = obj[name]
+        taken.append(name)
+    return _strip_prefixes(obj), ".".join(taken)
+
+
+def _strip_prefixes(obj: Any) -> Any:
+    """A `module.` (DataParallel) or `_orig_mod.` (torch.compile) prefix that every key carries, removed."""
     if isinstance(obj, dict) and obj:
         for prefix in WRAPPER_PREFIXES:
             if all(isinstance(k, str) and k.startswith(prefix) for k in obj):
@@ -110,9 +133,10 @@ def untrained(info: dict[str, list[str]]) -> list[str]:
 
 def load_pretrained(model: nn.Module, path: str | Path,
                     checkpoint_filter: Callable[[dict[str, Any], nn.Module], dict[str, Any]] | None = None
-                    ) -> dict[str, list[str]]:
-    """Copy every tensor whose (filtered) name and shape match; return loaded / kept-init / unused names."""
-    sd = read_state_dict(Path(path))
+                    ) -> dict[str, Any]:
+    """Copy every tensor whose (filtered) name and shape match; return loaded / kept-init / unused names
+    and where in the file the weights were found (`taken_from`)."""
+    sd, taken = read_weights(Path(path))
     if checkpoint_filter is not None:
         sd = checkpoint_filter(sd, model)
     own = model.state_dict()
@@ -127,4 +151,4 @@ def load_pretrained(model: nn.Module, path: str | Path,
     kept = [k for k in own if k not in set(loaded)]
     if not loaded:
         raise FerbenchError(f"{path}: no tensor matches this model (wrong architecture?)")
-    return {"loaded": loaded, "kept_init": kept, "unused": unused}
+    return {"loaded": loaded, "kept_init": kept, "unused": unused, "taken_from": taken or "the file itself"}

@@ -249,10 +249,16 @@ def timm_to_fb(key: str) -> str:
     return key
 
 
+OFFICIAL_STN = ("localization.", "fc_loc.")  # yelboudouri/EmoNeXt models.py: EmoNeXt.localization / .fc_loc
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """ConvNeXt weights (FB checkpoints, or timm's keys mapped to FB's) shaped for this EmoNeXt:
-    timm's conv_mlp variants store the block MLP as 1x1 convs, EmoNeXt as linear layers."""
+    """ConvNeXt or EmoNeXt weights shaped for this EmoNeXt: FB checkpoints, timm's keys mapped to FB's
+    (timm's conv_mlp variants store the block MLP as 1x1 convs, EmoNeXt as linear layers), and the
+    official EmoNeXt trainer's checkpoints, whose spatial-transformer keys move under `stn.`."""
     own = model.state_dict()
+    # the official EmoNeXt model keeps its spatial transformer at the top level; ferbench's is `stn.`
+    state_dict = {(f"stn.{k}" if k.startswith(OFFICIAL_STN) and f"stn.{k}" in own else k): v for k, v in state_dict.items()}
     if not any(k in own for k in state_dict):
         state_dict = {timm_to_fb(k): v for k, v in state_dict.items()}
     out = {}
