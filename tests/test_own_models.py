@@ -173,3 +173,26 @@ def test_an_edited_model_never_reuses_its_old_results(own_package):
     assert "another version of model 'mine'" in plan["mine"].conflict
     with pytest.raises(FerbenchError, match="another version of model 'mine'"):
         api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)
+
+
+def test_any_timm_architecture_by_name_runs_like_a_built_in(tmp_path):
+    """`arch: timm:<name>`: classes and channels from the job, the input size as img_size where the
+    architecture has one (a ViT at 32 px), options checked, an unknown name refused in one line."""
+    import torch
+
+    from ferbench.models import create_model
+    from ferbench.records import discover
+
+    vit = create_model("timm:vit_tiny_patch16_224", 7, 32, 1)
+    assert vit(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+    with pytest.raises(FerbenchError, match="timm .* has no architecture 'efficientnet_b99'"):
+        create_model("timm:efficientnet_b99", 7, 48, 3)
+    with pytest.raises(FerbenchError, match="unknown option 'nope' .accepted: drop_rate, drop_path_rate"):
+        create_model("timm:mobilenetv3_small_050", 7, 32, 3, nope=1)
+    spec = {"name": "tm", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+            "models": [{"id": "mnv3", "arch": "timm:mobilenetv3_small_050", "options": {"drop_rate": 0.1}}],
+            "train": {"epochs": 1, "batch_size": 16, "input_size": 32}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert [o.status for o in api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)] == ["complete"]
+    (rec,) = discover(tmp_path / "runs")
+    assert rec.metrics()["cost"]["params"] == sum(p.numel() for p in create_model("timm:mobilenetv3_small_050", 7, 32, 3).parameters())

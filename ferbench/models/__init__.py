@@ -75,7 +75,11 @@ def variants() -> dict[str, Variant]:
 
 def get_variant(name: str) -> Variant:
     _ensure_loaded()
-    if name not in _REGISTRY and ":" in name:
+    if name not in _REGISTRY and name.startswith("timm:"):
+        from ferbench.models.baselines import timm_variant
+
+        register(timm_variant(name))
+    elif name not in _REGISTRY and ":" in name:
         register(external_variant(name))
     if name not in _REGISTRY:
         raise FerbenchError(f"unknown model {name!r} (see `ferbench models`; e.g. {', '.join(sorted(_REGISTRY)[:6])}, ...; "

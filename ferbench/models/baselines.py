@@ -10,6 +10,7 @@ import timm
 import torch.nn as nn
 import torchvision
 
+from ferbench.errors import FerbenchError
 from ferbench.models import Variant, register
 
 
@@ -45,3 +46,29 @@ for _size, _paper in [("atto", False), ("femto", False), ("pico", False), ("nano
     register(Variant(f"convnext-{_size}", "convnext", build_timm_convnext, {"size": _size},
                      options=("drop_path_rate",), description=f"timm convnext_{_size}", paper=_paper,
                      checkpoint_filter=convnext_checkpoint_filter))
+
+
+TIMM_PREFIX = "timm:"
+TIMM_OPTIONS = ("drop_rate", "drop_path_rate")
+
+
+def build_timm(num_classes: int, input_size: int, in_chans: int, arch: str, **options: float) -> nn.Module:
+    """A timm architecture, random init, with the job's classes and channels; its input size as
+    `img_size` where the architecture has one (ViTs, Swin), any size otherwise (CNNs)."""
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=input_size,
+                                 **options)
+    except TypeError:  # no img_size argument: a convolutional network takes any input size
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **options)
+
+
+def timm_variant(name: str) -> Variant:
+    """`timm:<architecture>` (e.g. `timm:efficientnet_b0`): any model timm registers, through the same
+    protocols, costs and reports as the built-ins; its pretrained weights come through `weights: timm:<tag>`."""
+    arch = name[len(TIMM_PREFIX):]
+    if not timm.is_model(arch):
+        near = timm.list_models(f"*{arch[:8]}*")[:5]
+        raise FerbenchError(f"model {name!r}: timm {timm.__version__} has no architecture {arch!r}"
+                            + (f" (near: {', '.join(near)})" if near else ""))
+    return Variant(name, "timm", build_timm, {"arch": arch}, options=TIMM_OPTIONS, description=f"timm {arch}")
+
