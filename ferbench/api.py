@@ -46,7 +46,9 @@ class Plan:
     @property
     def estimate_s(self) -> float | None:
         left = [p.estimate_s for p in self.jobs if p.status != "done" and not p.problem]  # a job that cannot run costs nothing
-        return None if not left and any(p.problem for p in self.jobs) or any(s is None for s in left) else sum(left)
+        if any(s is None for s in left) or (not left and any(p.problem for p in self.jobs)):
+            return None
+        return sum(left)
 
     def problems(self) -> list[str]:
         """A line per job whose model cannot run: it will fail with this reason and the rest will run."""

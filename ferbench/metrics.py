@@ -162,7 +162,20 @@ def run_predictive(values: np.ndarray, extra_var: float = 0.0, mean_of: int = 1)
     v = np.asarray(values, dtype=float)
     if v.size < 2:
         return None
-    return float(v.mean()), math.sqrt(float(v.var(ddof=1)) * (1 / mean_of + 1 / v.size) + extra_var), int(v.size - 1)
+    return float(v.mean()), _predictive_scale(float(v.var(ddof=1)), v.size, extra_var, mean_of), int(v.size - 1)
+
+
+def _predictive_scale(var: float, k: int, extra_var: float, mean_of: int) -> float:
+    """sqrt(s^2 (1/m + 1/k) + extra_var): the scale of `run_predictive` from k runs of sample variance s^2."""
+    return math.sqrt(var * (1 / mean_of + 1 / k) + extra_var)
+
+
+def _predictive_interval(m: float, c: float, df: int, confidence: float, best_of: int) -> tuple[float, float]:
+    """m + c * t_df^-1(u) at u = q^(1/b) and (1 - q)^(1/b), q = (1 - confidence) / 2, b = `best_of`."""
+    from scipy.stats import t
+
+    q = (1 - confidence) / 2
+    return m + c * float(t.ppf(q ** (1 / best_of), df)), m + c * float(t.ppf((1 - q) ** (1 / best_of), df))
 
 
 def single_run_interval(values: np.ndarray, confidence: float = 0.95, best_of: int = 1,
@@ -180,14 +193,8 @@ def single_run_interval(values: np.ndarray, confidence: float = 0.95, best_of: i
     >>> round(lo, 4), round(hi, 4)
     (0.5206, 0.7194)
     """
-    from scipy.stats import t
-
     pred = run_predictive(values, extra_var, mean_of)
-    if pred is None:
-        return None
-    m, c, df = pred
-    q = (1 - confidence) / 2
-    return (m + c * float(t.ppf(q ** (1 / best_of), df)), m + c * float(t.ppf((1 - q) ** (1 / best_of), df)))
+    return None if pred is None else _predictive_interval(*pred, confidence, best_of)
 
 
 def probability_run_reaches(values: np.ndarray, claim: float, best_of: int = 1, extra_var: float = 0.0,
@@ -215,12 +222,8 @@ def seeds_to_settle(mean: float, std: float, claim: float, confidence: float = 0
     >>> seeds_to_settle(0.87055, 0.00177, 0.8789), seeds_to_settle(0.62, 0.02, 0.63)
     (4, None)
     """
-    from scipy.stats import t
-
-    q = 1 - (1 - confidence) / 2
     for k in range(3, most + 1):
-        c = math.sqrt(std ** 2 * (1 / mean_of + 1 / k) + extra_var)
-        lo, hi = mean + c * float(t.ppf((1 - q) ** (1 / best_of), k - 1)), mean + c * float(t.ppf(q ** (1 / best_of), k - 1))
+        lo, hi = _predictive_interval(mean, _predictive_scale(std ** 2, k, extra_var, mean_of), k - 1, confidence, best_of)
         if not lo <= claim <= hi:
             return k
     return None

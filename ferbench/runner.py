@@ -133,9 +133,10 @@ def model_source(job: Job) -> dict[str, str]:
 def model_conflict(job: Job, job_dir: Path, manifest: dict[str, Any]) -> str | None:
     """Why the job's existing record was made by another model than the job builds now (the user's
     module was edited), or None; records made before the source was recorded are not second-guessed."""
-    recorded, now = manifest.get("model_source"), model_source(job)
+    recorded = manifest.get("model_source")
     if not isinstance(recorded, dict):
         return None
+    now = model_source(job)
     key = "sha256" if "sha256" in now else "builtin"  # where a file lives does not matter, its content does
     if recorded.get(key) == now[key]:
         return None

@@ -25,9 +25,8 @@ from ferbench.errors import FerbenchError
 from ferbench.metrics import (bootstrap_mean_ci, mcnemar_exact, paired_permutation_test, per_class_recall,
                               seed_level_difference)
 from ferbench.report.sections import (Section, Table, condition_table, environment_sections, latency_cell,
-                                      provenance_sections, run_level_reading, signed, small, text)
-from ferbench.report.tables import fmt_pct
-from ferbench.report.tables import metric_rows
+                                      provenance_sections, run_level_reading, seed_level_cells, signed, small, text)
+from ferbench.report.tables import fmt_pct, metric_rows
 from ferbench.records import RunRecord, discover
 
 
@@ -99,9 +98,7 @@ def compare(a: str, b: str, runs_dir: Path, dataset: str | None = None, publishe
         raise FerbenchError(f"compare: no complete runs of {missing!r} under {runs_dir}"
                             + (f" on dataset {dataset!r}" if dataset else "") + " (model id, arch or family such as resface, emonext, convnext, resnet)"
                             + (f"; {damaged} damaged record(s) were left out: `ferbench report` lists why" if damaged else ""))
-    from ferbench.report.page import conditions
-
-    from ferbench.report.page import code_versions, environments
+    from ferbench.report.page import code_versions, conditions, environments
 
     out: dict[str, Any] = {"a": a, "b": b, "records_from": str(runs_dir), "datasets": {}, "conditions": conditions(ra_all + rb_all),
                            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -163,11 +160,7 @@ def compare_sections(result: dict[str, Any]) -> list[Section]:
             if "note" in p:
                 answer.append([text(d), text(p["a"]), text(p["b"]), text("–"), text(p["note"]), *[text("")] * 4])
                 continue
-            sl = p["seed_level"]
-            answer.append([text(d), text(p["a"]), text(p["b"]), text(sl["seeds"]), text(("b", signed(sl["mean_diff"]))),
-                           text(f"[{signed(sl['ci'][0])}, {signed(sl['ci'][1])}]" if sl["ci"] else "–"),
-                           text("–" if sl["p_value"] is None else f"{sl['p_value']:.3g}"), text(f"{sl['p_a_beats_b']:.2f}"),
-                           text(sl["reading"])])
+            answer.append([text(d), text(p["a"]), text(p["b"]), *seed_level_cells(p["seed_level"]), text(p["seed_level"]["reading"])])
             pt = p["paired_test"]
             image.append([text(d), text(p["a"]), text(p["b"]), text(", ".join(map(str, p["seeds"]))), text(p["n_images"]),
                           text(signed(p["acc_diff"])), text(f"[{signed(p['acc_diff_ci95'][0])}, {signed(p['acc_diff_ci95'][1])}]"),

@@ -154,14 +154,18 @@ PAIRED_CAPTION = (
     "conditions (see the verdicts for whether these runs share them): context, not a test.")
 
 
+def seed_level_cells(sl: dict[str, Any]) -> list[Cell]:
+    """A `metrics.seed_level_difference` result as cells: paired seeds, mean Δ, its CI, paired t p, P(A run > B run)."""
+    return [text(sl["seeds"]), text(("b", signed(sl["mean_diff"]))),
+            text(f"[{signed(sl['ci'][0])}, {signed(sl['ci'][1])}]" if sl["ci"] else "–"),
+            text("–" if sl["p_value"] is None else f"{sl['p_value']:.3g}"), text(f"{sl['p_a_beats_b']:.2f}")]
+
+
 def paired_sections(ctx: dict[str, Any]) -> list[Section]:
     rows = []
     for p in ctx["paired"]:
-        rows.append([text(p["dataset"]), text(("b", p["a"])), text(p["b"]), text(p["seeds"]), text(("b", signed(p["mean_diff"]))),
-                     text(f"[{signed(p['ci'][0])}, {signed(p['ci'][1])}]" if p["ci"] else "–"),
-                     text("–" if p["p_value"] is None else f"{p['p_value']:.3g}"), text(f"{p['p_a_beats_b']:.2f}"),
-                     text("–" if p["paper_diff"] is None else signed(p["paper_diff"])),
-                     text(run_level_reading(p, p["a"], p["b"]))])
+        rows.append([text(p["dataset"]), text(("b", p["a"])), text(p["b"]), *seed_level_cells(p),
+                     text(signed(p["paper_diff"])), text(run_level_reading(p, p["a"], p["b"]))])
     if not rows:
         return []
     return [Section("Paired differences (the run as the unit)", PAIRED_CAPTION.format(basis="last epoch"), tables=[Table(
@@ -203,9 +207,7 @@ def accuracy_sections(ctx: dict[str, Any]) -> list[Section]:
                     parts += [BR, ("", f"claimed {fmt_pct(c['claim'])}, Δ {signed(c['diff'])}")]
                 cells.append(parts)
             rows.append(cells)
-        rows.append([text(small("majority class (test)")),
-                     *[text(small(fmt_pct(t["majority"].get(d)) if t["majority"].get(d) is not None else "–"))
-                       for d in t["datasets"]]])
+        rows.append([text(small("majority class (test)")), *[text(small(fmt_pct(t["majority"].get(d)))) for d in t["datasets"]]])
         out.append(Section(f"Test accuracy (%), {label}", (
             "Each cell: mean ± std over n seeds (a cross-validation seed's folds pooled: its correct over its tested "
             "images), [95 % CI of that mean: a percentile bootstrap that resamples test images, each image's seeds kept "
@@ -266,7 +268,7 @@ def latency_cell(g: dict[str, Any]) -> Cell:
 def metric_sections(ctx: dict[str, Any]) -> list[Section]:
     groups = ctx["groups"]
     rows = [[text(g["model"]), text(g["dataset"]), text(g["n"]), text(fmt_pct(g["accuracy"])),
-             text(fmt_pct(ctx["majority"].get(g["dataset"])) if ctx["majority"].get(g["dataset"]) is not None else "–"),
+             text(fmt_pct(ctx["majority"].get(g["dataset"]))),
              text(fmt_pct(g["balanced_accuracy"])), text(fmt_pct(g["macro_f1"])), text(f"{g['ece']:.3f}"),
              text(f"{g['params'] / 1e6:.2f}" if g["params"] else "–"),
              text(_num(g["gmacs"], ".3f"), small(f" @{g['input_size']}")), latency_cell(g)]

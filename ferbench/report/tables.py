@@ -101,10 +101,12 @@ def paired_rows(records: list[RunRecord], claims: list[dict[str, Any]], which: s
         if len(by_label) < 2:
             continue
         (ref, ref_recs), *others = by_label.items()
+        b = per_seed_accuracy(ref_recs, which)
+        ref_labels = {s: _test_labels(ref_recs, s) for s in b}
         for label, recs in others:
-            a, b = per_seed_accuracy(recs, which), per_seed_accuracy(ref_recs, which)
+            a = per_seed_accuracy(recs, which)
             same_test = {s: _test_labels(recs, s) for s in a if s in b}
-            seeds = [s for s, y in same_test.items() if y is not None and np.array_equal(y, _test_labels(ref_recs, s))]
+            seeds = [s for s, y in same_test.items() if y is not None and np.array_equal(y, ref_labels[s])]
             if not seeds:
                 continue
             # the paper's difference at its own setting (its arch and conditions): context, never a verdict
@@ -122,12 +124,8 @@ def majority_rate(records: list[RunRecord]) -> float | None:
     folds joined): the floor every accuracy on the page is read against."""
     if not records:
         return None
-    first = min(r.job.seed for r in records)
-    labels = [r.predictions().get("test.labels") for r in records if r.job.seed == first]
-    if any(lab is None for lab in labels):
-        return None
-    y = np.concatenate(labels)
-    return float(np.bincount(y).max() / y.size) if y.size else None
+    y = _test_labels(records, min(r.job.seed for r in records))
+    return float(np.bincount(y).max() / y.size) if y is not None and y.size else None
 
 
 def fold_table(records: list[RunRecord], which: str = "last") -> list[dict[str, Any]]:

@@ -258,16 +258,18 @@ def run_spread(claim: float, paper: dict[str, Any], recs: list[RunRecord], which
     settle = seeds_to_settle(mean, std, claim, 0.95, best_of, extra, mean_of=mean_of)
     said = (f"{k} seeds: the claim lies inside their wide interval (±{100 * half:.1f} points)" if k < MIN_SEEDS else
             f"the runs spread too widely (one run's interval ±{100 * half:.1f} points) to confirm or refute a claim inside it")
+    narrow = 1.96 * math.sqrt(std ** 2 + extra) <= MAX_HALF_WIDTH  # would many seeds give a narrow enough interval
+    needed: int | None = settle or (MIN_SEEDS if narrow or k < MIN_SEEDS else None)
     if settle:
         hint = f"; {settle} seeds would show it {'below' if claim > mean else 'above'} if this spread holds"
-    elif k < MIN_SEEDS and 1.96 * math.sqrt(std ** 2 + extra) > MAX_HALF_WIDTH:
-        hint = f"; run at least {MIN_SEEDS} seeds to measure the spread"
-    elif 1.96 * math.sqrt(std ** 2 + extra) <= MAX_HALF_WIDTH:
+    elif narrow:
         hint = f"; {MIN_SEEDS} seeds would confirm it if this spread holds"
+    elif k < MIN_SEEDS:
+        hint = f"; run at least {MIN_SEEDS} seeds to measure the spread"
     else:
         hint = "; more seeds would not narrow one run's spread: the recipe itself is unstable"
-    return {**out, "seeds_needed": settle or (MIN_SEEDS if "confirm" in hint or "at least" in hint else None),
-            "direction": "inconclusive", "why": f"{said}, P(a run reaches it) = {p_reach:.2f}{hint}"}
+    return {**out, "seeds_needed": needed, "direction": "inconclusive",
+            "why": f"{said}, P(a run reaches it) = {p_reach:.2f}{hint}"}
 
 
 def claim_resolution(value: float, resolution: float | None) -> float:
