@@ -57,6 +57,8 @@ class RichEpochs:
     def advance(self) -> None:
         self.bar.advance(self.batches)
 
+    def steps(self, first_step: int, epoch: int, losses: list[float], lrs: list[float]) -> None: ...
+
     def note(self, text: str) -> None:
         self.bar.console.print(f"  {self.label}: {escape(text)}", highlight=False)
 
@@ -209,7 +211,8 @@ def run(
     cpus: Optional[int] = typer.Option(None, "--cpus", help="SLURM CPUs per job"),
     mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="SLURM memory per job"),
     time_min: Optional[int] = typer.Option(None, "--time-min", help="SLURM time limit per job (minutes)"),
-    log: list[str] = typer.Option([], "--log", help="also log each epoch to: tensorboard (event files in each job folder's tensorboard/)"),
+    log: list[str] = typer.Option([], "--log", help="also log to a tracker (repeatable): tensorboard (each job folder's tensorboard/), "
+                                   "mlflow (MLFLOW_TRACKING_URI, else <runs-dir>/mlflow.db), csv (each job folder's csv/)"),
 ) -> None:
     """Train and evaluate every (model x dataset x seed) job of SPEC; finished jobs are skipped,
     interrupted ones resume from their last checkpoint."""

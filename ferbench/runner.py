@@ -204,7 +204,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
     """Train and evaluate one job into runs_dir/<spec>/<job-id>/; resumable and idempotent."""
     from ferbench.engine import dist
     from ferbench.engine.checkpoint import CheckpointWriter
-    from ferbench.engine.sinks import Tee, open_sinks
+    from ferbench.engine.sinks import Tracked
     from ferbench.engine.train import NoProgress, precision
 
     keep_freed_memory()  # every process that trains: local, --workers, submitit, torchrun
@@ -225,8 +225,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
             class_counts=ds.counts(), image_shape=list(ds.splits["train"].images.shape[1:]),
             fidelity={"recipe": job.recipe, **job.model.options}, model_source=model_source(job),
         )
-        sinks = open_sinks(job.log, job_dir) if dist.is_main() else []
-        progress = Tee(progress, *sinks) if sinks else progress
+        progress = Tracked(progress, job.log if dist.is_main() else [], job, job_dir, runs_dir)
         try:
             model, teacher = build(job, ds, runs_dir, device, manifest, progress)
             manifest.add(precision=precision(job.train, device))
@@ -237,6 +236,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
                 return Outcome(job, "complete", time.perf_counter() - t0)
             record(job, job_dir, ds.num_classes, arrays, metrics)
             manifest.finish(COMPLETE, time.perf_counter() - t0, kernels=chosen_kernels())
+            progress.final(metrics, int(res.history[-1].get("step", 0)) if res.history else 0)
             return Outcome(job, "complete", time.perf_counter() - t0, stored_test_accuracy(job_dir))
         except (JobFailed, FerbenchError, RuntimeError, ValueError, OSError) as e:  # the record says why; the spec goes on
             reason = str(e) if isinstance(e, (JobFailed, FerbenchError)) else f"{type(e).__name__}: {first_line(e, 300)}"
@@ -246,8 +246,7 @@ def run_job(job: Job, runs_dir: Path, ds: FerDataset, device: Any, progress: Any
                 reason += f" (and the record could not be updated: {not_written})"
             return Outcome(job, "failed", time.perf_counter() - t0, reason=reason)
         finally:
-            for sink in sinks:
-                sink.close()
+            progress.close()
 
 
 def train_phase(job: Job, ds: FerDataset, model: Any, teacher: Any, device: Any, runs_dir: Path, manifest: Manifest,

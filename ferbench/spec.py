@@ -302,7 +302,7 @@ class Claim(_Strict):
     conditions: ClaimConditions = ClaimConditions()
 
 
-LOGGERS = ("tensorboard",)  # progress sinks `--log` / launcher.log accept (engine/sinks.py opens them)
+LOGGERS = ("tensorboard", "mlflow", "csv")  # progress sinks `--log` / launcher.log accept (engine/sinks.py opens them)
 
 
 class LauncherConfig(_Strict):
@@ -316,8 +316,9 @@ class LauncherConfig(_Strict):
     cpus_per_task: int | None = Field(None, ge=1)
     mem_gb: int | None = Field(None, ge=1)
     timeout_min: int = Field(24 * 60, ge=1)
-    log: list[Literal[LOGGERS]] = Field([], description="progress sinks besides the terminal: tensorboard "
-                                              "writes each job's epoch rows as event files under its folder's tensorboard/")
+    log: list[Literal[LOGGERS]] = Field([], description="experiment trackers besides the terminal (engine/sinks.py): "
+                                              "tensorboard, mlflow, csv; each gets the job's parameters, per-step loss and lr, "
+                                              "epoch rows and final metrics")
 
 
 class Spec(_Strict):

@@ -410,7 +410,7 @@ CLI_CASES = [
     (["run", "SPEC", "--device", "tpu"], ["--device tpu: expected auto, cpu, cuda"]),
     (["run", "SPEC", "--threads", "-1"], ["--threads -1: expected 1..1024"]),
     (["run", "SPEC", "--threads", "100000"], ["--threads 100000: expected 1..1024"]),
-    (["run", "SPEC", "--log", "wandb"], ["--log wandb: unknown logger (expected one of: tensorboard)"]),  # the flag, not the spec
+    (["run", "SPEC", "--log", "wandb"], ["--log wandb: unknown logger (expected one of: tensorboard, mlflow, csv)"]),  # the flag, not the spec
     (["compare", "a", "b", "--runs-dir", "."], ["no complete runs of 'a'"]),
     (["data", "info", "nope"], ["unknown dataset 'nope'"]),
     (["cost", "resnet19"], ["unknown model 'resnet19'"]),

@@ -16,7 +16,7 @@ import yaml
 from ferbench import api
 from ferbench.records import discover
 from ferbench.metrics import probability_run_reaches, single_run_interval
-from ferbench.report.tables import pooled_ci, runs_frame
+from ferbench.report.tables import runs_frame
 from ferbench.report.verdicts import claim_verdicts
 from tests.conftest import run_spec_dict
 

@@ -41,6 +41,7 @@ class Progress(Protocol):
 
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
     def advance(self) -> None: ...  # after each training step
+    def steps(self, first_step: int, epoch: int, losses: list[float], lrs: list[float]) -> None: ...  # an epoch's steps
     def end_epoch(self, row: dict[str, Any]) -> None: ...  # the epoch's history row
     def note(self, text: str) -> None: ...  # a line for the user (e.g. what pretrained weights loaded)
 
@@ -50,6 +51,7 @@ class NoProgress:
 
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
     def advance(self) -> None: ...
+    def steps(self, first_step: int, epoch: int, losses: list[float], lrs: list[float]) -> None: ...
     def end_epoch(self, row: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
 
@@ -233,10 +235,13 @@ def train_one_epoch(tr: Trainer, epoch: int, seed: int, loop: LoopState, progres
     aug_gen = epoch_generator(seed, epoch, 1)
     step_loss = torch.empty(tr.steps_per_epoch, device=tr.device)  # each step's mean loss
     step_correct = torch.empty(tr.steps_per_epoch, device=tr.device, dtype=torch.long)
+    step_lr = [0.0] * tr.steps_per_epoch  # the lr each step used (before the schedule's step)
+    first_step = loop.step + 1
     progress.start_epoch(epoch, tr.cfg.epochs, tr.steps_per_epoch)
     for i in range(tr.steps_per_epoch):
         rows = slice(i * tr.batch, (i + 1) * tr.batch)
         x, y, target = _batch(tr, order[rows], host_order[rows], aug_gen)
+        step_lr[i] = float(tr.opt.param_groups[0]["lr"])
         logits, loss = train_step(tr, x, y, target)
         loop.step += 1
         if tr.ema is not None:
@@ -246,6 +251,7 @@ def train_one_epoch(tr: Trainer, epoch: int, seed: int, loop: LoopState, progres
         progress.advance()
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == tr.steps_per_epoch:
             _check_finite(step_loss, i, loop.step, epoch)
+    progress.steps(first_step, epoch + 1, step_loss.tolist(), step_lr)
     sizes = [min(tr.batch, len(tr.images) - i * tr.batch) for i in range(tr.steps_per_epoch)]  # the last may be partial
     seen = sum(sizes)
     my_rows = torch.tensor([len(range(n)[tr.mine]) for n in sizes], device=tr.device, dtype=step_loss.dtype)
