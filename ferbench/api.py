@@ -102,7 +102,10 @@ def load(spec_path: str | Path, profile: str | None = None, overrides: list[tupl
     """A validated spec (profile and `key=value` overrides applied) and its jobs."""
     from ferbench.data import fold_count
 
+    from ferbench.models import add_spec_folder
+
     spec = load_spec(spec_path, profile, overrides)
+    add_spec_folder(Path(spec_path).parent)  # a spec's own model module may sit beside it
     return spec, expand(spec, profile, fold_count)
 
 
@@ -264,17 +267,30 @@ def find_run(run: str | Path, runs_dir: str | Path = RUNS_DIR) -> Path:
 
 
 def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta: str | None = None,
-            runs_dir: str | Path = RUNS_DIR, out: str | Path | None = None) -> Any:
-    """Class probabilities for image files and folders from a finished run's model (`predict.Predictions`);
-    also written to `out` (.csv or .json) when given, if any image was predicted."""
-    from ferbench.predict import predict_files, write_predictions
-    from ferbench.trained import load_run
-
+            runs_dir: str | Path = RUNS_DIR, out: str | Path | None = None, *, detect: bool = False,
+            batch_size: int | None = None, device: str = "cpu", top_k: int = 1) -> Any:
+    """Class probabilities for image files and folders from a finished run's model (`predict.Predictions`):
+    face crops, or with `detect` every face found in photos; also written to `out` (.csv or .json)
+    when given, if any image was predicted."""
+    from ferbench.predict import check_device, predict_files, write_predictions
     from ferbench.spec import TTA_MODES
+    from ferbench.trained import load_run
 
     if tta is not None and tta not in TTA_MODES:
         raise FerbenchError(f"--tta {tta!r}: expected {', '.join(TTA_MODES[:-1])} or {TTA_MODES[-1]}")
-    result = predict_files(load_run(find_run(run, runs_dir), which), list(inputs), tta)
+    if batch_size is not None and not 1 <= batch_size <= 4096:
+        raise FerbenchError(f"--batch-size {batch_size}: expected 1 to 4096 images")
+    if top_k < 1:
+        raise FerbenchError(f"--top-k {top_k}: expected at least 1")
+    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise FerbenchError(f"--out {out}: expected a .csv or .json file")
+    device = check_device(device)
+    if detect:
+        from ferbench.detect import cascade
+
+        cascade()  # OpenCV missing: one line before the model loads
+    result = predict_files(load_run(find_run(run, runs_dir), which), list(inputs), tta, detect=detect,
+                           batch_size=batch_size, device=device, top_k=top_k)
     if out is not None and result.files:
         write_predictions(result, Path(out))
     return result

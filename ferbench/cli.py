@@ -523,35 +523,57 @@ WhichOpt = Annotated[str, typer.Option("--which", help="last (the model the run'
 @app.command()
 def predict(
     run: RunArg,
-    images: list[str] = typer.Argument(..., help="face-crop image files or folders of them (searched recursively)"),
+    images: list[str] = typer.Argument(..., help="face crops (or, with --detect, photos): image files or folders of them (searched recursively)"),
     which: WhichOpt = "last",
     tta: Optional[str] = typer.Option(None, "--tta", help="none, flip or tencrop (default: as the run evaluated)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image) or .json here"),
+    detect: bool = typer.Option(False, "--detect", help="find the faces in each photo (OpenCV Haar cascade, pip install 'ferbench[detect]'), "
+                                "crop them as the run's training data is cropped; one row per face with its box"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per forward pass (default: the run's eval batch)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:<index> or mps"),
+    top_k: int = typer.Option(1, "--top-k", help="also list the k most probable classes per face"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image or face) or .json here"),
     runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
 ) -> None:
-    """Class probabilities for face crops from a finished run's model. Undecodable images are refused
-    one line each and the rest predicted; exit 1 when any was refused, 2 when none was predicted."""
+    """Class probabilities for face crops, or with --detect for every face in photos, from a finished run's
+    model. Undecodable images are refused one line each and the rest predicted; photos without a face are
+    listed. Exit 1 when any image was refused, 2 when nothing was predicted."""
     from ferbench import api
 
     try:
-        res = api.predict(run, images, which, tta, runs_dir, out)
+        res = api.predict(run, images, which, tta, runs_dir, out, detect=detect, batch_size=batch_size,
+                          device=device, top_k=top_k)
     except FerbenchError as e:
         _fail(str(e))
     for line in res.refused:
         err.print(f"[bold yellow]refused:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for name in res.no_face:
+        err.print(f"no face found: {escape(name)}", highlight=False, soft_wrap=True)
     if not res.files:
-        _fail("no image could be predicted; nothing written")
+        _fail("no face was found in any image; nothing written" if detect and res.no_face
+              else "no image could be predicted; nothing written")
     if out is not None:
-        err.print(f"wrote {out} ({len(res.files)} images)", markup=False, highlight=False)
+        err.print(f"wrote {out} ({len(res.files)} {'faces' if detect else 'images'})", markup=False, highlight=False)
     else:
-        t = Table(title=escape(f"{res.run} ({res.selection} model, TTA {res.tta})"))
-        for c in ("file", "prediction", *res.classes):
-            t.add_column(escape(c))
-        for row in res.rows():
-            t.add_row(escape(row["file"]), escape(row["prediction"]), *(f"{row[c]:.3f}" for c in res.classes))
-        console.print(t)
+        _print_predictions(res)
     if res.refused:
         raise typer.Exit(1)
+
+
+def _print_predictions(res: Any) -> None:
+    t = Table(title=escape(f"{res.run} ({res.selection} model, TTA {res.tta})"))
+    box = res.boxes is not None
+    shown = ["file", *(["face", "box"] if box else []), "prediction", *(["top"] if res.top_k > 1 else []), *res.classes]
+    for c in shown:
+        t.add_column(escape(c))
+    for row in res.rows():
+        cells = [row["file"]]
+        if box:
+            cells += [str(row["face"]), f"{row['x']},{row['y']} {row['w']}x{row['h']}"]
+        cells.append(row["prediction"])
+        if res.top_k > 1:
+            cells.append(", ".join(f"{row[f'top{k}']} {row[f'top{k}_p']:.2f}" for k in range(1, res.top_k + 1)))
+        t.add_row(*map(escape, cells), *(f"{row[c]:.3f}" for c in res.classes))
+    console.print(t)
 
 
 @app.command()

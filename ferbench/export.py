@@ -2,8 +2,8 @@
 
 The exported network takes what the model takes: (batch, in_chans, input_size, input_size) float32,
 already normalised (the batch size is dynamic). A JSON file beside it says how to get there from a
-face crop (grey or colour, the dataset's image size, the normalisation) and names the classes in
-their order. Every export is loaded back and run on a seeded batch of preprocessed random images;
+face crop, step by step with each library call and its interpolation (`trained.preprocessing_steps`),
+names the test-time augmentation the run's numbers used and the classes in their order. Every export is loaded back and run on a seeded batch of preprocessed random images;
 the largest absolute logit difference against PyTorch is recorded and must be under `tolerance`,
 or nothing is written.
 
@@ -27,7 +27,7 @@ import torch
 
 from ferbench.errors import FerbenchError, first_line
 from ferbench.fileio import write_atomic, write_json_atomic
-from ferbench.trained import TrainedModel, preprocess
+from ferbench.trained import TrainedModel, preprocess, preprocessing_steps, preprocessing_text
 
 Format = Literal["onnx", "torchscript", "pt2"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -84,22 +84,13 @@ def describe(tm: TrainedModel, fmt: str, out: Path, diff: float, batch: int, tol
         "classes": tm.classes,
         "input": {"shape": ["batch", t.in_chans, t.input_size, t.input_size], "dtype": "float32",
                   "face_crop": {"colour": tm.colour, "size": list(tm.image_shape[:2])},
-                  "preprocessing": preprocessing_text(tm)},
+                  "preprocessing": preprocessing_text(tm), "preprocessing_steps": preprocessing_steps(tm),
+                  "test_time_augmentation": {"mode": tm.job.eval.tta, "resize_ratio": tm.job.eval.tta_resize_ratio,
+                                             "note": "the run's reported accuracy averaged the logits of these views, "
+                                                     "then took the softmax; this file takes one view per image"}},
         "output": "logits (batch, classes); softmax gives the class probabilities",
         "parity": {"max_abs_logit_diff": diff, "batch": batch, "tolerance": tolerance, "against": f"torch {torch.__version__}"},
     }
-
-
-def preprocessing_text(tm: TrainedModel) -> str:
-    t = tm.job.train
-    colour = "RGB" if tm.colour else "grey"
-    steps = [f"decode as {colour}", f"resize to {tm.image_shape[1]}x{tm.image_shape[0]}", "scale pixels to [0, 1]",
-             f"resize (bilinear) to {t.input_size}x{t.input_size}"]
-    if t.in_chans == 3 and not tm.colour:
-        steps.append("repeat the grey channel 3 times")
-    steps.append({"half": "map to [-1, 1]: (x - 0.5) / 0.5", "imagenet": "normalise with ImageNet mean and std per channel",
-                  "none": "no normalisation"}.get(t.normalize, t.normalize))
-    return "; ".join(steps)
 
 
 def _write_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:

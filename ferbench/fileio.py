@@ -20,6 +20,7 @@ import numpy as np
 
 from ferbench.errors import FerbenchError, first_line
 
+MAX_IMAGE_PIXELS = 40_000_000  # the largest image ferbench decodes (dataset files, predict's photos): a face is far smaller
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

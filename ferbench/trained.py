@@ -96,26 +96,94 @@ def _image_shape(manifest: dict[str, Any], job: Job, run_dir: Path) -> tuple[int
     return tuple(int(n) for n in shape)
 
 
-def decode_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """An image file as a training image of `shape` ((H, W) grey or (H, W, 3) colour) as uint8; a
-    file that does not decode raises FerbenchError naming it."""
+def open_image(path: Path) -> Any:
+    """An image file as a PIL image with its pixels read, under MAX_IMAGE_PIXELS (checked from the
+    header, before any pixel is decoded); FerbenchError naming the file otherwise."""
     from PIL import Image, UnidentifiedImageError
+
+    from ferbench.fileio import MAX_IMAGE_PIXELS
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if len(shape) == 3 else "L")
-            im = im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)  # PIL antialiases when it shrinks
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the {MAX_IMAGE_PIXELS // 10**6} "
+                                    "megapixels ferbench decodes")
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError:
+        raise FerbenchError(f"{path}: image has more than the {MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise FerbenchError(f"{path}: not a decodable image ({first_line(e, 120)})") from None
 
 
-def class_probabilities(tm: TrainedModel, images: np.ndarray, tta: str = "none") -> np.ndarray:
-    """(N, K) softmax probabilities for uint8 images shaped like the run's training images."""
+def as_training_image(im: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A PIL image as a training image of `shape` ((H, W) grey or (H, W, 3) colour) in uint8: converted,
+    then resized with Pillow's bilinear filter (antialiased when it shrinks: its support grows with the factor)."""
+    from PIL import Image
+
+    im = im.convert("RGB" if len(shape) == 3 else "L")
+    if im.size != (shape[1], shape[0]):
+        im = im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """An image file as a training image of `shape`; a file that does not decode raises FerbenchError naming it."""
+    return as_training_image(open_image(path), shape)
+
+
+def class_probabilities(tm: TrainedModel, images: np.ndarray, tta: str = "none", device: str = "cpu",
+                        batch_size: int | None = None) -> np.ndarray:
+    """(N, K) softmax probabilities for uint8 images shaped like the run's training images (TTA views'
+    logits averaged, then softmax), computed on `device` in batches of `batch_size` (default: the run's
+    `train.eval_batch_size`)."""
     from ferbench.engine.evaluate import predict
 
-    logits = predict(tm.model, images, tm.job.train, torch.device("cpu"), tta, tm.job.eval.tta_resize_ratio)
+    dev = torch.device(device)
+    cfg = tm.job.train if batch_size is None else tm.job.train.model_copy(update={"eval_batch_size": batch_size})
+    logits = predict(tm.model.to(dev), images, cfg, dev, tta, tm.job.eval.tta_resize_ratio)
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def preprocessing_steps(tm: TrainedModel) -> list[dict[str, Any]]:
+    """Every step from an image file to the network's input, with the library call and its settings,
+    for a user to copy outside ferbench (the export sidecar): `decode_image`, then `preprocess`.
+    The interpolation matters: bicubic instead of bilinear moves the probabilities by about 3e-2."""
+    from ferbench.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    t = tm.job.train
+    h, w = tm.image_shape[:2]
+    grey = not tm.colour
+    steps: list[dict[str, Any]] = [
+        {"step": "decode", "mode": "L" if grey else "RGB",
+         "call": f"PIL.Image.open(f).convert({'L' if grey else 'RGB'!r})" + (" (ITU-R 601-2 luma)" if grey else "")},
+        {"step": "resize", "size": [w, h], "interpolation": "bilinear", "antialias": "Pillow's (filter support widened by the factor when shrinking)",
+         "call": f"im.resize(({w}, {h}), PIL.Image.Resampling.BILINEAR)", "when": "the image is not already this size"},
+        {"step": "to_float", "call": "np.asarray(im, np.float32) / 255, laid out (batch, channels, height, width)"},
+    ]
+    if t.input_size != h or t.input_size != w:
+        shrink = t.input_size < w
+        steps.append({"step": "resize", "size": [t.input_size, t.input_size], "interpolation": "bilinear", "align_corners": False,
+                      "antialias": shrink, "call": f"torch.nn.functional.interpolate(x, size=({t.input_size}, {t.input_size}), "
+                                                   f"mode='bilinear', align_corners=False, antialias={shrink})"})
+    if t.in_chans == 3 and grey:
+        steps.append({"step": "repeat_channels", "times": 3, "call": "x.expand(-1, 3, -1, -1)"})
+    mean_std = {"half": ([0.5] * t.in_chans, [0.5] * t.in_chans), "imagenet": (list(IMAGENET_MEAN), list(IMAGENET_STD))}
+    if t.normalize in mean_std:
+        mean, std = mean_std[t.normalize]
+        steps.append({"step": "normalize", "mean": mean, "std": std, "call": "(x - mean[c]) / std[c] per channel c"})
+    return steps
+
+
+def preprocessing_text(tm: TrainedModel) -> str:
+    """`preprocessing_steps` in one line."""
+    words = {"decode": lambda s: f"decode as {'grey' if s['mode'] == 'L' else 'RGB'}",
+             "resize": lambda s: f"resize ({s['interpolation']}{', antialiased' if s['antialias'] is not False else ''}) "
+                                 f"to {s['size'][0]}x{s['size'][1]}",
+             "to_float": lambda s: "scale pixels to [0, 1]",
+             "repeat_channels": lambda s: "repeat the grey channel 3 times",
+             "normalize": lambda s: f"normalise: (x - {s['mean']}) / {s['std']}"}
+    return "; ".join(words[s["step"]](s) for s in preprocessing_steps(tm))
 
 
 def preprocess(tm: TrainedModel, images: np.ndarray) -> torch.Tensor:

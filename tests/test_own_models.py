@@ -196,3 +196,31 @@ def test_any_timm_architecture_by_name_runs_like_a_built_in(tmp_path):
     assert [o.status for o in api.run_spec(tmp_path / "s.yaml", runs_dir=tmp_path / "runs", estimate=False)] == ["complete"]
     (rec,) = discover(tmp_path / "runs")
     assert rec.metrics()["cost"]["params"] == sum(p.numel() for p in create_model("timm:mobilenetv3_small_050", 7, 32, 3).parameters())
+
+
+def test_a_module_beside_the_spec_or_in_the_current_folder_is_found_without_pythonpath(tmp_path, monkeypatch):
+    from ferbench import models
+    from ferbench.models import get_variant
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # whatever the search appends is undone
+    monkeypatch.setattr(models, "_SPEC_FOLDERS", [])
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "besidespec.py").write_text(textwrap.dedent(MODULE))
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "incwd.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.chdir(tmp_path / "here")
+    try:
+        spec = {"name": "own", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+                "models": [{"id": "a", "arch": "besidespec:build"}, {"id": "b", "arch": "incwd:build"}],
+                "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+        (tmp_path / "project" / "s.yaml").write_text(yaml.safe_dump(spec))
+        _, jobs = api.load(tmp_path / "project" / "s.yaml")
+        assert [get_variant(j.model.arch).family for j in jobs] == ["external", "external"]
+        assert sys.modules["besidespec"].__file__ == str(tmp_path / "project" / "besidespec.py")
+        with pytest.raises(FerbenchError, match=r"cannot import module 'nowhere': not installed and not in .*here.*project"):
+            get_variant("nowhere:build")
+    finally:
+        for name in ("besidespec", "incwd"):
+            sys.modules.pop(name, None)
+        forget_registered("besidespec")
+        forget_registered("incwd")

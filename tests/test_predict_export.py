@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -179,3 +180,117 @@ def test_tensorboard_event_files_only_when_asked(tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--log", "wandb", "--runs-dir", str(tmp_path / "r3")])
     assert result.exit_code == 2 and "--log wandb: unknown logger" in result.output and "tensorboard" in result.output
     assert not (tmp_path / "r3").exists()
+
+
+def _photo_with_two_faces(folder: Path) -> tuple[Path, Path, list[tuple[int, int]]]:
+    """A photo holding matplotlib's Grace Hopper sample twice (its face at (155, 105, 222, 222) in the
+    sample) on a grey canvas, and a photo with no face; the offsets pasted at."""
+    import matplotlib
+
+    hopper = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    canvas = Image.new("RGB", (1400, 700), (128, 128, 128))
+    offsets = [(20, 50), (720, 120)]
+    for xy in offsets:
+        canvas.paste(hopper, xy)
+    folder.mkdir(parents=True, exist_ok=True)
+    canvas.save(folder / "two.png")
+    Image.new("RGB", (300, 200), (90, 140, 60)).save(folder / "empty.png")
+    return folder / "two.png", folder / "empty.png", offsets
+
+
+def test_predict_detect_finds_each_face_and_crops_it_as_a_crop_would_be(finished_run, tmp_path):
+    pytest.importorskip("cv2", reason="--detect needs OpenCV: pip install 'ferbench[detect]'")
+    from ferbench.detect import BOX_AS_DRAWN, crop_box
+    from ferbench.trained import as_training_image
+
+    two, empty, offsets = _photo_with_two_faces(tmp_path / "photos")
+    out = tmp_path / "faces.csv"
+    result = CliRunner().invoke(app, ["predict", str(finished_run), str(tmp_path / "photos"), "--detect", "--top-k", "3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"no face found: {empty}" in result.output and "wrote" in result.output
+    rows = list(csv.DictReader(out.open()))
+    classes = json.loads((finished_run / "metrics.json").read_text())["classes"]
+    assert list(rows[0]) == ["file", "face", "x", "y", "w", "h", "prediction", "top1", "top1_p", "top2", "top2_p",
+                             "top3", "top3_p", *classes]
+    faces = [r for r in rows if r["file"] == str(two)]
+    assert [r["face"] for r in faces] == ["0", "1"]
+    assert [r for r in rows if r["file"] == str(empty)] == [{**{k: "" for k in rows[0]}, "file": str(empty), "face": "none"}]
+    photo = Image.open(two)
+    for r, (ox, oy) in zip(faces, offsets):
+        box = tuple(int(r[k]) for k in "xywh")
+        assert abs(box[0] - (ox + 155)) <= 12 and abs(box[1] - (oy + 105)) <= 12 and abs(box[2] - 222) <= 24
+        # the face's row is what predict gives the crop saved on its own (this run's dataset has no measured frame)
+        crop = as_training_image(photo.crop(crop_box(box, BOX_AS_DRAWN)), (48, 48))
+        Image.fromarray(crop).save(tmp_path / "crop.png")
+        alone = api.predict(finished_run, [tmp_path / "crop.png"])
+        np.testing.assert_allclose([float(r[c]) for c in classes], alone.probabilities[0], atol=2e-6)
+        probs = [float(r[f"top{k}_p"]) for k in (1, 2, 3)]
+        assert r["top1"] == r["prediction"] and probs == sorted(probs, reverse=True)
+    res = api.predict(finished_run, [two, empty], detect=True, out=tmp_path / "faces.json")
+    doc = json.loads((tmp_path / "faces.json").read_text())
+    assert doc["no_face"] == [str(empty)] and doc["detector"]["frame"]["source"].startswith("no measured frame")
+    assert len(doc["predictions"]) == 2 and res.boxes is not None
+
+
+def test_predict_batch_size_device_and_top_k(finished_run, tmp_path):
+    test = load_dataset(DATA["name"], DATA["options"]).splits["test"]
+    paths = _write_images(tmp_path / "faces", test.images)
+    whole = api.predict(finished_run, paths)
+    ones = api.predict(finished_run, paths, batch_size=1, top_k=99)  # one image per forward pass; k capped at the classes
+    np.testing.assert_allclose(ones.probabilities, whole.probabilities, atol=1e-6)
+    assert ones.top_k == len(whole.classes) and ones.rows()[0][f"top{ones.top_k}"] in whole.classes
+    for args, message in ((["--device", "tpu"], "--device 'tpu': expected cpu, cuda"),
+                          (["--batch-size", "0"], "--batch-size 0: expected 1 to 4096"),
+                          (["--top-k", "0"], "--top-k 0: expected at least 1")):
+        result = CliRunner().invoke(app, ["predict", str(finished_run), str(paths[0]), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(app, ["predict", str(finished_run), str(paths[0]), "--device", "cuda"])
+        assert result.exit_code == 2 and "--device cuda: no such CUDA device here" in result.output
+
+
+def _follow(steps: list[dict], path: Path) -> torch.Tensor:
+    """The sidecar's steps, done the way a user outside ferbench would do them from its words."""
+    import torch.nn.functional as F
+
+    im = Image.open(path)
+    x = None
+    for s in steps:
+        if s["step"] == "decode":
+            im = im.convert(s["mode"])
+        elif s["step"] == "resize" and x is None:
+            im = im.resize(tuple(s["size"]), Image.Resampling.BILINEAR) if im.size != tuple(s["size"]) else im
+        elif s["step"] == "to_float":
+            a = np.asarray(im, np.float32) / 255
+            x = torch.from_numpy(a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None].copy())
+        elif s["step"] == "resize":
+            assert s["interpolation"] == "bilinear"
+            x = F.interpolate(x, size=tuple(s["size"][::-1]), mode="bilinear", align_corners=s["align_corners"],
+                              antialias=s["antialias"])
+        elif s["step"] == "repeat_channels":
+            x = x.expand(-1, s["times"], -1, -1)
+        elif s["step"] == "normalize":
+            x = (x - torch.tensor(s["mean"]).view(1, -1, 1, 1)) / torch.tensor(s["std"]).view(1, -1, 1, 1)
+        else:
+            raise AssertionError(f"a step the sidecar names but a user could not follow: {s}")
+    return x
+
+
+def test_the_sidecar_steps_followed_by_hand_give_the_network_input(finished_run, tmp_path):
+    from ferbench.trained import decode_image, preprocess, preprocessing_steps
+
+    tm = load_run(finished_run)
+    steps = preprocessing_steps(tm)
+    normalise = ["normalize"] if tm.job.train.normalize != "none" else []
+    assert [s["step"] for s in steps] == ["decode", "resize", "to_float", "resize", "repeat_channels", *normalise]
+    assert all(s.get("interpolation", "bilinear") == "bilinear" for s in steps)
+    rng = np.random.default_rng(0)
+    for name, size in (("small.png", (48, 48)), ("photo.jpg", (160, 120))):  # the training size, and one to shrink
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(tmp_path / name)
+    for normalize in ("none", "half", "imagenet"):
+        job = tm.job.model_copy(update={"train": tm.job.train.model_copy(update={"normalize": normalize})})
+        variant = dataclasses.replace(tm, job=job)
+        for name in ("small.png", "photo.jpg"):
+            want = preprocess(variant, decode_image(tmp_path / name, tm.image_shape)[None])
+            torch.testing.assert_close(_follow(preprocessing_steps(variant), tmp_path / name), want, atol=1e-6, rtol=0)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.errors import FerbenchError
+from ferbench.fileio import MAX_IMAGE_PIXELS
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"
@@ -72,7 +73,6 @@ def _image_path(folder: Path, name: str) -> Path:
     return folder / f"{stem}_aligned.jpg"
 
 
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 def decode(path: Path, size: int, color: str = "grey", box: tuple[int, int, int, int] | None = None) -> np.ndarray:

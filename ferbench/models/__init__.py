@@ -10,6 +10,7 @@ self-attention regulariser) which the engine adds to the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ferbench.errors import FerbenchError
@@ -107,16 +108,58 @@ def family_of(name: str, options: dict[str, Any] | None = None) -> str:
 REQUIRED_PARAMETERS = ("num_classes", "input_size", "in_chans")
 
 
+_SPEC_FOLDERS: list[Path] = []  # folders of the specs read in this process (api.load adds each)
+
+
+def add_spec_folder(folder: Path) -> None:
+    """Look for a spec's own model modules in its folder too (after installed packages and the current folder)."""
+    folder = folder.resolve()
+    if folder not in _SPEC_FOLDERS:
+        _SPEC_FOLDERS.append(folder)
+
+
+def user_module_folders() -> list[Path]:
+    """Where a `module:function` not installed is looked for, in order: the current folder, then each spec's folder."""
+    return list(dict.fromkeys([Path.cwd().resolve(), *_SPEC_FOLDERS]))
+
+
+def import_user_module(module_name: str) -> Any:
+    """A researcher's module: as Python finds it (installed packages, PYTHONPATH), else from the current
+    folder or a spec's folder, appended to sys.path after everything installed (so a local file never
+    shadows an installed package of the same name; `python -m ferbench` puts the current folder first,
+    as Python does)."""
+    import importlib
+    import sys
+
+    top = module_name.split(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != top:  # the module was found but an import inside it failed: say that, do not search on
+            raise FerbenchError(f"module {module_name!r} imports {e.name!r}, which is not installed") from None
+    folders = [f for f in user_module_folders() if (f / top).is_dir() or (f / f"{top}.py").is_file()]
+    if not folders:
+        searched = ", ".join(str(f) for f in user_module_folders())
+        raise FerbenchError(f"cannot import module {module_name!r}: not installed and not in {searched} (put {top}.py or "
+                            f"the package {top}/ there, install it, add its folder to PYTHONPATH, or register a "
+                            "ferbench.models entry point)")
+    if str(folders[0]) not in sys.path:
+        sys.path.append(str(folders[0]))
+    importlib.invalidate_caches()
+    return importlib.import_module(module_name)
+
+
 def external_variant(name: str) -> Variant:
     """A researcher's own model named `package.module:function`: a callable with the registry's
     signature (num_classes, input_size, in_chans, **options); its other keyword parameters are its
     options, typed by their annotations like a built-in family's."""
-    import importlib
     import inspect
 
     module_name, _, attr = name.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
+    except FerbenchError as e:
+        raise FerbenchError(f"model {name!r}: {e}") from None
     except ImportError as e:
         raise FerbenchError(f"model {name!r}: cannot import module {module_name!r} ({e})") from None
     build = getattr(module, attr, None)
