@@ -62,6 +62,16 @@ class AugmentConfig(_Strict):
     )
     scale: tuple[float, float] = Field((1.0, 1.0), description="random zoom range")
     translate: float = Field(0.0, ge=0, le=0.5, description="max shift as a fraction of the size")
+    geometry: Literal["ferbench", "keras"] = Field(
+        "ferbench", description="ferbench: one zoom for both axes, the output covering 1/zoom of the source, shifts "
+        "after the rotation; keras: Keras 2.0's ImageDataGenerator.random_transform (mini-Xception's code): x and y "
+        "zoom factors drawn independently and applied to output coordinates, the pixel shift inside the rotation, "
+        "rotation about pixel (size/2 + 0.5) as Keras 2.0's transform_matrix_offset_center has it")
+    interpolation: Literal["bilinear", "nearest"] = Field(
+        "bilinear", description="how the warp samples: nearest is Keras 2.0's apply_transform (scipy order=0)")
+    fill: Literal["zeros", "border"] = Field(
+        "zeros", description="pixels the warp brings in from outside: zeros (black) or border (the edge pixel "
+        "repeated: Keras's fill_mode='nearest')")
 
     @property
     def is_identity(self) -> bool:
@@ -102,7 +112,16 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    schedule: Literal["constant", "step", "cosine", "plateau"] = Field(
+        "cosine", description="plateau: Keras 2.0's ReduceLROnPlateau on `monitor` (lr x gamma after plateau_patience "
+        "epochs without an improvement of plateau_min_delta; engine/optim.py KerasPlateau)")
+    plateau_patience: int = Field(10, ge=1, description="epochs without improvement before the plateau schedule's drop")
+    plateau_min_delta: float = Field(1e-4, ge=0, description="the least change that counts as an improvement (Keras's epsilon)")
+    monitor: Literal["val_acc", "val_loss"] = Field(
+        "val_acc", description="what selects the best epoch, stops early and drives the plateau schedule (Keras "
+        "callbacks on 'val_loss': mini-Xception's code)")
+    l2: float = Field(0.0, ge=0, description="Keras-style L2: l2 x sum of squares of the weights the model family "
+                      "regularises (its l2_weights()), added to the training and validation loss (mini-Xception: 0.01)")
     warmup_steps: int = Field(0, ge=0)
     restart_steps: int | None = Field(None, ge=1, description="cosine warm restarts every N steps")
     step_size: int = Field(30, ge=1, description="epochs between lr drops (step schedule)")
@@ -374,6 +393,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "input_size": 224,
         "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": EMONEXT_RESIZE_RATIO},
     },
+    "mini-xception-code": {  # oarriaga/face_classification src/train_emotion_classifier.py (Keras 2.0.5)
+        "optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "adam_eps": 1e-8, "weight_decay": 0.0, "l2": 0.01,
+        "batch_size": 32, "drop_last": False,  # fit_generator: ceil(28,709 / 32) = 898 steps, the last of 5 images
+        "epochs": 10000, "loss": "ce", "normalize": "half", "in_chans": 1, "input_size": 64,
+        "schedule": "plateau", "gamma": 0.1, "plateau_patience": 12, "plateau_min_delta": 1e-4, "min_lr": 0.0,
+        "monitor": "val_loss",
+        # EarlyStopping('val_loss', patience=50): Keras 2.0.5 checks its counter before raising it, so training
+        # stops after 51 epochs without a lower val_loss
+        "early_stopping_patience": 51,
+        "augment": {"hflip": True, "rotation": 10.0, "translate": 0.1, "scale": (0.9, 1.1), "geometry": "keras",
+                    "interpolation": "nearest", "fill": "border"},
+    },
     "deep-emotion-code": {  # omarsayed7/Deep-Emotion main.py defaults (no paper recipe is published as code)
         "optimizer": "adam", "lr": 0.005, "weight_decay": 0.0, "batch_size": 128, "epochs": 100,
         "schedule": "constant", "loss": "ce", "normalize": "half", "in_chans": 1, "input_size": 48,
@@ -401,6 +432,9 @@ IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "drop_last"): True, ("eval", "val_uses_ema"): None, ("dataset", "folds"): None,
     ("train", "sampler"): "uniform", ("dataset", "cross"): [],
     ("train", "betas"): [0.9, 0.999], ("train", "adam_eps"): 1e-8, ("eval", "dropout_at_eval"): False,
+    ("train", "plateau_patience"): 10, ("train", "plateau_min_delta"): 1e-4, ("train", "monitor"): "val_acc",
+    ("train", "l2"): 0.0, ("train", "augment", "geometry"): "ferbench", ("train", "augment", "interpolation"): "bilinear",
+    ("train", "augment", "fill"): "zeros",
 }
 
 

@@ -100,6 +100,35 @@ def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     return grid.view(size, size, theta.shape[0], 2).permute(2, 0, 1, 3)
 
 
+def keras_affine(n: int, cfg: AugmentConfig, gen: torch.Generator, size: int) -> torch.Tensor:
+    """(n, 2, 3) output-to-input matrices (normalised, align_corners=False) of Keras 2.0's
+    ImageDataGenerator.random_transform with rotation_range, width/height_shift_range, zoom_range and
+    horizontal_flip: in pixel (row, col) indices, p_in = R (Z (p_out - o) + t) + o with R the rotation,
+    Z = diag(zx, zy) drawn independently from `scale`, t the shift in pixels (translate x size) and o
+    = size/2 + 0.5 (Keras 2.0's transform_matrix_offset_center), then the output flipped left-right
+    with probability 1/2. In the sampler's coordinates u = (2 i + 1) / size - 1 (so p - o = d u - 1,
+    d = size / 2) that is u_in = A u_out + (R t + 1 - A 1) / d with A = R Z. The draws come from `gen`,
+    not numpy's global stream (tests/test_keras_recipe.py checks the warp against scipy's, as Keras ran it)."""
+    u = torch.rand(n, 6, generator=gen, dtype=torch.float64).numpy()
+    flips = torch.rand(n, 2, generator=gen, dtype=torch.float64).numpy()
+    theta = (u[:, 0] * 2 - 1) * math.radians(cfg.rotation)
+    lo, hi = cfg.scale
+    zr, zc = lo + u[:, 1] * (hi - lo), lo + u[:, 2] * (hi - lo)  # Keras: zx scales rows, zy columns
+    tr, tc = (u[:, 4] * 2 - 1) * cfg.translate * size, (u[:, 5] * 2 - 1) * cfg.translate * size  # height, width shift
+    cos, sin = np.cos(theta), np.sin(theta)
+    d = size / 2
+    # pixel index i = d (u + 1) - 0.5, so p - o = d u - 1 on both axes (o = d + 0.5)
+    a = np.stack([np.stack([cos * zr, -sin * zc], 1), np.stack([sin * zr, cos * zc], 1)], 1)  # (n, 2, 2), (row, col)
+    shift = np.stack([cos * tr - sin * tc, sin * tr + cos * tc], 1)  # R t
+    offset = (shift + 1 - a.sum(axis=2)) / d  # from d u_in - 1 = A (d u_out - 1) + R t
+    fx = np.where((flips[:, 0] < 0.5) & cfg.hflip, -1.0, 1.0)
+    # to the sampler's (x = col, y = row) order, the flip negating the output's x
+    out = np.empty((n, 2, 3))
+    out[:, 0, 0], out[:, 0, 1], out[:, 0, 2] = a[:, 1, 1] * fx, a[:, 1, 0], offset[:, 1]
+    out[:, 1, 0], out[:, 1, 1], out[:, 1, 2] = a[:, 0, 1] * fx, a[:, 0, 0], offset[:, 0]
+    return torch.from_numpy(out).float()
+
+
 def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """(n, 2, 3) matrices mapping output to input coordinates (normalised, align_corners=False).
 
@@ -137,11 +166,15 @@ def augment_batch(
     """
     if cfg.is_identity and x.shape[-2] == x.shape[-1] == out_size:  # the pixels as they are: no warp, no draws
         return x.expand(-1, 3, -1, -1) if out_chans == 3 and x.shape[1] == 1 else x
-    theta = to_device(random_affine(n_total or x.shape[0], cfg, gen)[part], x.device)
     # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
     # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
     warp = min(out_size, max(x.shape[-2:]))
-    y = F.grid_sample(x, affine_grid(theta, warp).to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.geometry == "keras":
+        theta = to_device(keras_affine(n_total or x.shape[0], cfg, gen, warp)[part], x.device)
+    else:
+        theta = to_device(random_affine(n_total or x.shape[0], cfg, gen)[part], x.device)
+    y = F.grid_sample(x, affine_grid(theta, warp).to(x.dtype), mode=cfg.interpolation,
+                      padding_mode="border" if cfg.fill == "border" else "zeros", align_corners=False)
     if warp != out_size and y.device.type == "cpu" and y.shape[1] == 1:  # the grey fast path
         return upsample_bilinear(y, out_size, out_chans)
     if warp != out_size:

@@ -28,7 +28,7 @@ class LoopState:
 
     epoch: int = 0  # epochs finished
     step: int = 0  # optimizer steps taken
-    best_val: float = -1.0
+    best_val: float = float("-inf")  # the best epoch's score (train._score: val_acc or -val_loss)
     best_epoch: int = -1
     since_best: int = 0  # epochs since the best validation accuracy
     history: list[dict[str, Any]] = field(default_factory=list)

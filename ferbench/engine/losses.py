@@ -7,7 +7,8 @@
 - `sampled`: FER+'s "probability" mode: cross-entropy on a one-hot label drawn from each sample's
   target distribution every step.
 - `multi_target`: FER+'s "multi_target" mode: -log max_k t_k p_k on the multi-hot target.
-A model's own auxiliary loss (EmoNeXt's self-attention regulariser, `model.aux_loss`) is added.
+A model's own auxiliary loss (EmoNeXt's self-attention regulariser, `model.aux_loss`) is added, and
+with `train.l2` Keras's L2 penalty on the weights the model family regularises (`l2_penalty`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,18 @@ def compute_loss(
     else:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
     aux = getattr(model, "aux_loss", None)
-    return loss if aux is None else loss + aux.float()
+    loss = loss if aux is None else loss + aux.float()
+    return loss + cfg.l2 * l2_penalty(model) if cfg.l2 else loss
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of squares of the weights a model family regularises (its `l2_weights()`), as Keras adds a
+    `kernel_regularizer=l2(c)` layer's c x sum(w^2) to the loss; `train.l2` is c."""
+    weights = getattr(model, "l2_weights", None)
+    if weights is None:
+        raise FerbenchError(f"train.l2: {type(model).__name__} names no weights to regularise (no l2_weights()); "
+                            "use train.weight_decay")
+    return sum((w.float() ** 2).sum() for w in weights())
 
 
 def uses_teacher(cfg: TrainConfig) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -68,7 +68,53 @@ def _warm_restart_factor(cfg: TrainConfig, step: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+class KerasPlateau:
+    """Keras 2.0's ReduceLROnPlateau, stepped once an epoch with the monitored value (`epoch_end`); the
+    per-step `step()` leaves the lr alone.
+
+    Keras 2.0.5 tests its counter before raising it: with patience p the first drop comes at the
+    (p + 1)-th epoch without an improvement of more than `min_delta`, and later drops every p such
+    epochs (the counter restarts at 1 after a drop). torch's ReduceLROnPlateau waits p + 1 epochs
+    every time, and later Keras releases p every time, so neither gives the code's lr curve: this
+    class is those 15 lines of Keras. The lr never goes below min_lr (Keras skips a drop once the
+    lr is within min_lr x 1e-4 of it).
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+        self.opt, self.factor, self.patience = opt, cfg.gamma, cfg.plateau_patience
+        self.min_delta, self.min_lr = cfg.plateau_min_delta, cfg.min_lr
+        self.lower_is_better = cfg.monitor.endswith("loss")
+        self.best = math.inf if self.lower_is_better else -math.inf
+        self.wait = 0
+
+    def step(self) -> None:
+        """Called after every optimizer step, like the other schedules: nothing to do."""
+
+    def epoch_end(self, value: float) -> None:
+        improved = value < self.best - self.min_delta if self.lower_is_better else value > self.best + self.min_delta
+        if improved:
+            self.best, self.wait = value, 0
+            return
+        if self.wait >= self.patience:
+            dropped = False
+            for group in self.opt.param_groups:
+                if group["lr"] > self.min_lr + self.min_lr * 1e-4:
+                    group["lr"], dropped = max(group["lr"] * self.factor, self.min_lr), True
+            if dropped:
+                self.wait = 0
+        self.wait += 1
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.wait = float(state["best"]), int(state["wait"])
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """The schedule stepped after every optimizer step: a LambdaLR of `lr_factor`, or `KerasPlateau`."""
+    if cfg.schedule == "plateau":
+        return KerasPlateau(opt, cfg)
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps_per_epoch))
 
 

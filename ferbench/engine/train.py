@@ -27,8 +27,8 @@ from ferbench.engine.checkpoint import (CheckpointWriter, LoopState, checkpoint_
                                        write_history)
 from ferbench.engine.evaluate import autocast_ctx, predict
 from ferbench.engine.graphs import GraphedStep
-from ferbench.engine.losses import check_targets, compute_loss, draw_labels, uses_teacher
-from ferbench.engine.optim import ModelEma, build_optimizer, build_scheduler
+from ferbench.engine.losses import check_targets, compute_loss, draw_labels, l2_penalty, uses_teacher
+from ferbench.engine.optim import KerasPlateau, ModelEma, build_optimizer, build_scheduler
 from ferbench.errors import FerbenchError, JobFailed
 from ferbench.records import CHECKPOINT_FILE, HISTORY_FILE
 from ferbench.spec import EvalConfig, TrainConfig
@@ -168,7 +168,7 @@ def precision(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
 
 
 def should_stop(loop: LoopState, cfg: TrainConfig) -> bool:
-    """Early stopping: `early_stopping_patience` epochs without a better validation accuracy."""
+    """Early stopping: `early_stopping_patience` epochs without a better monitored validation number."""
     return bool(cfg.early_stopping_patience) and loop.since_best >= cfg.early_stopping_patience
 
 
@@ -198,6 +198,9 @@ def fit(
     if loop.history and dist.is_main():  # a kill between the checkpoint and its history row loses no row
         write_history(job_dir / HISTORY_FILE, loop.history)
     val = ds.splits.get("val") if "val" in eval_cfg.splits else None
+    if val is None and (cfg.schedule == "plateau" or cfg.monitor != "val_acc"):
+        raise FerbenchError(f"train.schedule {cfg.schedule} / train.monitor {cfg.monitor} read the validation split "
+                            "every epoch: the dataset needs one and eval.splits must list val")
     test = ds.splits.get("test") if eval_cfg.test_each_epoch else None
     own_writer = writer is None
     writer = writer or CheckpointWriter()
@@ -210,7 +213,9 @@ def fit(
             if val is not None:
                 val_model = tr.eval_model(eval_cfg.use_ema if eval_cfg.val_uses_ema is None else eval_cfg.val_uses_ema)
                 row.update(validate(val_model, val, cfg, eval_cfg, epoch_generator(seed, epoch, 2), device))
-                _track_best(loop, row["val_acc"], epoch, val_model)
+                _track_best(loop, _score(row, cfg), epoch, val_model)
+                if isinstance(tr.sched, KerasPlateau):  # after the epoch's checkpoint choice, as Keras's callbacks run
+                    tr.sched.epoch_end(row[cfg.monitor])
             if test is not None:  # recorded for a paper's test-selected number; never used to select
                 row["test_acc"] = test_accuracy(tr.eval_model(eval_cfg.use_ema), test, cfg, device)
             row["seconds"] = time.perf_counter() - t0
@@ -331,8 +336,11 @@ def validate(model: nn.Module, val: Split, cfg: TrainConfig, eval_cfg: EvalConfi
     """Validation loss and accuracy (centre view, or EmoNeXt code's random crop)."""
     mode = "random_crop" if eval_cfg.val_mode == "random_crop" else "none"
     logits = dist.sharded(lambda part: predict(model, part, cfg, device, mode, eval_cfg.tta_resize_ratio, gen), val.images)
-    return {"val_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))),
-            "val_acc": float((logits.argmax(1) == val.labels).mean())}
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels)))
+    if cfg.l2:  # Keras's validation loss holds the regularisers' penalty too
+        with torch.no_grad():
+            loss += cfg.l2 * float(l2_penalty(model))
+    return {"val_loss": loss, "val_acc": float((logits.argmax(1) == val.labels).mean())}
 
 
 def test_accuracy(model: nn.Module, test: Split, cfg: TrainConfig, device: torch.device) -> float:
@@ -341,10 +349,16 @@ def test_accuracy(model: nn.Module, test: Split, cfg: TrainConfig, device: torch
     return float((logits.argmax(1) == test.labels).mean())
 
 
-def _track_best(loop: LoopState, val_acc: float, epoch: int, model: nn.Module) -> None:
-    """Keep the best validation epoch's weights; count the epochs since it for early stopping."""
-    if val_acc > loop.best_val:
-        loop.best_val, loop.best_epoch, loop.since_best = val_acc, epoch + 1, 0
+def _score(row: dict[str, Any], cfg: TrainConfig) -> float:
+    """The monitored validation number as a score where higher is better: val_acc, or -val_loss."""
+    return -row["val_loss"] if cfg.monitor == "val_loss" else row["val_acc"]
+
+
+def _track_best(loop: LoopState, score: float, epoch: int, model: nn.Module) -> None:
+    """Keep the best validation epoch's weights (strictly better `_score`, as Keras's ModelCheckpoint
+    with save_best_only); count the epochs since it for early stopping."""
+    if score > loop.best_val:
+        loop.best_val, loop.best_epoch, loop.since_best = score, epoch + 1, 0
         loop.best_state = cpu_snapshot(model.state_dict())
     else:
         loop.since_best += 1

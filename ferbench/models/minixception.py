@@ -15,9 +15,11 @@ TensorFlow's `same` pooling pads only as much as the output size needs, more aft
 60-pixel map is padded by 0 before and 1 after, where PyTorch's `padding=1` pads both sides and shifts
 every window). The code's L2 regulariser (0.01) acts only on the two stem convs: Keras 2.0.5's
 `SeparableConv2D` ignores `kernel_regularizer` (it has depthwise/pointwise regularisers), the
-residual convs have none and the head's is commented out; the recipe applies it to the stem
-(`l2_stem_convs`). The paper's text adds nothing the code contradicts; option `pool_padding: torch`
-gives PyTorch's symmetric padding as a named deviation.
+residual convs have none and the head's is commented out; `l2_weights()` names the stem's two
+kernels for `train.l2` (recipe `mini-xception-code`, the code's training run). Kernels start as Keras
+2.0.5 starts them (glorot uniform, zero biases; option `init: torch` keeps PyTorch's defaults). The
+paper's text adds nothing the code contradicts; option `pool_padding: torch` gives PyTorch's
+symmetric padding as a named deviation.
 
 `keras_filter` maps a Keras HDF5 file's weights (read by `engine.weights` into `layer/weight` keys,
 kernels in Keras layout) onto this module, by each layer type's creation order as `mini_XCEPTION`
@@ -97,7 +99,8 @@ class XceptionModule(nn.Module):
 
 class MiniXception(nn.Module):
     def __init__(self, num_classes: int = 7, input_size: int = 64, in_chans: int = 1,
-                 pool_padding: Literal["tensorflow", "torch"] = "tensorflow"):
+                 pool_padding: Literal["tensorflow", "torch"] = "tensorflow", init: Literal["keras", "torch"] = "keras"):
+        """init: keras (glorot-uniform kernels, zero biases: the code's) or torch (PyTorch's defaults, a deviation)."""
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, STEM_WIDTH, 3, bias=False), bn(STEM_WIDTH), nn.ReLU(),
@@ -105,9 +108,24 @@ class MiniXception(nn.Module):
         widths = (STEM_WIDTH,) + MODULE_WIDTHS
         self.blocks = nn.Sequential(*[XceptionModule(a, b, pool_padding) for a, b in zip(widths, widths[1:])])
         self.head = nn.Conv2d(MODULE_WIDTHS[-1], num_classes, 3, padding=1)
+        if init == "keras":
+            self.keras_init()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x))).mean(dim=(2, 3))
+
+    def l2_weights(self) -> list[torch.Tensor]:
+        """The kernels Keras 2.0.5 regularises in mini_XCEPTION: the two stem convs only (train.l2)."""
+        return [self.stem[0].weight, self.stem[3].weight]
+
+    def keras_init(self) -> None:
+        """Keras 2.0.5's initialisers: glorot_uniform kernels (depthwise and pointwise ones too), zero biases;
+        BatchNorm gamma 1, beta 0 as PyTorch's."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)  # symmetric in fan-in and fan-out: Keras's layout gives the same bound
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 def build(num_classes: int, input_size: int, in_chans: int, **options: Any) -> MiniXception:
@@ -160,6 +178,6 @@ def _convert_layer(kind: str, prefix: str, w: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-register(Variant("mini-xception", "mini-xception", build, options=("pool_padding",), signature=MiniXception,
+register(Variant("mini-xception", "mini-xception", build, options=("pool_padding", "init"), signature=MiniXception,
                  description="mini-Xception (Arriaga et al. 2017), Keras code port, ~58k params at 64x64 grey",
                  paper=True, checkpoint_filter=keras_filter))
