@@ -70,7 +70,7 @@ def _measure(job: Job, num_classes: int, device: Any, n: int) -> Probe:
 
         def train_step() -> None:
             model.train()
-            with autocast_ctx(device, t.amp):
+            with autocast_ctx(device, t.amp, cpu=t.cpu_amp):
                 loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -79,7 +79,7 @@ def _measure(job: Job, num_classes: int, device: Any, n: int) -> Probe:
         @torch.no_grad()
         def forward() -> None:
             model.eval()
-            with autocast_ctx(device, t.amp):
+            with autocast_ctx(device, t.amp, cpu=t.cpu_amp):
                 model(x)
 
         return Probe(_seconds(train_step, device) / n, _seconds(forward, device) / n)

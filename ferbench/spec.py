@@ -141,7 +141,11 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     clip_grad_norm: float | None = Field(None, gt=0)
     clip_before_unscale: bool = Field(False, description="EmoNeXt code clips scaled gradients (needs a grad scaler)")
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="autocast on CUDA (auto: bf16); the CPU computes in fp32")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="autocast on CUDA (auto: bf16); the CPU computes in "
+                                                        "fp32 unless cpu_amp")
+    cpu_amp: bool = Field(False, description="autocast on the CPU too, in amp's dtype (auto: bf16): with fp16 and the grad "
+                          "scaler the CPU overflows, skips steps and lowers the loss scale as the official CUDA loop does "
+                          "(slow: CPU fp16 kernels are few); off, the CPU's fp32 never overflows and the scale stays 65536")
     sampler: Literal["uniform", "balanced"] = Field(
         "uniform", description="balanced: each epoch draws as many images as the split holds, with replacement, each "
         "class equally likely (class-balanced sampling, as several AffectNet results train); uniform: a permutation")
@@ -434,7 +438,7 @@ IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "betas"): [0.9, 0.999], ("train", "adam_eps"): 1e-8, ("eval", "dropout_at_eval"): False,
     ("train", "plateau_patience"): 10, ("train", "plateau_min_delta"): 1e-4, ("train", "monitor"): "val_acc",
     ("train", "l2"): 0.0, ("train", "augment", "geometry"): "ferbench", ("train", "augment", "interpolation"): "bilinear",
-    ("train", "augment", "fill"): "zeros",
+    ("train", "augment", "fill"): "zeros", ("train", "cpu_amp"): False,
 }
 
 

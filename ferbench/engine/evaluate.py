@@ -17,14 +17,14 @@ from ferbench.data.augment import finish, random_crop_eval, resize, ten_crop, to
 from ferbench.spec import EMONEXT_RESIZE_RATIO, TrainConfig
 
 
-def autocast_ctx(device: torch.device, amp: str, cache: bool = True):
-    """bf16/fp16 autocast on CUDA when asked (auto -> bf16); a no-op elsewhere. `cache=False` inside a
-    CUDA graph capture (autocast's cache of cast weights must not outlive the capture); the casts are
-    the same either way."""
-    if device.type != "cuda" or amp == "off":
+def autocast_ctx(device: torch.device, amp: str, cache: bool = True, cpu: bool = False):
+    """bf16/fp16 autocast on CUDA when asked (auto -> bf16), and on the CPU with `cpu` (train.cpu_amp);
+    a no-op elsewhere. `cache=False` inside a CUDA graph capture (autocast's cache of cast weights must
+    not outlive the capture); the casts are the same either way."""
+    if amp == "off" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and not cpu):
         return torch.autocast(device.type, enabled=False)
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def views(x: torch.Tensor, size: int, tta: str, ratio: float, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -95,7 +95,7 @@ def predict(
     for start in range(0, len(src), cfg.eval_batch_size):
         xb = src[start : start + cfg.eval_batch_size].to(device, non_blocking=True)
         flat, n_views = network_input(xb, cfg, tta, tta_resize_ratio, gen)
-        with autocast_ctx(device, cfg.amp):
+        with autocast_ctx(device, cfg.amp, cpu=cfg.cpu_amp):
             logits = model(flat.contiguous(memory_format=fmt))
         out.append(logits.float().reshape(n_views, len(xb), -1).mean(0))
     return torch.cat(out).cpu().numpy().astype(np.float32)

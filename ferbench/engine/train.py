@@ -154,10 +154,11 @@ def graphs_run(cfg: TrainConfig, device: torch.device) -> bool:
 
 def precision(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """What the training arithmetic is on this device (recorded in the manifest): autocast dtype, loss
-    scaling, and where the scaler's arithmetic runs (fp16 gradients on CUDA; fp32 on the CPU, which has
-    the same scaled-gradient clipping but never overflows, so never skips a step); and whether the
-    step replayed a CUDA graph (the same arithmetic, launched at once)."""
-    autocast = "off" if device.type != "cuda" or cfg.amp == "off" else ("fp16" if cfg.amp == "fp16" else "bf16")
+    scaling, and where the scaler's arithmetic runs (fp16 gradients on CUDA, or on the CPU with
+    cpu_amp; else fp32, which has the same scaled-gradient clipping but never overflows, so never skips
+    a step); and whether the step replayed a CUDA graph (the same arithmetic, launched at once)."""
+    casts = device.type == "cuda" or (device.type == "cpu" and cfg.cpu_amp)
+    autocast = "off" if not casts or cfg.amp == "off" else ("fp16" if cfg.amp == "fp16" else "bf16")
     scaler = cfg.grad_scaler if cfg.grad_scaler is not None else autocast == "fp16"
     if cfg.clip_before_unscale and not scaler:
         raise FerbenchError("clip_before_unscale: no grad scaler runs here (set grad_scaler: true)")
@@ -305,7 +306,7 @@ def update(tr: Trainer, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor |
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss, backward, (clipped) optimizer step: what a CUDA graph captures (`cache=False` there)."""
     cfg = tr.cfg
-    with autocast_ctx(tr.device, cfg.amp, cache):
+    with autocast_ctx(tr.device, cfg.amp, cache, cpu=cfg.cpu_amp):
         logits = tr.model(x)
         if tr.teacher is not None:
             with torch.no_grad():
