@@ -84,10 +84,12 @@ class EmaConfig(_Strict):
     decay: float = Field(0.999, gt=0, lt=1)
     every: int = Field(1, ge=1, description="update every N optimizer steps")
     warmup_steps: int = Field(0, ge=0, description="copy weights (no averaging) before this step")
-    rule: Literal["flat", "ema_pytorch"] = Field(
-        "flat", description="flat: a constant decay after the warm-up copies; ema_pytorch: as ema_pytorch 0.3's EMA "
-        "(EmoNeXt's code): copies up to update call `warmup_steps`, then decay min(decay, 1 - (1 + t) ** -power), "
-        "t = calls after the warm-up; float buffers averaged, integer buffers left as they were")
+    rule: Literal["flat", "ema_pytorch", "ema_pytorch_0.6.4"] = Field(
+        "flat", description="flat: a constant decay after the warm-up copies; ema_pytorch: as ema_pytorch 0.3.x-0.6.3's "
+        "EMA (the releases of EmoNeXt's 2023 code): copies up to update call `warmup_steps` and at the first update "
+        "after it, then decay min(decay, 1 - (1 + t) ** -power), t = calls after the warm-up; ema_pytorch_0.6.4: the "
+        "rule of 0.6.4 and later (the current 0.7.9): the first update after the warm-up already averages; float "
+        "buffers averaged, integer buffers left as they were")
     power: float = Field(2 / 3, gt=0, description="ema_pytorch's warm-up power (its default, 2/3)")
 
 
@@ -386,6 +388,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "epochs": 300,
         "schedule": "cosine", "label_smoothing": 0.2, "amp": "auto", "normalize": "none",
         "ema": {"decay": 0.99, "every": 1, "warmup_steps": 0}, "early_stopping_patience": 12,
+        # the paper names no augmentation: the rotation, resize-and-crop and horizontal flip are the official
+        # code's (which also flips vertically: recipe emonext-code); augment.hflip: false for the paper's text alone
         "input_size": 224, "augment": {"hflip": True, "rotation": 20.0, "resize_ratio": EMONEXT_RESIZE_RATIO},
     },
     "emonext-code": {  # yelboudouri/EmoNeXt train.py as run by its README
@@ -393,6 +397,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "schedule": "cosine", "warmup_steps": 128, "restart_steps": 1024, "label_smoothing": 0.2,
         "amp": "fp16", "grad_scaler": True, "normalize": "none", "clip_grad_norm": 1.0, "clip_before_unscale": True,
         "drop_last": False,
+        # ema_pytorch as of the code's release (2023: 0.3.x); rule ema_pytorch_0.6.4 is today's pip install
         "ema": {"decay": 0.99, "every": 16, "warmup_steps": 100, "rule": "ema_pytorch"}, "early_stopping_patience": 12,
         "input_size": 224,
         "augment": {"hflip": True, "vflip": True, "rotation": 20.0, "resize_ratio": EMONEXT_RESIZE_RATIO},
@@ -415,6 +420,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "drop_last": False,  # DataLoader(shuffle=True) keeps the last partial batch
         "augment": {"hflip": False, "rotation": 0.0},  # ToTensor + Normalize only
     },
+}
+# Model options a recipe implies, by architecture prefix: set on every model entry of that family that
+# runs the recipe and does not choose the option itself (the recipe's facts live here, not in one spec).
+RECIPE_MODEL_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    # yelboudouri/EmoNeXt models.py get_model(): a fresh nn.Linear head (PyTorch's default init) goes on
+    # after the backbone is built or its weights load
+    "emonext-code": {"emonext-": {"head_init": "torch_default"}},
 }
 EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "resface-paper": {"test_each_epoch": True},  # EfficientFace reports the best test epoch
@@ -651,6 +663,7 @@ def expand(spec: Spec, profile: str | None = None, fold_count: FoldCount | None 
     order = _dependency_order(spec.models)
     entries = [(d, f) for d in spec.datasets for f in fold_entries(d, fold_count)]
     for m in order:
+        m = with_recipe_options(m, m.recipe or spec.recipe)
         for d, f in entries:
             for seed in spec.seeds:
                 fold = f.options.get("fold")
@@ -663,6 +676,14 @@ def expand(spec: Spec, profile: str | None = None, fold_count: FoldCount | None 
                 by_key[(m.id, d.id, fold, seed)] = job
                 jobs.append(job)
     return jobs
+
+
+def with_recipe_options(m: ModelEntry, recipe: str) -> ModelEntry:
+    """The model entry with the options its recipe implies for its architecture (RECIPE_MODEL_OPTIONS)
+    added where the entry does not set them."""
+    implied = {k: v for prefix, opts in RECIPE_MODEL_OPTIONS.get(recipe, {}).items() if m.arch.startswith(prefix)
+               for k, v in opts.items() if k not in m.options}
+    return m.model_copy(update={"options": {**m.options, **implied}}) if implied else m
 
 
 def fold_entries(d: DatasetEntry, fold_count: FoldCount | None = None) -> list[DatasetEntry]:

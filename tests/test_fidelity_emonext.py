@@ -254,3 +254,75 @@ def test_cpu_amp_overflows_and_skips_steps_as_the_official_fp16_loop_does():
     # the same steps; the update sizes agree to fp16 rounding (the CPU's fp16 kernels are not bitwise repeatable
     # between two copies of a model: 3e-6 at the first update, 6e-4 by the eighth)
     np.testing.assert_allclose([m for _, m in ours], [m for _, m in theirs], rtol=2e-3)
+
+
+class OfficialEma079(OfficialEma):
+    """ema_pytorch 0.7.9's EMA.update() (the rule since 0.6.4): `initted` copies at the very first call."""
+
+    @torch.no_grad()
+    def update(self):
+        step = self.counter
+        self.counter += 1
+        if not self.initted:
+            for e, o in self._pairs():
+                e.copy_(o)
+            self.initted = True
+            return
+        if step % self.every:
+            return
+        if step <= self.after:
+            for e, o in self._pairs():
+                e.copy_(o)
+            return
+        epoch = max(self.counter - self.after - 1, 0)
+        decay = 0.0 if epoch <= 0 else min(max(1 - (1 + epoch) ** -self.power, 0.0), self.beta)
+        for e, o in self._pairs():
+            e.lerp_(o, 1.0 - decay)
+
+
+def test_the_current_ema_pytorch_rule_is_an_option_and_differs_from_step_113():
+    cfg = EmaConfig(decay=0.99, every=16, warmup_steps=100, rule="ema_pytorch_0.6.4")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    ours, official = ModelEma(model, cfg), OfficialEma079(model)
+    x = torch.randn(8, 1, 8, 8)
+    for step in range(1, 400):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        model.train()(x)
+        ours.update(model, step)
+        official.update()
+    for (name, a), b in zip(ours.module.state_dict().items(), official.ema.state_dict().values()):
+        assert torch.equal(a, b), name
+    old = EmaConfig(decay=0.99, every=16, warmup_steps=100, rule="ema_pytorch")
+    first_difference = next(s for s in range(1, 400) if ema_decay(cfg, s) != ema_decay(old, s))
+    assert first_difference == 113 and ema_decay(cfg, 113) == pytest.approx(1 - 13 ** (-2 / 3))
+
+
+def test_every_shipped_spec_gets_its_recipes_facts():
+    """Each job's training fields equal its recipe's wherever neither the spec nor the model entry sets
+    them, and the model options a recipe implies reach every model of that family (every profile)."""
+    from pathlib import Path
+
+    from ferbench import api
+    from ferbench.spec import RECIPE_MODEL_OPTIONS, load_spec
+
+    for path in sorted(Path("benchmarks").glob("*.yaml")):
+        for profile in [None, *load_spec(path).profiles]:
+            spec, jobs = api.load(path, profile)
+            for job in jobs:
+                entry = next(m for m in spec.models if m.id == job.model.id)
+                recipe = RECIPES[job.recipe]
+                for key, value in recipe.items():
+                    if key in spec.train or key in entry.train or key in ("augment", "ema"):
+                        continue
+                    if key in ("loss", "ldl_source", "ldl_reduction") and job.dataset.name == "ferplus":
+                        continue  # FER+'s protocol chooses the loss where the recipe's is not the spec's choice
+                    got = getattr(job.train, key)
+                    assert (list(got) if isinstance(got, tuple) else got) == (list(value) if isinstance(value, tuple) else value), \
+                        f"{path} [{profile}] {job.id}: train.{key}"
+                for prefix, options in RECIPE_MODEL_OPTIONS.get(job.recipe, {}).items():
+                    if job.model.arch.startswith(prefix):
+                        for key, value in options.items():
+                            assert job.model.options.get(key) == (entry.options.get(key, value)), f"{path} {job.id}: {key}"

@@ -122,10 +122,12 @@ def ema_decay(cfg: EmaConfig, step: int) -> float | None:
     """The EMA's decay after optimizer step `step` (1-based): None = no update at this step, 0.0 = copy.
 
     flat: every `every` steps, a copy before `warmup_steps`, then `decay`.
-    ema_pytorch (0.3, as EmoNeXt's code calls it once per step): its call counter c = step - 1 updates
-    when c % every == 0, copies while c <= warmup_steps (its update_after_step) and once more at the
-    first update after that (its `initted` flag: copy, then average with itself), and then decays by
-    min(decay, 1 - (1 + t) ** -power) with t = c - warmup_steps (inv_gamma 1).
+    ema_pytorch (0.3.x-0.6.3, as EmoNeXt's code calls it once per step): its call counter c = step - 1
+    updates when c % every == 0, copies while c <= warmup_steps (its update_after_step) and once more
+    at the first update after that (its `initted` flag: copy, then average with itself), and then
+    decays by min(decay, 1 - (1 + t) ** -power) with t = c - warmup_steps (inv_gamma 1).
+    ema_pytorch_0.6.4 (0.6.4 to today's 0.7.9): `initted` is set at the first call, so the first update
+    after the warm-up (optimizer step 113 at every 16, warm-up 100) averages instead of copying.
     """
     if cfg.rule == "flat":
         if step % cfg.every:
@@ -135,6 +137,8 @@ def ema_decay(cfg: EmaConfig, step: int) -> float | None:
     if calls % cfg.every:
         return None
     t = calls - cfg.warmup_steps
+    if cfg.rule == "ema_pytorch_0.6.4":  # its `initted` copy moved to the very first call: nothing extra after the warm-up
+        return 0.0 if t <= 0 else min(cfg.decay, 1.0 - (1.0 + t) ** -cfg.power)
     return 0.0 if t <= cfg.every else min(cfg.decay, 1.0 - (1.0 + t) ** -cfg.power)
 
 
