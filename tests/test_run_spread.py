@@ -130,6 +130,18 @@ def test_folds_pool_per_seed_and_a_test_subset_adds_image_sampling():
     assert sub["interval"][1] > full["interval"][1] and "test-image sampling" in sub["method"]
 
 
+def test_best_test_intervals_count_each_seeds_test_images_once():
+    """The seeds are tested on the same images: test sampling is p (1 - p) / n for one run's n images,
+    whatever the number of seeds, and the best test epoch is a max over epochs of those images."""
+    bests = [0.72, 0.70, 0.71, 0.73]
+    recs = [FakeRecord(i, b - 0.01, epochs=[0.5, b, b - 0.01], subset={"test": N_TEST}) for i, b in enumerate(bests)]
+    out = run_spread(0.71, {"selection": "best-test"}, recs, "last")
+    k, m, s = len(bests), np.mean(bests), np.std(bests, ddof=1)
+    once = stats.t.ppf(0.975, k - 1) * math.sqrt(s ** 2 * (1 + 1 / k) + m * (1 - m) / N_TEST)
+    as_new_images = stats.t.ppf(0.975, k - 1) * math.sqrt(s ** 2 * (1 + 1 / k) + m * (1 - m) / (k * N_TEST))
+    assert out["interval"][1] - m == pytest.approx(once) and not once == pytest.approx(as_new_images)
+
+
 def test_a_paper_that_reports_the_mean_of_its_seeds_gets_the_interval_of_a_mean():
     accs = [0.69, 0.70, 0.71, 0.695, 0.705]
     one = run_spread(0.72, {"seeds": 1}, records(accs), "last")
