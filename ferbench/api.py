@@ -344,11 +344,15 @@ def list_models() -> list[dict[str, Any]]:
 
 def data_info(name: str, options: dict[str, Any] | None = None, path: str | None = None,
               data_root: str | None = None) -> dict[str, Any]:
-    """Per split: total and per-class counts of a dataset (what survives its label protocol)."""
+    """Per split: total and per-class counts of a dataset (what survives its label protocol), and the
+    training split's per-channel pixel mean and std in [0, 1] (what `normalize: custom` takes)."""
     from ferbench.data import load_dataset
+    from ferbench.data.augment import split_channel_stats
 
     ds = load_dataset(name, options or {}, path, data_root)
-    return {"name": ds.name, "classes": ds.classes, "splits": ds.counts()}
+    mean, std = split_channel_stats(ds.splits["train"].images)
+    return {"name": ds.name, "classes": ds.classes, "splits": ds.counts(),
+            "train_channel_stats": {"mean": [round(v, 8) for v in mean], "std": [round(v, 8) for v in std]}}
 
 
 BENCH_KINDS = ("data", "train", "eval", "csv", "all", "small", "gpu", "trace")

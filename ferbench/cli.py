@@ -495,6 +495,9 @@ def data_info(
     for split, c in info["splits"].items():
         t.add_row(split, f"{c['total']:,}", *[f"{n:,}" for n in c["per_class"].values()])
     console.print(t)
+    stats = info["train_channel_stats"]
+    console.print(f"training split's own statistics (train: {{normalize: custom, norm_mean: {stats['mean']}, "
+                  f"norm_std: {stats['std']}}})", highlight=False, markup=False)
 
 
 @data_app.command("plot")

@@ -101,10 +101,12 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     input_size: int = Field(48, ge=8, le=1024)
     in_chans: Literal[1, 3] = 3
-    normalize: Literal["none", "half", "imagenet"] = Field(
-        "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5; imagenet: per-channel "
-        "ImageNet mean/std (EfficientFace's RAF-DB pipeline; needs in_chans 3)"
-    )
+    normalize: Literal["none", "half", "imagenet", "rafdb-efficientface", "custom"] = Field(
+        "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5; imagenet: per-channel ImageNet "
+        "mean/std (torchvision's); rafdb-efficientface: RAF-DB's own mean/std as EfficientFace's main.py has them; "
+        "custom: norm_mean / norm_std (e.g. a training split's own, from `ferbench data info NAME`)")
+    norm_mean: tuple[float, ...] | None = Field(None, description="per-channel mean for normalize: custom (pixels in [0, 1])")
+    norm_std: tuple[float, ...] | None = Field(None, description="per-channel std for normalize: custom")
     optimizer: Literal["sgd", "adamw", "adam"] = Field("sgd", description="adam: torch.optim.Adam, weight decay as an "
                                                        "L2 gradient term (Deep-Emotion's code); adamw: decoupled")
     lr: float = Field(0.1, gt=0)
@@ -168,8 +170,14 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _imagenet_needs_colour_channels(self) -> "TrainConfig":
-        if self.normalize == "imagenet" and self.in_chans != 3:
-            raise ValueError("normalize: imagenet is per colour channel: it needs in_chans: 3")
+        if self.normalize in ("imagenet", "rafdb-efficientface") and self.in_chans != 3:
+            raise ValueError(f"normalize: {self.normalize} is per colour channel: it needs in_chans: 3")
+        if (self.normalize == "custom") != (self.norm_mean is not None and self.norm_std is not None):
+            raise ValueError("normalize: custom goes with norm_mean and norm_std (one value per input channel), "
+                             "and they with it")
+        if self.normalize == "custom" and not (len(self.norm_mean) == len(self.norm_std) == self.in_chans
+                                               and all(v > 0 for v in self.norm_std)):
+            raise ValueError(f"norm_mean / norm_std: expected {self.in_chans} values each (in_chans), std above 0")
         return self
 
     @model_validator(mode="after")
@@ -450,7 +458,8 @@ IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "betas"): [0.9, 0.999], ("train", "adam_eps"): 1e-8, ("eval", "dropout_at_eval"): False,
     ("train", "plateau_patience"): 10, ("train", "plateau_min_delta"): 1e-4, ("train", "monitor"): "val_acc",
     ("train", "l2"): 0.0, ("train", "augment", "geometry"): "ferbench", ("train", "augment", "interpolation"): "bilinear",
-    ("train", "augment", "fill"): "zeros", ("train", "cpu_amp"): False,
+    ("train", "augment", "fill"): "zeros", ("train", "cpu_amp"): False, ("train", "norm_mean"): None,
+    ("train", "norm_std"): None,
 }
 
 

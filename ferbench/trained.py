@@ -149,7 +149,7 @@ def preprocessing_steps(tm: TrainedModel) -> list[dict[str, Any]]:
     """Every step from an image file to the network's input, with the library call and its settings,
     for a user to copy outside ferbench (the export sidecar): `decode_image`, then `preprocess`.
     The interpolation matters: bicubic instead of bilinear moves the probabilities by about 3e-2."""
-    from ferbench.data.augment import IMAGENET_MEAN, IMAGENET_STD
+    from ferbench.data.augment import channel_stats
 
     t = tm.job.train
     h, w = tm.image_shape[:2]
@@ -168,10 +168,10 @@ def preprocessing_steps(tm: TrainedModel) -> list[dict[str, Any]]:
                                                    f"mode='bilinear', align_corners=False, antialias={shrink})"})
     if t.in_chans == 3 and grey:
         steps.append({"step": "repeat_channels", "times": 3, "call": "x.expand(-1, 3, -1, -1)"})
-    mean_std = {"half": ([0.5] * t.in_chans, [0.5] * t.in_chans), "imagenet": (list(IMAGENET_MEAN), list(IMAGENET_STD))}
-    if t.normalize in mean_std:
-        mean, std = mean_std[t.normalize]
-        steps.append({"step": "normalize", "mean": mean, "std": std, "call": "(x - mean[c]) / std[c] per channel c"})
+    stats = ([0.5] * t.in_chans, [0.5] * t.in_chans) if t.normalize == "half" else channel_stats(t.normalize, t.norm_mean, t.norm_std)
+    if stats is not None:
+        steps.append({"step": "normalize", "mean": list(stats[0]), "std": list(stats[1]), "source": t.normalize,
+                      "call": "(x - mean[c]) / std[c] per channel c"})
     return steps
 
 

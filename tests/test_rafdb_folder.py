@@ -144,3 +144,33 @@ def test_rafdb_without_validation_selects_nothing_on_it(tmp_path):
     assert o.status == "complete", o.reason
     metrics = json.loads((tmp_path / "runs" / "noval" / o.job.id / "metrics.json").read_text())
     assert "val" not in metrics and set(metrics["test"]) == {"last"}  # no best-validation model exists
+
+
+def test_rafdb_normalised_by_its_own_statistics(tmp_path):
+    """EfficientFace's RAF-DB constants by name; a training split's own statistics computed by
+    `data info`, checked against numpy, used as normalize: custom and recorded in the job."""
+    import torch
+
+    from ferbench import api
+    from ferbench.data.augment import CHANNEL_STATS, finish
+    from ferbench.spec import TrainConfig
+
+    # zengqunzhao/EfficientFace main.py, lines 96-97 ("# RAF-DB")
+    assert CHANNEL_STATS["rafdb-efficientface"] == ((0.57535914, 0.44928582, 0.40079932), (0.20735591, 0.18981615, 0.18132027))
+    x = torch.rand(2, 3, 4, 4)
+    mean, std = torch.tensor(CHANNEL_STATS["rafdb-efficientface"]).view(2, 1, 3, 1, 1)
+    torch.testing.assert_close(finish(x, 3, "rafdb-efficientface"), (x - mean) / std)
+    root = make_rafdb(tmp_path / "d", n_train=30, n_test=10)
+    info = api.data_info("rafdb", {"size": 32, "val": "none"}, data_root=str(root))
+    train = load_dataset("rafdb", {"size": 32, "val": "none"}, data_root=str(root)).splits["train"].images / 255.0
+    np.testing.assert_allclose(info["train_channel_stats"]["mean"], train.mean(axis=(0, 1, 2)), atol=1e-8)
+    np.testing.assert_allclose(info["train_channel_stats"]["std"], train.std(axis=(0, 1, 2)), atol=1e-8)
+    cfg = TrainConfig(in_chans=3, normalize="custom", norm_mean=info["train_channel_stats"]["mean"],
+                      norm_std=info["train_channel_stats"]["std"])
+    m, s = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.norm_mean, cfg.norm_std))
+    torch.testing.assert_close(finish(x, 3, cfg.normalize, cfg.norm_mean, cfg.norm_std), (x - m) / s)
+    for bad in ({"normalize": "custom"}, {"norm_mean": [0.5] * 3, "norm_std": [0.2] * 3},
+                {"normalize": "custom", "norm_mean": [0.5], "norm_std": [0.2]},
+                {"normalize": "rafdb-efficientface", "in_chans": 1}):
+        with pytest.raises(ValueError):
+            TrainConfig(**{"in_chans": 3, **bad})

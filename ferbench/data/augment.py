@@ -48,18 +48,55 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Per-channel statistics by their source: what `train.normalize` names (custom: train.norm_mean / norm_std)
+CHANNEL_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision's ImageNet statistics
+    # zengqunzhao/EfficientFace main.py, "# RAF-DB": RAF-DB's own statistics, as EfficientFace trains and tests
+    "rafdb-efficientface": ((0.57535914, 0.44928582, 0.40079932), (0.20735591, 0.18981615, 0.18132027)),
+}
 
 
-def finish(x: torch.Tensor, in_chans: int, normalize: str) -> torch.Tensor:
+def channel_stats(normalize: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) per channel that `normalize` subtracts and divides by; None for none / half."""
+    if normalize == "custom":
+        return tuple(mean or ()), tuple(std or ())
+    return CHANNEL_STATS.get(normalize)
+
+
+def finish(x: torch.Tensor, in_chans: int, normalize: str, mean: tuple[float, ...] | None = None,
+           std: tuple[float, ...] | None = None) -> torch.Tensor:
     """Normalise and repeat grey to 3 channels when the model wants 3 (explicit, as the papers do)."""
     if normalize == "half":
         x = x.mul(2.0).sub_(1.0)  # (x - 0.5) / 0.5 in one new tensor
     x = x.expand(-1, 3, -1, -1) if in_chans == 3 and x.shape[1] == 1 else x
-    if normalize == "imagenet":  # per channel, after a grey image is repeated
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x - mean) / std
+    stats = channel_stats(normalize, mean, std)
+    if stats is not None:  # per channel, after a grey image is repeated
+        m = torch.tensor(stats[0], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(stats[1], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        x = (x - m) / s
     return x
+
+
+def split_channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (population, over every pixel of every image) of uint8 images (N, H, W[, 3])
+    scaled to [0, 1]: a split's own statistics for `normalize: custom`. float64 sums over `chunk` images
+    at a time (a whole split in float64 would be gigabytes).
+
+    >>> split_channel_stats(np.array([[[0, 255]], [[255, 255]]], np.uint8))  # pixels 0, 1, 1, 1
+    ((0.75,), (0.4330127018922193,))
+    """
+    x = images[..., None] if images.ndim == 3 else images
+    total = np.zeros(x.shape[-1])
+    squares = np.zeros(x.shape[-1])
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].astype(np.float64) / 255.0
+        total += part.sum(axis=tuple(range(part.ndim - 1)))
+        squares += (part * part).sum(axis=tuple(range(part.ndim - 1)))
+    n = x.size / x.shape[-1]
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 _BASE_GRIDS: dict[tuple[int, str], torch.Tensor] = {}

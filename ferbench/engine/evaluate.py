@@ -46,7 +46,7 @@ def network_input(xb: torch.Tensor, cfg: TrainConfig, tta: str, ratio: float,
     trained; and V, the number of views per image."""
     v = views(to_unit(xb), cfg.input_size, tta, ratio, gen)
     n_views, n = v.shape[:2]
-    return finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize), n_views
+    return finish(v.reshape(n_views * n, *v.shape[2:]), cfg.in_chans, cfg.normalize, cfg.norm_mean, cfg.norm_std), n_views
 
 
 @contextmanager

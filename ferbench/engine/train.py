@@ -282,7 +282,7 @@ def _batch(tr: Trainer, glob: torch.Tensor, host_glob: torch.Tensor, gen: torch.
     """This rank's augmented images, hard labels and target distributions of one global batch."""
     cfg, idx = tr.cfg, glob[tr.mine]
     x = augment_batch(to_unit(tr.images.index_select(0, idx)), cfg.input_size, cfg.augment, gen, len(glob), tr.mine, cfg.in_chans)
-    x = finish(x, cfg.in_chans, cfg.normalize).contiguous(memory_format=tr.fmt)
+    x = finish(x, cfg.in_chans, cfg.normalize, cfg.norm_mean, cfg.norm_std).contiguous(memory_format=tr.fmt)
     y = tr.labels[idx]
     if cfg.loss == "sampled":  # FER+ "probability": a fresh one-hot draw from the target every step
         y = to_device(draw_labels(tr.host_targets, host_glob, gen)[tr.mine], tr.device)
