@@ -72,6 +72,11 @@ class AugmentConfig(_Strict):
     fill: Literal["zeros", "border"] = Field(
         "zeros", description="pixels the warp brings in from outside: zeros (black) or border (the edge pixel "
         "repeated: Keras's fill_mode='nearest')")
+    pixel_path: Literal["fast", "torchvision"] = Field(
+        "fast", description="fast: one warp at no more than the source's resolution, then one upsample; torchvision: "
+        "EmoNeXt code's chain in its order (flips, Resize(input_size x resize_ratio) bilinear kept in 8 bits as PIL "
+        "does, RandomRotation at that size with `interpolation` (torchvision's default: nearest) and black fill, "
+        "RandomCrop(input_size)); slower: it rotates the large image")
 
     @property
     def is_identity(self) -> bool:
@@ -429,6 +434,29 @@ RECIPES: dict[str, dict[str, Any]] = {
         "augment": {"hflip": False, "rotation": 0.0},  # ToTensor + Normalize only
     },
 }
+# What a code recipe still does differently from the official code, listed on every page whose runs use it
+RECIPE_DIFFERENCES: dict[str, list[str]] = {
+    "emonext-code": [
+        "pixels: lossless by default; the official download script saves FER-2013 as Pillow JPEG quality 75 "
+        "(dataset option jpeg_quality: 75; measured on 2,000 FER-2013 images: 89 % of pixels change, mean 3.9 "
+        "grey levels, at most 47)",
+        "augmentation order: by default one bilinear warp at the source's 48 px, then one upsample; the official "
+        "chain resizes to 236 first, rotates there with nearest sampling and crops 224 (augment.pixel_path: "
+        "torchvision with augment.interpolation: nearest; within a grey level of torchvision's pixels)",
+        "precision: fp16 autocast and loss scaling only on CUDA unless train.cpu_amp (the CPU otherwise computes in "
+        "fp32 with the scaler's arithmetic, never overflowing)",
+        "random streams: data order, augmentation and validation crops come from ferbench's seeded per-epoch "
+        "generators, not torch's global generator seeded 2001",
+    ],
+    "mini-xception-code": [
+        "Adam's epsilon: Keras 2.0.5 adds it to sqrt(v) before the bias correction, PyTorch after it (the "
+        "same update once 1 - beta2^t is near 1, a few thousand steps in)",
+        "BatchNorm's running variance: Keras 2.0.5 keeps the biased batch variance, PyTorch the unbiased (a "
+        "factor 1 + 1/(pixels in the batch), at most 0.2 % at the 4x4 maps of the last module)",
+        "random streams: the shuffling and ImageDataGenerator's draws come from ferbench's seeded per-epoch "
+        "generators, not numpy's global one; the released weights were also pre-trained on KDEF first",
+    ],
+}
 # Model options a recipe implies, by architecture prefix: set on every model entry of that family that
 # runs the recipe and does not choose the option itself (the recipe's facts live here, not in one spec).
 RECIPE_MODEL_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -459,7 +487,7 @@ IDENTITY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "plateau_patience"): 10, ("train", "plateau_min_delta"): 1e-4, ("train", "monitor"): "val_acc",
     ("train", "l2"): 0.0, ("train", "augment", "geometry"): "ferbench", ("train", "augment", "interpolation"): "bilinear",
     ("train", "augment", "fill"): "zeros", ("train", "cpu_amp"): False, ("train", "norm_mean"): None,
-    ("train", "norm_std"): None,
+    ("train", "norm_std"): None, ("train", "augment", "pixel_path"): "fast",
 }
 
 

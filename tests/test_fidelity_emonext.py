@@ -326,3 +326,51 @@ def test_every_shipped_spec_gets_its_recipes_facts():
                     if job.model.arch.startswith(prefix):
                         for key, value in options.items():
                             assert job.model.options.get(key) == (entry.options.get(key, value)), f"{path} {job.id}: {key}"
+
+
+def test_the_torchvision_pixel_path_is_emonext_codes_chain():
+    """Images through torchvision's own transforms (flips, Resize(236), RandomRotation nearest, RandomCrop)
+    with given draws, against pixel_path: torchvision with the same draws."""
+    import numpy as np
+    import scipy.ndimage as nd
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+    from ferbench.data.augment import to_unit, torchvision_chain
+    from ferbench.spec import AugmentConfig
+
+    cfg = TrainConfig.model_validate(RECIPES["emonext-code"]).augment.model_copy(update={"pixel_path": "torchvision",
+                                                                                       "interpolation": "nearest"})
+    assert isinstance(cfg, AugmentConfig) and cfg.vflip and cfg.rotation == 20
+    rng = np.random.default_rng(0)
+    faces = np.stack([nd.gaussian_filter(rng.integers(0, 256, (48, 48)).astype(float), 2) for _ in range(6)])
+    faces = ((faces - faces.min()) / np.ptp(faces) * 255).astype(np.uint8)  # smooth, like faces, full range
+    angle = torch.tensor([13.0, -7.5, 0.0, 19.0, -19.9, 4.2], dtype=torch.float64)
+    flips = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 0]], dtype=torch.bool)
+    corner = torch.tensor([[0, 0], [12, 12], [5, 7], [12, 0], [3, 9], [6, 6]])
+    ours = torchvision_chain(to_unit(torch.from_numpy(faces)), 224, cfg, angle, flips, corner, torch.full((6,), 236))
+    for i in range(6):
+        im = Image.fromarray(faces[i])
+        im = TF.hflip(im) if flips[i, 0] else im
+        im = TF.vflip(im) if flips[i, 1] else im
+        im = TF.rotate(TF.resize(im, 236), float(angle[i]), InterpolationMode.NEAREST, fill=0)
+        theirs = TF.to_tensor(TF.crop(im, int(corner[i, 0]), int(corner[i, 1]), 224, 224))[0]
+        diff = (ours[i, 0] - theirs).abs()
+        # PIL's 8-bit bilinear rounds differently from torch's (one grey level on ~18 % of pixels); nearest
+        # rotation lands on the other neighbour only where a sampling point sits on a pixel edge
+        assert float(diff.mean()) < 0.002 and float((diff > 2.5 / 255).float().mean()) < 0.002, i
+
+
+def test_the_torchvision_path_draws_the_global_batch_and_slices_it():
+    from ferbench.data.augment import augment_batch
+    from ferbench.spec import AugmentConfig
+
+    cfg = AugmentConfig(hflip=True, vflip=True, rotation=20.0, resize_ratio=236 / 224, pixel_path="torchvision",
+                        interpolation="nearest")
+    x = torch.rand(4, 1, 48, 48)
+    whole = augment_batch(x, 56, cfg, torch.Generator().manual_seed(1), out_chans=3)
+    half = augment_batch(x[2:], 56, cfg, torch.Generator().manual_seed(1), n_total=4, part=slice(2, 4), out_chans=3)
+    assert whole.shape == (4, 3, 56, 56) and torch.equal(whole[2:], half)
+    levels = whole[:, 0] * 255
+    assert float((levels - levels.round()).abs().max()) < 1e-4  # 8-bit levels, as PIL keeps them

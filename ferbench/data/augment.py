@@ -166,6 +166,38 @@ def keras_affine(n: int, cfg: AugmentConfig, gen: torch.Generator, size: int) ->
     return torch.from_numpy(out).float()
 
 
+def torchvision_params(n: int, cfg: AugmentConfig, gen: torch.Generator, big: int, out: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image of the chain: rotation angle (degrees, uniform in +-rotation), horizontal and vertical
+    flip (probability 1/2 each where enabled) and the crop's (top, left) in the resized image."""
+    u = torch.rand(n, 3, generator=gen, dtype=torch.float64)
+    angle = (u[:, 0] * 2 - 1) * cfg.rotation
+    flips = torch.stack([(u[:, 1] < 0.5) & cfg.hflip, (u[:, 2] < 0.5) & cfg.vflip], 1)
+    corner = torch.randint(0, big - out + 1, (n, 2), generator=gen)
+    return angle, flips, corner, torch.full((n,), big)
+
+
+def torchvision_chain(x: torch.Tensor, out_size: int, cfg: AugmentConfig, angle: torch.Tensor, flips: torch.Tensor,
+                      corner: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+    """EmoNeXt code's training transform on a float batch (N, C, H, W) in [0, 1], in its order:
+    RandomHorizontalFlip, RandomVerticalFlip, Resize(big) (bilinear; PIL keeps 8-bit pixels, so the
+    result is rounded to 1/255), RandomRotation(angle) about the centre with `cfg.interpolation`
+    (torchvision's default, nearest) and black fill, RandomCrop(out_size) at `corner` (top, left)."""
+    side = int(big[0]) if len(big) else out_size
+    x = torch.where(flips[:, 0].view(-1, 1, 1, 1), x.flip(-1), x)
+    x = torch.where(flips[:, 1].view(-1, 1, 1, 1), x.flip(-2), x)
+    y = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=side < x.shape[-1])
+    y = y.mul(255).round_().div_(255)
+    a = torch.deg2rad(angle)
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    # PIL's rotate(angle) turns the picture counter-clockwise: output (x, y) samples the input at R(-angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(y.dtype)
+    grid = F.affine_grid(theta, list(y.shape), align_corners=False)
+    y = F.grid_sample(y, grid, mode=cfg.interpolation, padding_mode="zeros", align_corners=False)
+    return torch.stack([y[i, :, t:t + out_size, l:l + out_size] for i, (t, l) in enumerate(corner.tolist())])
+
+
 def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """(n, 2, 3) matrices mapping output to input coordinates (normalised, align_corners=False).
 
@@ -203,8 +235,14 @@ def augment_batch(
     """
     if cfg.is_identity and x.shape[-2] == x.shape[-1] == out_size:  # the pixels as they are: no warp, no draws
         return x.expand(-1, 3, -1, -1) if out_chans == 3 and x.shape[1] == 1 else x
-    # Warp at no more than the source resolution, then upsample: like torchvision's pipeline, which
-    # rotates the 48x48 image before Resize(236), and far cheaper than sampling 224x224 points.
+    if cfg.pixel_path == "torchvision":
+        n = n_total or x.shape[0]
+        params = torchvision_params(n, cfg, gen, int(round(out_size * cfg.resize_ratio)), out_size)
+        y = torchvision_chain(x, out_size, cfg, *(p[part] for p in params))
+        return y.expand(-1, 3, -1, -1) if out_chans == 3 and y.shape[1] == 1 else y
+    # Warp at no more than the source resolution, then upsample: far cheaper than sampling 224x224
+    # points. (EmoNeXt's torchvision chain does it the other way round: Resize(236) first, then the
+    # rotation at 236 and the crop: `pixel_path: torchvision` gives that order.)
     warp = min(out_size, max(x.shape[-2:]))
     if cfg.geometry == "keras":
         theta = to_device(keras_affine(n_total or x.shape[0], cfg, gen, warp)[part], x.device)

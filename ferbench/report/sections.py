@@ -335,7 +335,17 @@ def condition_sections(ctx: dict[str, Any]) -> list[Section]:
         "protocol, fidelity options). Reproduced numbers are reported for two model selections: last (the model after "
         "the final epoch) and best (the epoch with the best validation accuracy); papers report one or the other."),
         box="note", tables=[condition_table(ctx["conditions"])], collapsed=True)]
-    return out + environment_sections(ctx["environments"])
+    return out + recipe_difference_sections(ctx["conditions"]) + environment_sections(ctx["environments"])
+
+
+def recipe_difference_sections(conditions: list[dict[str, str]]) -> list[Section]:
+    """For each code recipe the runs use, what it still does differently from the official code."""
+    from ferbench.spec import RECIPE_DIFFERENCES
+
+    used = dict.fromkeys(c["recipe"] for c in conditions)
+    return [Section(f"Known differences from the official code (recipe {r})", level=3,
+                    tables=[Table(["difference"], [[text(d)] for d in RECIPE_DIFFERENCES[r]])])
+            for r in used if r in RECIPE_DIFFERENCES]
 
 
 def environment_sections(envs: list[dict[str, Any]]) -> list[Section]:
