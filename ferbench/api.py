@@ -24,10 +24,10 @@ LONG_RUN_S = 24 * 3600  # a spec estimated longer than this gets a warning befor
 @dataclass
 class PlannedJob:
     job: Job
-    status: str  # done | resume | new | evaluate (no training) | failed (runs again) | other data | model changed
+    status: str  # done | resume | new | evaluate (no training) | failed (runs again) | other data | model changed | unverifiable
     epochs_done: int
     estimate_s: float | None  # what is left of it; None when not estimated
-    conflict: str | None = None  # why its record cannot be reused (status "other data" or "model changed")
+    conflict: str | None = None  # why its record cannot be reused (status "other data", "model changed", "unverifiable")
     trained_in: str | None = None  # status evaluate: the finished record whose training it reuses
     problem: str | None = None  # why the job's model cannot run (it will fail with this reason; the rest runs)
 
@@ -142,7 +142,7 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
         elif donor is not None or (state == "new" and job.train.epochs == 0):
             state, done = "evaluate", job.train.epochs
         secs, problem = None, None
-        if state in ("done", "other data", "model changed"):
+        if state in ("done", "other data", "model changed", "unverifiable"):
             secs = 0.0
         elif estimate:
             try:
@@ -201,7 +201,7 @@ def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, 
         torch.set_num_threads(threads)
     plan = _plan(spec, profile, jobs, datasets, runs_dir, dev, estimate and not ddp and lc.name == "local")
     conflict = next((p.conflict for p in plan.jobs if p.conflict), None)
-    if conflict:  # a record made from other data or by another model is never reused, resumed or overwritten
+    if conflict:  # a record made from other data, by another model or unverifiable is never reused, resumed or overwritten
         raise FerbenchError(conflict)
     all_jobs = jobs
     untrained = [] if train else [p.job for p in plan.jobs if p.status not in ("done", "evaluate")]

@@ -126,6 +126,27 @@ def check_predictions(arrays: dict[str, np.ndarray], n_classes: int) -> str | No
     return None
 
 
+def check_agreement(metrics: dict[str, Any], arrays: dict[str, np.ndarray]) -> str | None:
+    """metrics.json's test numbers must be what predictions.npz's logits give (numbers on a page come from
+    one source): for each selection with logits, the confusion table and the accuracy recomputed."""
+    labels = arrays["test.labels"]
+    k = len(metrics["classes"])
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        return f"{PREDICTIONS_FILE}: test.labels must be class indices 0..{k - 1}, found {int(labels.min())}..{int(labels.max())}"
+    for which, result in metrics["test"].items():
+        logits = arrays.get(f"test.{which}.logits")
+        if logits is None:
+            continue
+        pred = logits.argmax(1) if logits.size else np.zeros(0, np.int64)
+        confusion = np.zeros((k, k), np.int64)
+        np.add.at(confusion, (labels, pred), 1)
+        if not np.array_equal(confusion, np.asarray(result["confusion"])) or \
+                abs(float((pred == labels).mean() if labels.size else 0.0) - float(result["accuracy"])) > 1e-9:
+            return (f"{METRICS_FILE}: test.{which} disagrees with {PREDICTIONS_FILE} (its confusion table or accuracy "
+                    "is not what the stored logits give)")
+    return None
+
+
 def check_history(rows: list[dict[str, Any]], path: Path) -> str | None:
     """history.csv: every value a number (the curves figure plots them)."""
     for i, row in enumerate(rows, start=2):

@@ -85,6 +85,15 @@ class RunRecord:
     def complete(self) -> bool:
         return self.status == COMPLETE
 
+    @property
+    def data_digest(self) -> str | None:
+        """The sha256 of the arrays the job trained and tested on (None in records made before it was kept)."""
+        return self.manifest.get("data_content_sha256")
+
+    def same_data(self, other: "RunRecord") -> bool:
+        """Whether two records were made from the same data: equal digests, where both recorded one."""
+        return self.data_digest is None or other.data_digest is None or self.data_digest == other.data_digest
+
     def metrics(self) -> dict[str, Any]:
         p = self.path / METRICS_FILE
         return read_json(p) if p.exists() else {}
@@ -196,7 +205,22 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
             manifest = {**manifest, "status": "unreadable", "failure": problem}
         out.append(RunRecord(d, job, manifest, typed=typed))
     label_experiments(out)
+    keep_poolable(out)
     return out
+
+
+def keep_poolable(records: list[RunRecord]) -> None:
+    """Seeds are pooled per (experiment, dataset, fold): a complete record made from other data than
+    the group's first seed (another digest of the arrays) is marked unreadable with the reason, in
+    place, so that no mean, interval or pairing mixes two datasets."""
+    first: dict[tuple[str, str, Any], RunRecord] = {}
+    for r in sorted((r for r in records if r.complete and r.data_digest), key=lambda r: (r.job.seed, str(r.path))):
+        key = (r.label, r.job.dataset.id, r.job.fold)
+        ref = first.setdefault(key, r)
+        if not r.same_data(ref):
+            r.manifest = {**r.manifest, "status": "unreadable", "failure": (
+                f"made from other data (sha256 {r.data_digest[:12]}...) than {ref.id} of the same experiment "
+                f"({ref.data_digest[:12]}...): never pooled with it")}
 
 
 def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
@@ -243,7 +267,7 @@ def _damaged(job_dir: Path) -> str | None:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         return f"{PREDICTIONS_FILE}: unreadable ({type(e).__name__})"
-    problem = recordcheck.check_predictions(arrays, len(metrics["classes"]))
+    problem = recordcheck.check_predictions(arrays, len(metrics["classes"])) or recordcheck.check_agreement(metrics, arrays)
     if problem:
         return problem
     try:

@@ -146,7 +146,14 @@ def model_conflict(job: Job, job_dir: Path, manifest: dict[str, Any]) -> str | N
 
 def record_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, Any]) -> tuple[str, str] | None:
     """(status, reason) when a job's existing record cannot be reused, resumed or overwritten: it was made
-    from other data, or by another version of the model; None when it can."""
+    from other data, or by another version of the model, or cannot be verified (its manifest does not
+    read, or a checkpoint has none: nothing says what it was trained on); None when it can."""
+    if manifest.get("status") == "unreadable":
+        return "unverifiable", (f"{job_dir}: {manifest.get('failure', 'manifest unreadable')}: a record that cannot be "
+                                "verified is never resumed or reused; move it away or use another --runs-dir")
+    if manifest.get("status") == "incomplete" and (job_dir / CHECKPOINT_FILE).exists():
+        return "unverifiable", (f"{job_dir}: a {CHECKPOINT_FILE} without a manifest saying what it was trained on is "
+                                "never resumed; move it away or use another --runs-dir")
     if why := data_conflict(job, ds, job_dir, manifest):
         return "other data", why
     reused = manifest.get("status") == COMPLETE or (job_dir / CHECKPOINT_FILE).exists()  # else it simply runs again

@@ -14,15 +14,17 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ferbench.errors import FerbenchError
 from ferbench.specfile import read_yaml, set_dotted
 
 JOB_FORMAT = 1
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,79}$")  # names become folder names: 80 characters at most
+_SLUG = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.+\-]{0,79}\Z")  # names become folder names: 80 characters at most
 _SLUG_RULE = "must be 1-80 letters, digits, '_', '-', '+' or '.'"
 
 
@@ -47,8 +49,53 @@ EMONEXT_RESIZE_RATIO = 236 / 224  # EmoNeXt's code: Resize(236) then crop 224, f
 MAX_SEED = 2**32 - 1  # what every RNG ferbench seeds (Python, NumPy, torch) accepts
 
 
+def _scalar_types(annotation: Any) -> set[type]:
+    """The plain types a field annotation admits (Annotated, Optional, unions and Literals unwrapped)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(v) for v in get_args(annotation)}
+    if origin is Annotated:
+        return _scalar_types(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return set().union(*(_scalar_types(a) for a in get_args(annotation)))
+    return {annotation} if isinstance(annotation, type) else {object}
+
+
+def _uncoerced(value: Any, annotation: Any, where: str) -> None:
+    """Refuse what pydantic's lax mode would quietly convert: a boolean or a string where the field
+    takes numbers (seeds: [true], epochs: "3"), element by element in lists and tuples."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _uncoerced(value, get_args(annotation)[0], where)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        inner = get_args(annotation)
+        for i, v in enumerate(value):
+            _uncoerced(v, inner[min(i, len(inner) - 1)] if inner and inner[-1] is not Ellipsis else (inner[0] if inner else Any), where)
+        return
+    kinds = _scalar_types(annotation)
+    if object in kinds or not kinds & {int, float}:
+        return
+    wanted = "a number" if float in kinds else "an integer"
+    if isinstance(value, bool) and bool not in kinds:
+        raise ValueError(f"expected {wanted}, not a boolean")
+    if isinstance(value, str) and str not in kinds:
+        raise ValueError(f"expected {wanted}, not a string")
+
+
+# what reports/ holds beside the pages: a spec of one of these names would write over it
+RESERVED_NAMES = ("index.html", "readme.md", "bench", "data", "export")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            _uncoerced(value, field.annotation, info.field_name)
+        return value
 
 
 class AugmentConfig(_Strict):
@@ -58,9 +105,10 @@ class AugmentConfig(_Strict):
     vflip: bool = False
     rotation: float = Field(10.0, ge=0, le=180, description="max rotation in degrees")
     resize_ratio: float = Field(
-        1.0, ge=1.0, description="resize to input_size*ratio, then random-crop input_size (236/224 in EmoNeXt)"
+        1.0, ge=1.0, le=4.0, description="resize to input_size*ratio, then random-crop input_size (236/224 in EmoNeXt)"
     )
-    scale: tuple[float, float] = Field((1.0, 1.0), description="random zoom range")
+    scale: tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]] = Field(
+        (1.0, 1.0), description="random zoom range (low, high), 0 < low <= high")
     translate: float = Field(0.0, ge=0, le=0.5, description="max shift as a fraction of the size")
     geometry: Literal["ferbench", "keras"] = Field(
         "ferbench", description="ferbench: one zoom for both axes, the output covering 1/zoom of the source, shifts "
@@ -77,6 +125,12 @@ class AugmentConfig(_Strict):
         "EmoNeXt code's chain in its order (flips, Resize(input_size x resize_ratio) bilinear kept in 8 bits as PIL "
         "does, RandomRotation at that size with `interpolation` (torchvision's default: nearest) and black fill, "
         "RandomCrop(input_size)); slower: it rotates the large image")
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> "AugmentConfig":
+        if self.scale[0] > self.scale[1]:
+            raise ValueError(f"scale: expected (low, high) with low <= high, got {list(self.scale)}")
+        return self
 
     @property
     def is_identity(self) -> bool:
@@ -174,6 +228,12 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
+    def _lr_floor_below_lr(self) -> "TrainConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr:g} is above lr {self.lr:g}: the schedule's floor must not exceed its start")
+        return self
+
+    @model_validator(mode="after")
     def _imagenet_needs_colour_channels(self) -> "TrainConfig":
         if self.normalize in ("imagenet", "rafdb-efficientface") and self.in_chans != 3:
             raise ValueError(f"normalize: {self.normalize} is per colour channel: it needs in_chans: 3")
@@ -216,9 +276,10 @@ def cuda_graph_blockers(cfg: TrainConfig) -> list[str]:
 
 
 class EvalConfig(_Strict):
-    splits: list[Literal["val", "test"]] = ["val", "test"]
+    splits: list[Literal["val", "test"]] = Field(["val", "test"], description="the splits evaluated; test always "
+                                                 "(every record holds its test predictions)")
     tta: TTAMode = "none"
-    tta_resize_ratio: float = Field(EMONEXT_RESIZE_RATIO, ge=1.0)
+    tta_resize_ratio: float = Field(EMONEXT_RESIZE_RATIO, ge=1.0, le=4.0)
     val_mode: Literal["center", "random_crop"] = Field(
         "center", description="random_crop reproduces EmoNeXt code's non-deterministic validation"
     )
@@ -233,6 +294,12 @@ class EvalConfig(_Strict):
         False, description="also record each epoch's test accuracy (centre view) in history.csv, so a report can show "
         "a paper's test-selected number (best test epoch) labelled as such; never used to select a model, never part "
         "of the job's identity (it changes no weight)")
+
+    @model_validator(mode="after")
+    def _test_is_evaluated(self) -> "EvalConfig":
+        if "test" not in self.splits:
+            raise ValueError(f"splits: {self.splits} leaves out test: every record holds its test predictions")
+        return self
 
 
 class SubsetConfig(_Strict):
@@ -378,6 +445,13 @@ class Spec(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"model ids must be unique, repeated: {', '.join(dupes)}")
+        if self.name.lower() in RESERVED_NAMES or self.name.lower().endswith("-local") or self.name.lower().startswith("compare-"):
+            raise ValueError(f"name {self.name!r} is a name the reports folder uses (index.html, README.md, bench, data, "
+                             "export, compare-*, *-local): choose another")
+        data_ids = [d.id for d in self.datasets]
+        dupes = sorted({i for i in data_ids if data_ids.count(i) > 1})
+        if dupes:  # jobs, records and page rows are keyed by the id: two entries would collapse into one
+            raise ValueError(f"dataset ids must be unique, repeated: {', '.join(dupes)} (give each entry its own id:)")
         for m in self.models:
             if m.depends_on is not None and m.teacher is not None:
                 raise ValueError(f"model {m.id!r}: a teacher comes from depends_on or from teacher, not both")
@@ -652,8 +726,12 @@ def _check_recipes(spec: Spec, where: str) -> None:
             resolve_train(spec, m)
         except ValidationError as e:
             key = next(iter(e.errors()[0]["loc"]), None)  # name the block the user wrote the key in
-            block = (f"models[{i}] ({m.id}) train" if key in m.train else "train" if key in spec.train
-                     else f"recipe {m.recipe or spec.recipe!r} (for models[{i}] ({m.id}))")
+            if key is None:  # a rule across fields (min_lr above lr): the most specific block that sets any
+                block = (f"models[{i}] ({m.id}) train" if m.train else "train" if spec.train
+                         else f"recipe {m.recipe or spec.recipe!r} (for models[{i}] ({m.id}))")
+            else:
+                block = (f"models[{i}] ({m.id}) train" if key in m.train else "train" if key in spec.train
+                         else f"recipe {m.recipe or spec.recipe!r} (for models[{i}] ({m.id}))")
             raise FerbenchError(_validation_line(f"{where}: {block}", e)) from None
 
 

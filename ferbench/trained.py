@@ -66,6 +66,9 @@ def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
     manifest = read_manifest(run_dir)
     ck = load_checkpoint(ck_path)
     state = selected_state(ck, job, which, run_dir)
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # every answer would be NaN: refuse, never predict
+        raise FerbenchError(f"{ck_path}: the {which} weights hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]})")
     t = job.train
     model = build_model(job, len(manifest["classes"]))
     try:

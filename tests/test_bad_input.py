@@ -79,7 +79,21 @@ SPEC_CASES = [
     ("unknown-train-key", _set(["train", "epochz"], 1), None, ["epochz: unknown key"]),
     ("unknown-model-key", _set(["models", 0, "archh"], "x"), None, ["models[0].archh: unknown key"]),
     ("seeds-type", _set(["seeds"], "many"), None, ["seeds"]),
-    ("epochs-type", _set(["train", "epochs"], "ten"), None, ["epochs", "valid integer", "'ten'"]),
+    ("epochs-type", _set(["train", "epochs"], "ten"), None, ["epochs", "expected an integer", "'ten'"]),
+    ("epochs-string-number", _set(["train", "epochs"], "3"), None, ["train: epochs: expected an integer, not a string"]),
+    ("epochs-bool", _set(["train", "epochs"], True), None, ["train: epochs: expected an integer, not a boolean"]),
+    ("seed-bool", _set(["seeds"], [True]), None, ["seeds: expected an integer, not a boolean"]),
+    ("lr-bool", _set(["train", "lr"], True), None, ["train: lr: expected a number, not a boolean"]),
+    ("min-lr-above-lr", _set(["train", "min_lr"], 1.0), None, ["min_lr 1 is above lr 0.1"]),
+    ("scale-inverted", _set(["train", "augment"], {"scale": [1.2, 0.8]}), None, ["low <= high"]),
+    ("scale-zero", _set(["train", "augment"], {"scale": [0, 1.0]}), None, ["augment.scale[0]", "greater than 0"]),
+    ("tta-ratio-huge", _set(["eval"], {"tta_resize_ratio": 1e6}), None, ["tta_resize_ratio", "less than or equal to 4"]),
+    ("eval-without-test", _set(["eval"], {"splits": ["val"]}), None, ["leaves out test"]),
+    ("name-newline", _set(["name"], "bad\n"), None, ["must be 1-80 letters"]),
+    ("name-reserved", _set(["name"], "index.html"), None, ["a name the reports folder uses"]),
+    ("name-local", _set(["name"], "bad-local"), None, ["a name the reports folder uses"]),
+    ("dataset-ids-repeated", _set(["datasets"], [{"name": "synthfer"}, {"name": "synthfer"}]), None,
+     ["dataset ids must be unique, repeated: synthfer"]),
     ("epochs-negative", _set(["train", "epochs"], -1), None, ["epochs", "greater than or equal to 0"]),
     ("epochs-zero-without-weights", _set(["train", "epochs"], 0), None, ["train.epochs: 0", "names no weights"]),
     ("batch-negative", _set(["train", "batch_size"], -4), None, ["batch_size", "greater than or equal to 1"]),
@@ -255,7 +269,9 @@ def finished(tmp_path_factory):
 def _plant(d: Path, spec: Path, content: bytes) -> Path:
     """Reset the finished job to an interrupted state whose checkpoint is `content`."""
     job_dir = next((d / "runs" / "bad").glob("m__*"))
-    (job_dir / "manifest.json").unlink()
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    manifest = {k: v for k, v in manifest.items() if k not in ("finished", "seconds", "failure")}
+    (job_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))  # killed mid-run
     (job_dir / "checkpoint.pt").write_bytes(content)
     return job_dir
 

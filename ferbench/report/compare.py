@@ -49,7 +49,8 @@ def paired_stats(ra: list[RunRecord], rb: list[RunRecord], classes: list[str], r
         if other is None:
             continue
         p, q = r.predictions(), other.predictions()
-        if "test.last.logits" not in p or "test.last.logits" not in q or not np.array_equal(p["test.labels"], q["test.labels"]):
+        if ("test.last.logits" not in p or "test.last.logits" not in q or not np.array_equal(p["test.labels"], q["test.labels"])
+                or not r.same_data(other)):  # the same labels on other images are not a pair
             continue
         y = p["test.labels"]
         a, b = p["test.last.logits"].argmax(1), q["test.last.logits"].argmax(1)

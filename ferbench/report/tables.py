@@ -87,6 +87,13 @@ def _test_labels(recs: list[RunRecord], seed: int) -> np.ndarray | None:
     return None if any(lab is None for lab in labels) else np.concatenate(labels)
 
 
+def _same_data(recs: list[RunRecord], ref_recs: list[RunRecord], seed: int) -> bool:
+    """Whether a seed's records of two experiments were made from the same data, fold by fold."""
+    mine = {r.job.fold: r for r in recs if r.job.seed == seed}
+    theirs = {r.job.fold: r for r in ref_recs if r.job.seed == seed}
+    return mine.keys() == theirs.keys() and all(mine[f].same_data(theirs[f]) for f in mine)
+
+
 def paired_rows(records: list[RunRecord], claims: list[dict[str, Any]], which: str = "last") -> list[dict[str, Any]]:
     """Every experiment of a dataset against the page's first (the spec's first model: its reference
     row, as an ablation's baseline), with the seed as the unit (`metrics.seed_level_difference` over
@@ -106,7 +113,8 @@ def paired_rows(records: list[RunRecord], claims: list[dict[str, Any]], which: s
         for label, recs in others:
             a = per_seed_accuracy(recs, which)
             same_test = {s: _test_labels(recs, s) for s in a if s in b}
-            seeds = [s for s, y in same_test.items() if y is not None and np.array_equal(y, ref_labels[s])]
+            seeds = [s for s, y in same_test.items() if y is not None and np.array_equal(y, ref_labels[s])
+                     and _same_data(recs, ref_recs, s)]
             if not seeds:
                 continue
             # the paper's difference at its own setting (its arch and conditions): context, never a verdict
