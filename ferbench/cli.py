@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -23,12 +24,27 @@ app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
+def _home(value: Any) -> Any:
+    """Every path option's and argument's `~` / `~user`, expanded the same way (the shell leaves
+    `--out=~/x` alone); a `~user` with no such user is one line."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_home(v) for v in value]
+    text = str(value)
+    expanded = os.path.expanduser(text)
+    if text.startswith("~") and expanded == text:
+        _fail(f"{text}: no such user's home folder")
+    return Path(expanded) if isinstance(value, Path) else expanded
+
+
 # the options `plan` and `run` share
-SpecArg = Annotated[Path, typer.Argument(help="benchmark spec (YAML)")]
+SpecArg = Annotated[Path, typer.Argument(help="benchmark spec (YAML)", callback=_home)]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="shrink the spec, e.g. smoke or cpu")]
 SetOpt = Annotated[list[str], typer.Option("--set", "-s", help="override a spec value: key=value (repeatable)")]
-RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="where run records go")]
-DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="folder holding the datasets (else FERBENCH_DATA)")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="where run records go", callback=_home)]
+DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="folder holding the datasets (else FERBENCH_DATA)",
+                                                    callback=_home)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
 EstimateOpt = Annotated[bool, typer.Option("--estimate/--no-estimate", help="time a short probe of each model first")]
 
@@ -275,9 +291,10 @@ def evaluate(
 
 @app.command()
 def report(
-    target: Optional[str] = typer.Argument(None, help="spec name (under --runs-dir) or a runs folder; default: every spec"),
-    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
-    out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html"),
+    target: Optional[str] = typer.Argument(None, help="spec name (under --runs-dir) or a runs folder; default: every spec",
+                                           callback=_home),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", callback=_home),
+    out: Path = typer.Option(Path("reports"), "--out", help="reports go to OUT/<spec>/ and OUT/index.html", callback=_home),
     formats: str = typer.Option("md,html", "--format", help="any of md,html,csv,json,latex (csv/json: one row per job; "
                                 "latex: the paper's table layout)"),
     with_records: bool = typer.Option(False, "--with-records", help="publish: copy the records behind each page (no "
@@ -305,9 +322,9 @@ def compare(
     a: str = typer.Argument(..., help="model family (resface, emonext, resnet, convnext), arch or model id"),
     b: str = typer.Argument(..., help="the other side"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="only this dataset id"),
-    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", callback=_home),
     as_json: bool = typer.Option(False, "--json"),
-    out: Optional[Path] = typer.Option(None, "--out", help="also write index.html, report.md and a figure here (linked from OUT/../index.html if present)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write index.html, report.md and a figure here (linked from OUT/../index.html if present)", callback=_home),
 ) -> None:
     """Two families side by side: is A better than B with the run (seed) as the unit, then image-level statements about these trained models, accuracy and cost."""
     from ferbench import api
@@ -408,7 +425,7 @@ def cost(
 @app.command()
 def bench(
     which: str = typer.Argument("all", help="data, train, eval, csv, all (the CPU rows), small (Deep-Emotion and mini-Xception: harness vs bare loop, memory formats, processes vs threads), gpu, or trace (an epoch under torch.profiler)"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="for the FER-2013 CSV rows (else FERBENCH_DATA)", callback=_home),
     as_json: bool = typer.Option(False, "--json"),
     device: str = typer.Option("cuda", "--device", help="gpu: the device to measure"),
     model: list[str] = typer.Option([], "--model", help="gpu: arch=recipe (repeatable; default emonext-tiny and resface-r18)"),
@@ -464,8 +481,8 @@ def _print_trace(rows: list[dict[str, Any]]) -> None:
 @data_app.command("info")
 def data_info(
     name: str = typer.Argument(..., help="dataset name, e.g. fer2013 or synthfer"),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    path: Optional[str] = typer.Option(None, "--path", help="the dataset's file or folder"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", callback=_home),
+    path: Optional[str] = typer.Option(None, "--path", help="the dataset's file or folder", callback=_home),
     option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="FER+ label protocol (majority, probability, crossentropy, multi_target)"),
     votes: Optional[str] = typer.Option(None, "--votes", help="FER+ vote table: fer2013new or label_csv (the official trainer's)"),
@@ -503,9 +520,9 @@ def data_info(
 @data_app.command("plot")
 def data_plot(
     name: str = typer.Argument(..., help="dataset name"),
-    out: Path = typer.Option(Path("reports/data"), "--out"),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    path: Optional[str] = typer.Option(None, "--path"),
+    out: Path = typer.Option(Path("reports/data"), "--out", callback=_home),
+    data_root: Optional[str] = typer.Option(None, "--data-root", callback=_home),
+    path: Optional[str] = typer.Option(None, "--path", callback=_home),
     option: list[str] = typer.Option([], "--option", "-o", help="dataset option key=value (repeatable)"),
 ) -> None:
     """Class bars per split, example faces, annotator agreement, FER-2013 vs FER+ distributions."""
@@ -519,14 +536,15 @@ def data_plot(
         _fail(str(e))
 
 
-RunArg = Annotated[str, typer.Argument(help="a finished run: runs/<spec>/<job-id>, or <spec>/<job-id> under --runs-dir")]
+RunArg = Annotated[str, typer.Argument(help="a finished run: runs/<spec>/<job-id>, or <spec>/<job-id> under --runs-dir",
+                                       callback=_home)]
 WhichOpt = Annotated[str, typer.Option("--which", help="last (the model the run's test numbers are for) or best (best validation epoch)")]
 
 
 @app.command()
 def predict(
     run: RunArg,
-    images: list[str] = typer.Argument(..., help="face crops (or, with --detect, photos): image files or folders of them (searched recursively)"),
+    images: list[str] = typer.Argument(..., help="face crops (or, with --detect, photos): image files or folders of them (searched recursively)", callback=_home),
     which: WhichOpt = "last",
     tta: Optional[str] = typer.Option(None, "--tta", help="none, flip or tencrop (default: as the run evaluated)"),
     detect: bool = typer.Option(False, "--detect", help="find the faces in each photo (OpenCV Haar cascade, pip install 'ferbench[detect]'), "
@@ -534,8 +552,8 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per forward pass (default: the run's eval batch)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:<index> or mps"),
     top_k: int = typer.Option(1, "--top-k", help="also list the k most probable classes per face"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image or face) or .json here"),
-    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image or face) or .json here", callback=_home),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", callback=_home),
 ) -> None:
     """Class probabilities for face crops, or with --detect for every face in photos, from a finished run's
     model. Undecodable images are refused one line each and the rest predicted; photos without a face are
@@ -584,9 +602,9 @@ def export(
     run: RunArg,
     fmt: str = typer.Option("onnx", "--format", help="onnx (opset 18, checked in onnxruntime), torchscript or pt2 (torch.export)"),
     which: WhichOpt = "last",
-    out: Optional[Path] = typer.Option(None, "--out", help="the file to write (default exports/<job-id>-<which>.onnx|.pt|.pt2)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the file to write (default exports/<job-id>-<which>.onnx|.pt|.pt2)", callback=_home),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="largest max-abs logit difference against PyTorch accepted"),
-    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir"),
+    runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", callback=_home),
 ) -> None:
     """A finished run's model as ONNX, TorchScript or a torch.export program, with a JSON of its inputs and classes; the file is
     run against PyTorch on a batch and written only if the logits agree."""

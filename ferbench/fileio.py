@@ -25,9 +25,29 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def check_target(path: Path) -> None:
+    """Refuse to write over what is not a file of ours: a symbolic link (the write would land where it
+    points), a device, a named pipe, a socket or a folder. One line; nothing is written."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)})") from None
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        raise FerbenchError(f"{path}: is a symbolic link; ferbench never writes through one (remove it or choose another path)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "folder" if stat.S_ISDIR(st.st_mode) else "device, pipe or socket"
+        raise FerbenchError(f"{path}: exists and is a {kind}, not a file; refused, nothing written")
+
+
 def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
     """Let `fill` write a temporary file (given by path) beside `path`, fsync it and rename it over
-    `path`, so readers see the old file or the new one, never a part."""
+    `path`, so readers see the old file or the new one, never a part. A target that is a link, a
+    device, a pipe or a folder is refused first (`check_target`): the rename would replace it."""
+    check_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

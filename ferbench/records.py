@@ -342,13 +342,15 @@ def copy_records(spec_folder: Path, dest: Path) -> list[Path]:
     (`ferbench report --runs-dir reports/<page>/records`). Each file is written atomically."""
     out = []
     snapshot = spec_folder / SPEC_FILE
-    if snapshot.is_file():
+    if snapshot.is_file() and not snapshot.is_symlink():
         write_bytes_atomic(dest / spec_folder.name / SPEC_FILE, snapshot.read_bytes())
         out.append(dest / spec_folder.name / SPEC_FILE)
     for job_yaml in sorted(spec_folder.glob("*/job.yaml")):
+        if job_yaml.parent.is_symlink():  # a linked job folder is not this runs folder's record
+            continue
         for name in RECORD_FILES:
             src = job_yaml.parent / name
-            if src.is_file():
+            if src.is_file() and not src.is_symlink():  # a link's target may be anything on the machine: never published
                 target = dest / spec_folder.name / job_yaml.parent.name / name
                 write_bytes_atomic(target, src.read_bytes())
                 out.append(target)

@@ -221,8 +221,8 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     write_text_atomic(out / "verdicts.json", json.dumps(compare_summary(result, out.name), indent=2))
     write_text_atomic(out / "report.md", md)
     write_text_atomic(out / "index.html", html)
-    from ferbench.report.render import write_index
+    from ferbench.report.render import is_reports_index, write_index
 
-    if (out.parent / "index.html").exists():  # inside a reports folder: link it from the index
+    if is_reports_index(out.parent / "index.html"):  # inside a reports folder: link it from ferbench's index
         write_index(out.parent)
     return [out / "report.md", out / "index.html"]

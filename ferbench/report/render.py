@@ -59,6 +59,9 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
     rendered: list[tuple[Path, bytes]] = []
     for folder in spec_folders(target, runs_dir):
         dest = page_folder(folder, out, publish=with_records)
+        for sub in (dest, dest / "figures", dest / "records"):  # a linked folder would take the writes elsewhere
+            if sub.is_symlink():
+                raise FerbenchError(f"{sub}: is a symbolic link; ferbench never writes a page through one (remove it)")
         if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
             copy_records(folder, dest / "records")
             folder = dest / "records" / folder.resolve().name
@@ -118,6 +121,20 @@ def _read_summary(page: Path) -> dict[str, Any]:
         return summary if isinstance(summary, dict) else {}
     except (OSError, ValueError):
         return {}  # a page rendered before verdicts existed: listed without them
+
+
+INDEX_MARK = '<meta name="generator" content="ferbench reports index">'
+
+
+def is_reports_index(path: Path) -> bool:
+    """Whether `path` is a reports index ferbench wrote (compare links itself from one, and from nothing else:
+    an index.html of the user's own beside a compare folder is never touched). Old indexes lack the mark."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return INDEX_MARK in head or "<title>ferbench reports</title>" in head
 
 
 def write_index(out: Path) -> Path:

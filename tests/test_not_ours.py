@@ -1,0 +1,104 @@
+"""Never replace or reach what is not ours: output targets that are links, pipes, devices or folders;
+a user's own index.html beside a compare page; linked files in a runs folder being published;
+linked page folders; `~` in every path option."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ferbench import api
+from ferbench.cli import app
+from ferbench.errors import FerbenchError
+from ferbench.fileio import write_text_atomic
+
+SPEC = {"name": "ours", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 16}}],
+        "models": [{"id": "a", "arch": "resnet18"}], "train": {"epochs": 1, "batch_size": 16, "input_size": 24}}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ours")
+    (folder / "s.yaml").write_text(yaml.safe_dump(SPEC))
+    (o,) = api.run_spec(folder / "s.yaml", runs_dir=folder / "runs", estimate=False)
+    assert o.status == "complete"
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])
+def test_a_write_never_replaces_a_link_a_pipe_or_a_folder(tmp_path, kind):
+    target = tmp_path / "out.csv"
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("theirs")
+    if kind == "symlink":
+        target.symlink_to(elsewhere)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    with pytest.raises(FerbenchError, match="out.csv: (is a symbolic link|exists and is a)"):
+        write_text_atomic(target, "ours")
+    assert elsewhere.read_text() == "theirs"
+    assert target.is_symlink() if kind == "symlink" else (target.is_fifo() if kind == "fifo" else target.is_dir())
+
+
+def test_predict_out_onto_a_link_is_one_line(finished, tmp_path):
+    job_dir = next((finished / "runs" / "ours").glob("a__*"))
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "face.png")
+    (tmp_path / "theirs.csv").write_text("theirs")
+    (tmp_path / "p.csv").symlink_to(tmp_path / "theirs.csv")
+    r = CliRunner().invoke(app, ["predict", str(job_dir), str(tmp_path / "face.png"), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 2 and "is a symbolic link" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "theirs.csv").read_text() == "theirs"
+
+
+def test_compare_writes_only_inside_the_folder_named(finished, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html>my own site</html>")
+    spec2 = {**SPEC, "name": "ours2", "models": [{"id": "b", "arch": "convnext-atto"}], "train": {**SPEC["train"], "input_size": 32}}
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    (tmp_path / "s2.yaml").write_text(yaml.safe_dump(spec2))
+    api.run_spec(tmp_path / "s2.yaml", runs_dir=runs, estimate=False)
+    r = CliRunner().invoke(app, ["compare", "resnet", "convnext", "--runs-dir", str(runs), "--out", str(site / "cmp")])
+    assert r.exit_code == 0, r.output
+    assert (site / "index.html").read_text() == "<html>my own site</html>" and (site / "cmp" / "index.html").exists()
+
+
+def test_publishing_never_copies_a_linked_file_or_writes_through_a_linked_folder(finished, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    job_dir = next((runs / "ours").glob("a__*"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a record")
+    (job_dir / "history.csv").unlink()
+    (job_dir / "history.csv").symlink_to(secret)
+    api.report_spec("ours", runs, tmp_path / "reports", with_records=True)
+    published = tmp_path / "reports" / "ours" / "records" / "ours" / job_dir.name
+    assert (published / "metrics.json").exists() and not (published / "history.csv").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(tmp_path / "reports" / "ours" / "figures")
+    (tmp_path / "reports" / "ours" / "figures").symlink_to(elsewhere)
+    with pytest.raises(FerbenchError, match="figures: is a symbolic link"):
+        api.report_spec("ours", runs, tmp_path / "reports", with_records=True)
+    assert not any(elsewhere.iterdir())
+
+
+def test_tilde_expands_in_every_path_option(finished, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(finished))
+    r = CliRunner().invoke(app, ["report", "ours", "--runs-dir", "~/runs", "--out", "~/rep"])
+    assert r.exit_code == 0, r.output
+    assert (finished / "rep" / "ours-local" / "index.html").exists() or (finished / "rep" / "ours" / "index.html").exists()
+    assert not Path("~").exists()
+    r = CliRunner().invoke(app, ["plan", "~nosuchuser_ferbench/s.yaml"])
+    assert r.exit_code == 2 and "no such user's home folder" in r.output
