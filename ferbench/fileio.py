@@ -21,6 +21,10 @@ import numpy as np
 from ferbench.errors import FerbenchError, first_line
 
 MAX_IMAGE_PIXELS = 40_000_000  # the largest image ferbench decodes (dataset files, predict's photos): a face is far smaller
+MAX_CLASSES = 1000  # a classification head, confusion table and per-class figures of more are not a FER dataset
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes
+NPZ_LIMIT_ENV = "FERBENCH_MAX_NPZ_GB"  # raises the bound on what one .npz may hold once decompressed
+DEFAULT_NPZ_GB = 8.0
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -41,6 +45,52 @@ def check_target(path: Path) -> None:
     if not stat.S_ISREG(st.st_mode):
         kind = "folder" if stat.S_ISDIR(st.st_mode) else "device, pipe or socket"
         raise FerbenchError(f"{path}: exists and is a {kind}, not a file; refused, nothing written")
+
+
+def regular_file(path: Path, what: str) -> Path:
+    """`path` if it is a regular file; one line otherwise (missing, a folder, or a pipe or device, which
+    would block a reader forever or never end)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise FerbenchError(f"{path}: {what} not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe, socket or device"
+        raise FerbenchError(f"{path}: {what} must be a regular file, not {kind}")
+    return path
+
+
+def npz_limit_bytes() -> int:
+    """What one .npz may hold decompressed: DEFAULT_NPZ_GB, or FERBENCH_MAX_NPZ_GB."""
+    try:
+        return int(float(os.environ.get(NPZ_LIMIT_ENV, DEFAULT_NPZ_GB)) * 2**30)
+    except ValueError:
+        raise FerbenchError(f"{NPZ_LIMIT_ENV}={os.environ[NPZ_LIMIT_ENV]!r}: expected a number of gigabytes") from None
+
+
+def load_npz(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (those named in `keys`, when given), never unpickled, after checking from
+    the archive's directory that they decompress to at most `npz_limit_bytes()`: a small file can
+    declare gigabytes. Raises FerbenchError naming the file for anything unreadable."""
+    import zipfile
+
+    regular_file(path, "array file")
+    limit = npz_limit_bytes()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            wanted = [i for i in zf.infolist() if keys is None or i.filename.removesuffix(".npy") in keys]
+            declared = sum(i.file_size for i in wanted)
+        if declared > limit:
+            raise FerbenchError(f"{path}: its arrays decompress to {declared / 2**30:.1f} GiB, above the "
+                                f"{limit / 2**30:g} GiB ferbench reads ({NPZ_LIMIT_ENV} raises it)")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files if keys is None or k in keys}
+    except FerbenchError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise FerbenchError(f"{path}: not a readable .npz of plain arrays ({first_line(e)})") from None
 
 
 def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:

@@ -80,6 +80,8 @@ def image_files(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
             files += found
         elif item.is_file():
             files.append(item)
+        elif item.exists():
+            refused.append(f"{item}: not a regular file (a pipe or device would never end)")
         else:
             refused.append(f"{item}: no such file or folder")
     return files, refused

@@ -25,7 +25,7 @@ from ferbench.recordcheck import (  # noqa: F401  (the record's file names: defi
     CHECKPOINT_FILE, COST_FIELD, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, SPEC_FILE,
     metrics_cost)
 from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
-    read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
+    load_npz, read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.errors import FerbenchError, first_line
 from ferbench.spec import IDENTITY_DEFAULTS, Job
 
@@ -102,8 +102,7 @@ class RunRecord:
         p = self.path / PREDICTIONS_FILE
         if not p.exists():
             return {}
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return load_npz(p)
 
     def history(self) -> list[dict[str, Any]]:
         p = self.path / HISTORY_FILE
@@ -253,8 +252,6 @@ def read_job(job_dir: Path) -> Job:
 def _damaged(job_dir: Path) -> str | None:
     """What is wrong with a complete record's metrics.json, predictions.npz or history.csv, if
     anything: each must parse and hold the fields report and compare read (`recordcheck`)."""
-    import zipfile
-
     try:
         metrics = json.loads((job_dir / METRICS_FILE).read_text())
     except (OSError, ValueError) as e:
@@ -263,10 +260,9 @@ def _damaged(job_dir: Path) -> str | None:
     if problem:
         return problem
     try:
-        with np.load(job_dir / PREDICTIONS_FILE, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        return f"{PREDICTIONS_FILE}: unreadable ({type(e).__name__})"
+        arrays = load_npz(job_dir / PREDICTIONS_FILE)
+    except FerbenchError as e:
+        return f"{PREDICTIONS_FILE}: unreadable ({str(e).split(': ', 1)[-1]})"
     problem = recordcheck.check_predictions(arrays, len(metrics["classes"])) or recordcheck.check_agreement(metrics, arrays)
     if problem:
         return problem

@@ -713,6 +713,7 @@ def spec_from_dict(
     except ValidationError as e:
         raise FerbenchError(_validation_line(where, e)) from None
     _check_recipes(spec, where)
+    _check_batch_memory(spec, where)
     return spec
 
 
@@ -733,6 +734,24 @@ def _check_recipes(spec: Spec, where: str) -> None:
                 block = (f"models[{i}] ({m.id}) train" if key in m.train else "train" if key in spec.train
                          else f"recipe {m.recipe or spec.recipe!r} (for models[{i}] ({m.id}))")
             raise FerbenchError(_validation_line(f"{where}: {block}", e)) from None
+
+
+MAX_BATCH_INPUT_GB = 8  # one batch of network inputs (float32) may take this much; activations take several times more
+TTA_VIEWS = {"tencrop": 10, "flip": 2}
+
+
+def _check_batch_memory(spec: Spec, where: str) -> None:
+    """Refuse, before anything is allocated, a model whose one training or evaluation batch of inputs
+    alone would exceed MAX_BATCH_INPUT_GB (batch x views x channels x size^2 x 4 bytes)."""
+    for i, m in enumerate(spec.models):
+        t, e = resolve_train(spec, m), resolve_eval(spec, m)
+        for what, batch, views in (("train.batch_size", t.batch_size, 1),
+                                   ("train.eval_batch_size", t.eval_batch_size, TTA_VIEWS.get(e.tta, 1))):
+            gb = batch * views * t.in_chans * t.input_size ** 2 * 4 / 2**30
+            if gb > MAX_BATCH_INPUT_GB:
+                raise FerbenchError(f"{where}: models[{i}] ({m.id}): {what} {batch} at {t.input_size}x{t.input_size}"
+                                    f"{f' with {views} TTA views' if views > 1 else ''} is {gb:.1f} GiB of input per "
+                                    f"batch, above {MAX_BATCH_INPUT_GB} GiB: lower {what}")
 
 
 # FER+'s official training per label protocol (microsoft/FERPlus src/train.py `cost_func` and

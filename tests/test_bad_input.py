@@ -329,6 +329,8 @@ NPZ_CASES = [
     ("labels-beyond-classes", {"images": IMGS, "label": LABELS * 5, "classes": np.array(["a", "b"])},
      ["labels must be in 0..1 for 2 classes", "found 5"]),
     ("object-array", {"images": np.array([object()] * 8, dtype=object), "label": LABELS}, ["not a readable .npz of plain arrays"]),
+    ("labels-a-billion", {"images": IMGS, "label": np.array([0, 1, 2, 3, 4, 5, 6, 10**9])},
+     ["labels go up to 1000000000", "more than the 1000 classes"]),
 ]
 
 
@@ -338,6 +340,28 @@ def test_bad_npz(tmp_path, name, arrays, needles):
     if name == "labels-beyond-classes":
         p = spec_with(tmp_path, _set(["datasets"], [{"name": "folder", "path": str(tmp_path / "x.npz"), "options": {"classes_key": "classes"}}]))
     check(invoke(["run", p], tmp_path), tmp_path, "x.npz", *needles)
+
+
+def test_npz_declaring_more_than_the_bound_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERBENCH_MAX_NPZ_GB", "0.000001")  # about 1 KB: the 8 x 16 x 16 images are 2 KB
+    p = npz_spec(tmp_path, images=IMGS, label=LABELS)
+    check(invoke(["run", p], tmp_path), tmp_path, "x.npz: its arrays decompress to", "FERBENCH_MAX_NPZ_GB raises it")
+
+
+def test_spec_that_is_a_pipe_or_too_large(tmp_path):
+    os.mkfifo(tmp_path / "pipe.yaml")
+    check(invoke(["run", tmp_path / "pipe.yaml"], tmp_path), tmp_path, "pipe.yaml: spec file not found (a folder, pipe or device")
+    (tmp_path / "big.yaml").write_text("name: big\n" + "# " + "x" * (1 << 20) + "\n")
+    check(invoke(["run", tmp_path / "big.yaml"], tmp_path), tmp_path, "more than the 1,048,576 a spec may have")
+
+
+def test_allocations_are_bounded_from_declared_sizes(tmp_path):
+    big = _set(["datasets"], [{"name": "synthfer", "options": {"n_train": 1_000_000}}])
+    check(invoke(["run", spec_with(tmp_path, big)], tmp_path), tmp_path, "n_train", "less than or equal to 100000")
+    def huge(d):
+        d["train"] = {"epochs": 1, "input_size": 1024, "eval_batch_size": 256}
+        d["eval"] = {"tta": "tencrop"}
+    check(invoke(["run", spec_with(tmp_path, huge)], tmp_path), tmp_path, "30.0 GiB", "above 8 GiB: lower train.eval_batch_size")
 
 
 def test_npz_that_is_not_a_zip(tmp_path):

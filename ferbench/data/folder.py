@@ -24,6 +24,7 @@ from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.leakage import leakage_notes
 from ferbench.data.rafdb import carve_val
+from ferbench.fileio import MAX_CLASSES
 from ferbench.errors import FerbenchError, first_line
 
 EXTS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -67,11 +68,15 @@ def _read_npz(path: Path, keys: list[str]) -> tuple[dict[str, np.ndarray], list[
     (an object array is refused) and gives one line for a damaged file."""
     import zipfile
 
+    from ferbench.fileio import load_npz
+
+    arrays = load_npz(path, keys)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in keys if k in z.files}, list(z.files)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as zf:
+            names = [n.removesuffix(".npy") for n in zf.namelist()]
+    except (OSError, zipfile.BadZipFile) as e:
         raise FerbenchError(f"{path}: not a readable .npz of plain arrays ({first_line(e)})") from None
+    return arrays, names
 
 
 AUTO_GROUP_KEYS = ("subject", "groups")
@@ -98,7 +103,11 @@ def _from_npz(path: Path, o: Options) -> FerDataset:
         raise FerbenchError(f"{path}: {o.labels_key!r} must be class indices >= 0 (found {labels.min()})")
     classes = o.classes or ([str(c) for c in z[o.classes_key]] if o.classes_key and o.classes_key in z else None)
     if classes is None:
+        if labels.size and labels.max() >= MAX_CLASSES:
+            raise FerbenchError(f"{path}: labels go up to {labels.max()}: more than the {MAX_CLASSES} classes ferbench takes")
         classes = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
+    if len(classes) > MAX_CLASSES:
+        raise FerbenchError(f"{path}: {len(classes)} classes, more than the {MAX_CLASSES} ferbench takes")
     if labels.size and labels.max() >= len(classes):
         raise FerbenchError(f"{path}: labels must be in 0..{len(classes) - 1} for {len(classes)} classes (found {labels.max()})")
     if o.fold >= o.folds and (groups is not None or o.split == "random"):
