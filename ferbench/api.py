@@ -268,7 +268,7 @@ def find_run(run: str | Path, runs_dir: str | Path = RUNS_DIR) -> Path:
 
 def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta: str | None = None,
             runs_dir: str | Path = RUNS_DIR, out: str | Path | None = None, *, detect: bool = False,
-            batch_size: int | None = None, device: str = "cpu", top_k: int = 1) -> Any:
+            batch_size: int | None = None, device: str = "cpu", top_k: int = 1, trust_code: bool = False) -> Any:
     """Class probabilities for image files and folders from a finished run's model (`predict.Predictions`):
     face crops, or with `detect` every face found in photos; also written to `out` (.csv or .json)
     when given, if any image was predicted."""
@@ -289,7 +289,7 @@ def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta:
         from ferbench.detect import cascade
 
         cascade()  # OpenCV missing: one line before the model loads
-    result = predict_files(load_run(find_run(run, runs_dir), which), list(inputs), tta, detect=detect,
+    result = predict_files(load_run(find_run(run, runs_dir), which, trust_code), list(inputs), tta, detect=detect,
                            batch_size=batch_size, device=device, top_k=top_k)
     if out is not None and result.files:
         write_predictions(result, Path(out))
@@ -297,7 +297,7 @@ def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta:
 
 
 def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | Path | None = None,
-           runs_dir: str | Path = RUNS_DIR, tolerance: float = 1e-4) -> Any:
+           runs_dir: str | Path = RUNS_DIR, tolerance: float = 1e-4, trust_code: bool = False) -> Any:
     """A finished run's model as ONNX, TorchScript or a torch.export program, with its sidecar JSON and parity check (`export.Exported`)."""
     from ferbench.export import default_path, export_model
     from ferbench.trained import load_run
@@ -306,7 +306,9 @@ def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | P
 
     if fmt not in SUFFIX:
         raise FerbenchError(f"--format {fmt!r}: expected {', '.join(SUFFIX)}")
-    tm = load_run(find_run(run, runs_dir), which)
+    if not 0 < tolerance < float("inf"):
+        raise FerbenchError(f"--tolerance {tolerance}: expected a positive number (the largest logit difference accepted)")
+    tm = load_run(find_run(run, runs_dir), which, trust_code)
     return export_model(tm, fmt, Path(out) if out else default_path(tm, fmt), tolerance)
 
 

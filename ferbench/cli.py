@@ -552,6 +552,7 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per forward pass (default: the run's eval batch)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:<index> or mps"),
     top_k: int = typer.Option(1, "--top-k", help="also list the k most probable classes per face"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="import the record's own model module (module:function)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write a .csv (one row per image or face) or .json here", callback=_home),
     runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", callback=_home),
 ) -> None:
@@ -562,7 +563,7 @@ def predict(
 
     try:
         res = api.predict(run, images, which, tta, runs_dir, out, detect=detect, batch_size=batch_size,
-                          device=device, top_k=top_k)
+                          device=device, top_k=top_k, trust_code=trust_code)
     except FerbenchError as e:
         _fail(str(e))
     for line in res.refused:
@@ -605,13 +606,14 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="the file to write (default exports/<job-id>-<which>.onnx|.pt|.pt2)", callback=_home),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="largest max-abs logit difference against PyTorch accepted"),
     runs_dir: Path = typer.Option(Path(RUNS_DIR), "--runs-dir", callback=_home),
+    trust_code: bool = typer.Option(False, "--trust-code", help="import the record's own model module (module:function)"),
 ) -> None:
     """A finished run's model as ONNX, TorchScript or a torch.export program, with a JSON of its inputs and classes; the file is
     run against PyTorch on a batch and written only if the logits agree."""
     from ferbench import api
 
     try:
-        res = api.export(run, fmt, which, out, runs_dir, tolerance)
+        res = api.export(run, fmt, which, out, runs_dir, tolerance, trust_code)
     except FerbenchError as e:
         _fail(str(e))
     console.print(f"wrote {escape(str(res.path))} and {escape(str(res.sidecar))}; parity on {res.batch} images: "

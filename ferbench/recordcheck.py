@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ferbench.fileio import MAX_CLASSES
+
 # The files of a run record (`runs/<spec>/<job-id>/`) and of a spec's folder: their one home; `records`
 # re-exports them for everything else.
 JOB_FILE, MANIFEST_FILE, HISTORY_FILE = "job.yaml", "manifest.json", "history.csv"
@@ -69,6 +71,15 @@ def _fields(obj: Any, fields: dict[str, Any], where: str, required: bool) -> str
     return None
 
 
+MAX_IMAGE_SIDE = 4096  # a stored training image (48, 64, 100, 224 px in practice)
+
+
+def _image_shape_ok(shape: Any) -> bool:
+    return (isinstance(shape, list) and len(shape) in (2, 3)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+            and all(1 <= v <= MAX_IMAGE_SIDE for v in shape[:2]) and (len(shape) == 2 or shape[2] == 3))
+
+
 def check_job(job: Any) -> str | None:
     """job.yaml as parsed: the fields report and compare read."""
     return _fields(job, JOB_FIELDS, JOB_FILE, required=True)
@@ -77,6 +88,13 @@ def check_job(job: Any) -> str | None:
 def check_manifest(manifest: Any) -> str | None:
     """manifest.json: the optional fields report reads, each of its type when present."""
     problem = _fields(manifest, MANIFEST_FIELDS, MANIFEST_FILE, required=False)
+    if problem is None and "classes" in manifest:
+        classes = manifest["classes"]
+        if not 1 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):
+            return f"{MANIFEST_FILE}: field 'classes' must be 1 to {MAX_CLASSES} class names"
+    if problem is None and "image_shape" in manifest and not _image_shape_ok(manifest["image_shape"]):
+        return (f"{MANIFEST_FILE}: field 'image_shape' must be [height, width] or [height, width, 3] with sides "
+                f"1..{MAX_IMAGE_SIDE}")
     if problem is None and "class_counts" in manifest:
         counts = manifest["class_counts"]
         if "classes" not in manifest or not all(isinstance(v, dict) for v in counts.values()):

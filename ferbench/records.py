@@ -25,7 +25,7 @@ from ferbench.recordcheck import (  # noqa: F401  (the record's file names: defi
     CHECKPOINT_FILE, COST_FIELD, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, SPEC_FILE,
     metrics_cost)
 from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
-    load_npz, read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
+    MAX_SPEC_BYTES, load_npz, read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.errors import FerbenchError, first_line
 from ferbench.spec import IDENTITY_DEFAULTS, Job
 
@@ -227,8 +227,15 @@ def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
     report reads missing, or not a `Job` (the first validation error, with the field's path)."""
     from pydantic import ValidationError
 
+    from ferbench.specfile import check_size
+
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            return {}, None, f"{JOB_FILE}: larger than a job ({path.stat().st_size:,} bytes)"
         job = yaml.safe_load(path.read_text())
+        check_size(job, JOB_FILE)  # YAML aliases expanded past any job's size: refused, as in specs
+    except FerbenchError as e:
+        return {}, None, str(e)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         return {}, None, f"{JOB_FILE}: unreadable ({type(e).__name__})"
     problem = recordcheck.check_job(job)

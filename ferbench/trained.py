@@ -47,8 +47,10 @@ class TrainedModel:
         return (batch, t.in_chans, t.input_size, t.input_size)
 
 
-def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
-    """The model a finished run evaluated (its `which` selection), rebuilt from the run folder."""
+def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = False) -> TrainedModel:
+    """The model a finished run evaluated (its `which` selection), rebuilt from the run folder. A record
+    names its model; where that name is a Python module of the user's (`module:function`), the module
+    is imported only with `trust_code` (a record folder may come from anyone: reading it never runs code)."""
     from ferbench.engine.checkpoint import load_checkpoint
     from ferbench.models import build_model
 
@@ -58,11 +60,20 @@ def load_run(run_dir: str | Path, which: Which = "last") -> TrainedModel:
     if not (run_dir / JOB_FILE).is_file():
         raise FerbenchError(f"{run_dir}: not a run folder (no {JOB_FILE}); expected runs/<spec>/<job-id>")
     if not is_complete(run_dir):
-        raise FerbenchError(f"{run_dir}: the run is not complete (status {read_manifest(run_dir).get('status', 'unknown')!r})")
+        m = read_manifest(run_dir)
+        why = f": {m['failure']}" if m.get("status") == "unreadable" and m.get("failure") else ""
+        raise FerbenchError(f"{run_dir}: the run is not complete (status {m.get('status', 'unknown')!r}{why})")
     ck_path = run_dir / CHECKPOINT_FILE
     if not ck_path.is_file():
         raise FerbenchError(f"{run_dir}: no {CHECKPOINT_FILE} (published records keep no weights); run the spec to make one")
     job = read_job(run_dir)
+    arch = job.model.arch
+    if ":" in arch and not arch.startswith("timm:") and not trust_code:
+        from ferbench.models import is_registered
+
+        if not is_registered(arch):
+            raise FerbenchError(f"{run_dir}: its model is Python code, {arch!r}; ferbench imports a record's module only "
+                                "when asked: add --trust-code if you trust this record and that module")
     manifest = read_manifest(run_dir)
     ck = load_checkpoint(ck_path)
     state = selected_state(ck, job, which, run_dir)

@@ -101,3 +101,47 @@ def test_predict_refuses_weights_that_are_not_finite(finished, tmp_path):
     Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "face.png")
     r = CliRunner().invoke(app, ["predict", str(job_dir), str(tmp_path / "face.png")])
     assert r.exit_code == 2 and "hold NaN or infinite values" in r.output and "Traceback" not in r.output
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("image-shape-huge", "field 'image_shape' must be"),
+    ("classes-huge", "field 'classes' must be 1 to 1000"),
+    ("arch-module", "its model is Python code, 'planted_ferbench_mod:build'"),
+    ("yaml-bomb", "once YAML aliases are expanded"),
+    ("input-size-huge", "job.train.input_size"),
+])
+def test_records_are_untrusted_input_for_predict_and_export(finished, tmp_path, monkeypatch, damage, needle):
+    """A damaged or planted record is one line for predict and export: never a traceback, a huge
+    allocation or an import of the module it names."""
+    import sys
+
+    w = _copy(finished, tmp_path)
+    job_dir = _job_dirs(w)[0]
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    job = yaml.safe_load((job_dir / "job.yaml").read_text())
+    if damage == "image-shape-huge":
+        manifest["image_shape"] = [100_000, 100_000]
+    elif damage == "classes-huge":
+        manifest["classes"] = [str(i) for i in range(100_000)]
+    elif damage == "arch-module":  # an importable module that leaves a mark when imported
+        (tmp_path / "planted_ferbench_mod.py").write_text(f"open({str(tmp_path / 'IMPORTED')!r}, 'w').close()\n"
+                                                          "def build(num_classes, input_size, in_chans): pass\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        job["job"]["model"]["arch"] = "planted_ferbench_mod:build"
+    elif damage == "input-size-huge":
+        job["job"]["train"]["input_size"] = 100_000
+    (job_dir / "manifest.json").write_text(json.dumps(manifest))
+    (job_dir / "job.yaml").write_text(BOMB if damage == "yaml-bomb" else yaml.safe_dump(job))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "face.png")
+    for cmd in (["predict", str(job_dir), str(tmp_path / "face.png")],
+                ["export", str(job_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]):
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "m.pt").exists()
+    assert not (tmp_path / "IMPORTED").exists() and "planted_ferbench_mod" not in sys.modules

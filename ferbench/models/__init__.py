@@ -69,6 +69,13 @@ def _ensure_loaded() -> None:
             raise FerbenchError(f"entry point ferbench.models {ep.name!r} ({ep.value}) failed to load: {e}") from None
 
 
+def is_registered(name: str) -> bool:
+    """Whether `name` is a variant this process already knows (built in, an installed plug-in's, or a
+    user's module imported earlier), without importing anything new."""
+    _ensure_loaded()
+    return name in _REGISTRY
+
+
 def variants() -> dict[str, Variant]:
     _ensure_loaded()
     return dict(_REGISTRY)
