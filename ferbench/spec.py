@@ -76,6 +76,8 @@ def _uncoerced(value: Any, annotation: Any, where: str) -> None:
     if object in kinds or not kinds & {int, float}:
         return
     wanted = "a number" if float in kinds else "an integer"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        raise ValueError(f"expected {wanted} that fits in 64 bits, got {_shown(value)}")
     if isinstance(value, bool) and bool not in kinds:
         raise ValueError(f"expected {wanted}, not a boolean")
     if isinstance(value, str) and str not in kinds:
@@ -156,8 +158,8 @@ class TrainConfig(_Strict):
     """A fully resolved training recipe; every field is recorded in the job."""
 
     epochs: int = Field(10, ge=0, description="0: evaluate the model's weights: as they are, without training")
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(128, ge=1, le=65536)
+    eval_batch_size: int = Field(256, ge=1, le=65536)
     input_size: int = Field(48, ge=8, le=1024)
     in_chans: Literal[1, 3] = 3
     normalize: Literal["none", "half", "imagenet", "rafdb-efficientface", "custom"] = Field(
@@ -664,7 +666,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        if not isinstance(p, int):  # a key as the user wrote it, unless it would break the line or hide itself
+            p = str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else _shown(str(p))
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
     return out or "(top level)"
 
 
@@ -677,8 +681,21 @@ def _validation_line(where: str, err: ValidationError) -> str:
         return f"{where}: {_loc(loc)}: required key missing"
     msg = e["msg"].removeprefix("Value error, ")
     inp = e.get("input")
-    shown = "" if isinstance(inp, (dict, list)) or inp is None else f" (got {inp!r})"
+    shown = "" if isinstance(inp, (dict, list)) or inp is None else f" (got {_shown(inp)})"
     return f"{where}: {_loc(loc)}: {msg}{shown}"
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: repr, cut to 60 characters, one line; an integer too long for Python
+    to print (past 4,300 digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an unprintable {type(value).__name__}"
+    text = text.replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_spec(
