@@ -244,7 +244,7 @@ def test_report_lists_a_damaged_record_and_renders_the_rest(tmp_path):
     (runs / "dmg" / ids[1] / "metrics.json").write_text("{not json")
     api.report_spec("dmg", runs, tmp_path / "reports")
     html = (tmp_path / "reports" / "dmg" / "index.html").read_text()
-    assert "predictions.npz: unreadable (BadZipFile)" in html and "metrics.json: unreadable (JSONDecodeError)" in html
+    assert "predictions.npz: unreadable (not a readable .npz of plain arrays" in html and "metrics.json: unreadable (JSONDecodeError)" in html
     assert "(n=1)" in (tmp_path / "reports" / "dmg" / "report.md").read_text()  # the intact seed's results
     recs = {r.id: r for r in discover(runs)}
     assert recs[ids[0]].status == recs[ids[1]].status == "unreadable" and recs[ids[2]].complete
