@@ -230,8 +230,9 @@ def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
     from ferbench.specfile import check_size
 
     try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            return {}, None, f"{JOB_FILE}: larger than a job ({path.stat().st_size:,} bytes)"
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            return {}, None, f"{JOB_FILE}: larger than a job ({size:,} bytes)"
         job = yaml.safe_load(path.read_text())
         check_size(job, JOB_FILE)  # YAML aliases expanded past any job's size: refused, as in specs
     except FerbenchError as e:
