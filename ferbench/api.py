@@ -30,6 +30,11 @@ class PlannedJob:
     conflict: str | None = None  # why its record cannot be reused (status "other data", "model changed", "unverifiable")
     trained_in: str | None = None  # status evaluate: the finished record whose training it reuses
     problem: str | None = None  # why the job's model cannot run (it will fail with this reason; the rest runs)
+    estimate_max_s: float | None = None  # under early stopping, the time if it never stops early (else = estimate_s)
+
+    @property
+    def most_s(self) -> float | None:
+        return self.estimate_s if self.estimate_max_s is None else self.estimate_max_s
 
 
 @dataclass
@@ -45,10 +50,31 @@ class Plan:
 
     @property
     def estimate_s(self) -> float | None:
-        left = [p.estimate_s for p in self.jobs if p.status != "done" and not p.problem]  # a job that cannot run costs nothing
+        """Seconds left to run, the fewest: jobs under early stopping counted until the earliest epoch
+        they can stop at (`estimate.epochs_left`)."""
+        return self._total("estimate_s")
+
+    @property
+    def estimate_max_s(self) -> float | None:
+        """Seconds left if no job stops early (equal to estimate_s without early stopping)."""
+        return self._total("most_s")
+
+    def _total(self, attr: str) -> float | None:
+        left = [getattr(p, attr) for p in self.jobs if p.status != "done" and not p.problem]  # a job that cannot run costs nothing
         if any(s is None for s in left) or (not left and any(p.problem for p in self.jobs)):
             return None
         return sum(left)
+
+    def estimate_text(self) -> str | None:
+        """'3 h 10 min', or 'at least 3 h 10 min (early stopping decides; at most 15.8 days)'."""
+        from ferbench.estimate import format_seconds
+
+        low, high = self.estimate_s, self.estimate_max_s
+        if low is None:
+            return None
+        if high is None or high <= low:
+            return format_seconds(low)
+        return f"at least {format_seconds(low)} (early stopping decides; at most {format_seconds(high)})"
 
     def problems(self) -> list[str]:
         """A line per job whose model cannot run: it will fail with this reason and the rest will run."""
@@ -56,14 +82,12 @@ class Plan:
 
     def warning(self) -> str | None:
         """A line for a spec that would run for days, naming the spec's smaller profiles."""
-        total = self.estimate_s
+        total = self.estimate_s  # the fewest: a run early stopping may end sooner is not warned about by its cap
         if total is None or total < LONG_RUN_S:
             return None
-        from ferbench.estimate import format_seconds
-
         smaller = [p for p in self.spec.profiles if p != self.profile]
         hint = f"; try --profile {' or --profile '.join(smaller)}" if smaller else ""
-        return f"estimated {format_seconds(total)} on {self.device}{hint} (`ferbench plan` lists each job)"
+        return f"estimated {self.estimate_text()} on {self.device}{hint} (`ferbench plan` lists each job)"
 
     def leakage(self) -> list[str]:
         """A line per dataset split whose test set is not independent of its training set (subjects
@@ -123,7 +147,7 @@ def plan_spec(spec_path: str | Path, profile: str | None = None, overrides: list
 
 def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, Any], runs_dir: Path, device: Any,
           estimate: bool) -> Plan:
-    from ferbench.estimate import epochs_done, job_seconds, probe
+    from ferbench.estimate import epochs_done, epochs_left, job_seconds, probe
     from ferbench.records import read_manifest
     from ferbench.runner import dataset_key, find_trained, record_conflict
 
@@ -141,15 +165,17 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
             state = found[0]
         elif donor is not None or (state == "new" and job.train.epochs == 0):
             state, done = "evaluate", job.train.epochs
-        secs, problem = None, None
+        secs, most, problem = None, None, None
         if state in ("done", "other data", "model changed", "unverifiable"):
             secs = 0.0
         elif estimate:
+            fewest, at_most = epochs_left(job, job_dir, done if state in ("resume", "evaluate") else 0)
             try:
-                secs = job_seconds(job, ds, probe(job, ds.num_classes, device), done if state in ("resume", "evaluate") else 0)
+                p = probe(job, ds.num_classes, device)
+                secs, most = job_seconds(job, ds, p, fewest), job_seconds(job, ds, p, at_most)
             except JobFailed as e:
                 problem = str(e)
-        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None, problem))
+        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None, problem, most))
     return plan
 
 

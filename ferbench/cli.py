@@ -117,15 +117,18 @@ def _plan_table(plan: Any) -> Table:
         status = f"resume after epoch {p.epochs_done}" if p.status == "resume" else p.status
         status += " (cannot run)" if p.problem else ""
         est = "-" if p.estimate_s is None else format_seconds(p.estimate_s)
+        if p.estimate_s is not None and p.most_s is not None and p.most_s > p.estimate_s:
+            est = f"at least {est} (at most {format_seconds(p.most_s)})"
         t.add_row(p.job.id, *([str(p.job.fold)] if folds else []), status, est)
     return t
 
 
 def _plan_json(plan: Any) -> dict[str, Any]:
     return {"spec": plan.spec.name, "profile": plan.profile, "device": str(plan.device), "estimate_s": plan.estimate_s,
+            "estimate_max_s": plan.estimate_max_s,
             "jobs": [{"id": p.job.id, "model": p.job.model.id, "dataset": p.job.dataset.id, "fold": p.job.fold, "seed": p.job.seed,
                       "depends_on": p.job.depends_on, "status": p.status, "epochs_done": p.epochs_done,
-                      "estimate_s": p.estimate_s, "problem": p.problem} for p in plan.jobs]}
+                      "estimate_s": p.estimate_s, "estimate_max_s": p.most_s, "problem": p.problem} for p in plan.jobs]}
 
 
 @app.command()
@@ -151,10 +154,8 @@ def plan(
         return
     console.print(_plan_table(p))
     if p.estimate_s is not None:
-        from ferbench.estimate import format_seconds
-
-        console.print(f"left to run: {format_seconds(p.estimate_s)} on {p.device} (a probe of a few images per model; "
-                      "rough)", highlight=False)
+        console.print(f"left to run: {p.estimate_text()} on {p.device} (a probe of a few images per model; rough)",
+                      highlight=False)
     if p.warning():
         _warn(p.warning())
     for line in p.leakage():
@@ -176,9 +177,7 @@ class RichRun:
     def start(self, plan: Any, launcher: str) -> None:
         import torch
 
-        from ferbench.estimate import format_seconds
-
-        est = "" if plan.estimate_s is None else f", estimated {format_seconds(plan.estimate_s)}"
+        est = "" if plan.estimate_s is None else f", estimated {plan.estimate_text()}"
         console.print(f"[bold]{plan.spec.name}[/]: {len(plan.jobs)} jobs on {plan.device} ({torch.get_num_threads()} "
                       f"threads, {launcher}{est}) -> {escape(str(plan.runs_dir / plan.spec.name))}", highlight=False)
         if plan.warning():

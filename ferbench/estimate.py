@@ -102,16 +102,51 @@ def _seconds(fn: Any, device: Any) -> float:
 
 def epochs_done(job_dir: Path) -> int:
     """Epochs a started job has finished (its history.csv's rows; 0 if none)."""
+    return len(_history(job_dir))
+
+
+def _history(job_dir: Path) -> list[dict[str, str]]:
+    import csv
+
     try:
-        lines = (job_dir / HISTORY_FILE).read_text().splitlines()
-    except OSError:
-        return 0
-    return max(0, len(lines) - 1)
+        with open(job_dir / HISTORY_FILE, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
 
 
-def job_seconds(job: Job, ds: FerDataset, p: Probe, done_epochs: int = 0) -> float:
-    """Estimated seconds for what is left of `job`: its remaining epochs (training and validation)
-    and the final evaluation of the last and the best-validation model on the eval splits."""
+def epochs_left(job: Job, job_dir: Path | None = None, done: int = 0) -> tuple[int, int]:
+    """The fewest and the most epochs `job` has left after `done`. They differ only under early
+    stopping: the run ends `early_stopping_patience` epochs after its best monitored validation epoch
+    (read from the job's history.csv; a new job's best is at least its first epoch), and at the
+    latest at `train.epochs`. A recipe whose cap is a formality (mini-xception-code's 10,000 epochs)
+    is thus estimated from the fewest epochs it can run, not from a cap it never reaches."""
+    t = job.train
+    most = max(0, t.epochs - done)
+    if not t.early_stopping_patience:
+        return most, most
+    best = _best_epoch(_history(job_dir) if job_dir is not None and done else [], t.monitor)
+    return max(0, min(t.epochs, max(best, 1) + t.early_stopping_patience) - done), most
+
+
+def _best_epoch(rows: list[dict[str, str]], monitor: str) -> int:
+    """The epoch (1-based) of the best monitored validation number in history rows, as the loop counts
+    it (strictly better; val_loss lower, val_acc higher); 0 without validation rows."""
+    best, best_epoch = float("-inf"), 0
+    for i, row in enumerate(rows, 1):
+        try:
+            value = float(row[monitor])
+        except (KeyError, TypeError, ValueError):
+            continue
+        score = -value if monitor == "val_loss" else value
+        if score > best:
+            best, best_epoch = score, i
+    return best_epoch
+
+
+def job_seconds(job: Job, ds: FerDataset, p: Probe, epochs: int | None = None) -> float:
+    """Estimated seconds for `epochs` more epochs of `job` (default: all of them), training and
+    validation, and the final evaluation of the last and the best-validation model on the eval splits."""
     t, e = job.train, job.eval
     n_train = len(ds.splits["train"])
     per_epoch = (n_train // min(t.batch_size, n_train)) * min(t.batch_size, n_train) * p.train_s_per_image
@@ -119,7 +154,7 @@ def job_seconds(job: Job, ds: FerDataset, p: Probe, done_epochs: int = 0) -> flo
     if val is not None and "val" in e.splits:
         per_epoch += len(val) * p.eval_s_per_image
     final = sum(len(ds.splits[s]) for s in e.splits if s in ds.splits) * TTA_VIEWS[e.tta] * p.eval_s_per_image * 2
-    return max(0, t.epochs - done_epochs) * per_epoch + final
+    return (t.epochs if epochs is None else epochs) * per_epoch + final
 
 
 def format_seconds(s: float) -> str:

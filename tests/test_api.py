@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ferbench import api
-from ferbench.estimate import Probe, format_seconds, job_seconds
+from ferbench.estimate import Probe, epochs_left, format_seconds, job_seconds
 from ferbench.launch import Teachers, run_local, run_waves
 from ferbench.metrics import bootstrap_mean_ci
 from ferbench.runner import Outcome
@@ -123,8 +123,36 @@ def test_job_seconds_counts_epochs_left_and_the_final_evaluation(spec_file):
     per_epoch = 64 * 0.01 + 16 * 0.001  # two batches of 32, the validation split
     final = (16 + 32) * 1 * 0.001 * 2  # val and test, one view, last and best model
     assert job_seconds(job, ds, p) == pytest.approx(2 * per_epoch + final)
-    assert job_seconds(job, ds, p, done_epochs=1) == pytest.approx(per_epoch + final)
+    assert job_seconds(job, ds, p, epochs=1) == pytest.approx(per_epoch + final)
     assert format_seconds(42) == "42 s" and format_seconds(200) == "3 min 20 s" and format_seconds(3900) == "1 h 05 min"
+
+
+
+def test_early_stopping_is_estimated_from_the_fewest_epochs_and_shows_its_cap(spec_file, tmp_path):
+    """mini-xception-code's cap is 10,000 epochs and early stopping ends it: the estimate counts until
+    the earliest epoch it can stop at (its best validation epoch + patience) and names the cap."""
+    job = expand(load_spec(spec_file))[0]
+    stopping = job.model_copy(update={"train": job.train.model_copy(
+        update={"epochs": 10000, "early_stopping_patience": 51, "monitor": "val_loss"})})
+    assert epochs_left(job) == (2, 2)  # no early stopping: the cap
+    assert epochs_left(stopping) == (52, 10000)  # a new job's best is at least its first epoch
+    d = tmp_path / "job"
+    d.mkdir()
+    rows = ["epoch,val_loss,val_acc"] + [f"{e},{1.0 - 0.01 * min(e, 30) + (0.005 if e == 31 else 0)},0.5" for e in range(1, 41)]
+    (d / "history.csv").write_text("\n".join(rows) + "\n")
+    assert epochs_left(stopping, d, 40) == (30 + 51 - 40, 10000 - 40)  # best val_loss at epoch 30
+    by_acc = stopping.model_copy(update={"train": stopping.train.model_copy(update={"monitor": "val_acc"})})
+    assert epochs_left(by_acc, d, 40) == (1 + 51 - 40, 9960)  # val_acc never improved after epoch 1
+    assert epochs_left(stopping, d, 90) == (0, 9910)  # past its stopping epoch (a resumed run stops at once)
+
+    spec = load_spec(spec_file)
+    plan = api.Plan(spec, None, "cpu", None, [api.PlannedJob(stopping, "new", 0, 3600.0, estimate_max_s=3 * 86400.0)])
+    assert plan.estimate_s == 3600.0 and plan.estimate_max_s == 3 * 86400.0
+    assert plan.estimate_text() == "at least 1 h 00 min (early stopping decides; at most 3.0 days)"
+    assert plan.warning() is None  # the cap alone does not warn: the run can end in an hour
+    plan.jobs[0].estimate_s = 2 * 86400.0
+    assert plan.warning() == ("estimated at least 2.0 days (early stopping decides; at most 3.0 days) on cpu; "
+                              "try --profile tiny (`ferbench plan` lists each job)")
 
 
 def _jobs(spec_file):
