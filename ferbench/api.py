@@ -31,6 +31,7 @@ class PlannedJob:
     trained_in: str | None = None  # status evaluate: the finished record whose training it reuses
     problem: str | None = None  # why the job's model cannot run (it will fail with this reason; the rest runs)
     estimate_max_s: float | None = None  # under early stopping, the time if it never stops early (else = estimate_s)
+    refused_donors: list[str] = field(default_factory=list)  # records that would hold its training but do not check
 
     @property
     def most_s(self) -> float | None:
@@ -160,7 +161,8 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
         ds = datasets[dataset_key(job)]
         found = record_conflict(job, ds, job_dir, manifest)
         conflict = found[1] if found else None
-        donor = find_trained(job, ds, runs_dir) if state in ("new", "failed") and job.train.epochs else None
+        refused: list[str] = []
+        donor = find_trained(job, ds, runs_dir, refused) if state in ("new", "failed") and job.train.epochs else None
         if found:
             state = found[0]
         elif donor is not None or (state == "new" and job.train.epochs == 0):
@@ -175,7 +177,7 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
                 secs, most = job_seconds(job, ds, p, fewest), job_seconds(job, ds, p, at_most)
             except JobFailed as e:
                 problem = str(e)
-        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None, problem, most))
+        plan.jobs.append(PlannedJob(job, state, done, secs, conflict, donor.name if donor else None, problem, most, refused))
     return plan
 
 
@@ -230,8 +232,8 @@ def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, 
     if conflict:  # a record made from other data, by another model or unverifiable is never reused, resumed or overwritten
         raise FerbenchError(conflict)
     all_jobs = jobs
-    untrained = [] if train else [p.job for p in plan.jobs if p.status not in ("done", "evaluate")]
-    jobs = [j for j in jobs if j not in untrained]
+    untrained = [] if train else [p for p in plan.jobs if p.status not in ("done", "evaluate")]
+    jobs = [j for j in jobs if j not in [p.job for p in untrained]]
     if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
         return run_local(jobs, runs_dir, datasets, dev)
     executor = submitit_executor(runs_dir, lc) if lc.name == "submitit" else None
@@ -250,8 +252,10 @@ def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, 
             outcomes = run_workers(jobs, runs_dir, data_root, str(dev), workers, threads, hooks.outcome)
         else:
             outcomes = run_local(jobs, runs_dir, datasets, dev, hooks.progress_for, hooks.outcome)
-        for job in untrained:
-            outcomes.append(Outcome(job, "untrained", reason="no finished record holds its training: `ferbench run` it"))
+        for p in untrained:
+            why = (f"the record that would hold its training cannot be verified and is never reused ({p.refused_donors[0]})"
+                   if p.refused_donors else "no finished record holds its training")
+            outcomes.append(Outcome(p.job, "untrained", reason=f"{why}: `ferbench run` it"))
             hooks.outcome(outcomes[-1])
     finally:
         os.environ.pop(LAYOUT_ENV, None)

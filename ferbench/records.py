@@ -199,7 +199,7 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
                 unreadable.append({"run": d.name, "status": "unreadable", "reason": problem})
             continue
         manifest = read_manifest(d)
-        problem = _damaged(d) if manifest.get("status") == COMPLETE else None
+        problem = damaged(d) if manifest.get("status") == COMPLETE else None
         if problem:  # shown with the failed runs; the rest of the report renders
             manifest = {**manifest, "status": "unreadable", "failure": problem}
         out.append(RunRecord(d, job, manifest, typed=typed))
@@ -257,9 +257,11 @@ def read_job(job_dir: Path) -> Job:
     return job
 
 
-def _damaged(job_dir: Path) -> str | None:
+def damaged(job_dir: Path) -> str | None:
     """What is wrong with a complete record's metrics.json, predictions.npz or history.csv, if
-    anything: each must parse and hold the fields report and compare read (`recordcheck`)."""
+    anything: each must parse and hold the fields report and compare read (`recordcheck`). The one
+    check before a record is trusted anywhere: report and compare (`discover`), predict and export
+    (`trained.load_run`), eval's reuse of a training (`runner.find_trained`)."""
     try:
         metrics = json.loads((job_dir / METRICS_FILE).read_text())
     except (OSError, ValueError) as e:

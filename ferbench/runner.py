@@ -34,7 +34,7 @@ from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.models import build_model, check_logits, check_options, create_model, get_variant
 from ferbench.records import (CHECKPOINT_FILE, COMPLETE, COST_FIELD, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
-                              PREDICTIONS_FILE, RUNNING, is_complete, job_lock, read_job, read_manifest, remove_orphans,
+                              PREDICTIONS_FILE, RUNNING, damaged, is_complete, job_lock, read_job, read_manifest, remove_orphans,
                               write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
@@ -284,21 +284,33 @@ def train_phase(job: Job, ds: FerDataset, model: Any, teacher: Any, device: Any,
     return reuse_training(job, donor, model, device, job_dir, manifest)
 
 
-def find_trained(job: Job, ds: FerDataset, runs_dir: Path) -> Path | None:
+def find_trained(job: Job, ds: FerDataset, runs_dir: Path, refused: list[str] | None = None) -> Path | None:
     """A complete record of this spec, with its checkpoint, whose training is this job's (equal
-    `training_id`) and whose data is this job's data; None if there is none."""
-
-    want = job.training_id
+    `training_id`), whose data is this job's data and whose files check (`records.damaged`); None if
+    there is none. A record that would have served but cannot be verified (damaged files, or a job.yaml
+    or manifest that does not read, in a folder of this job's model, dataset and seed) is never a
+    donor: given a list, `refused` gets a line naming it and why."""
+    want, kin = job.training_id, job.id.rsplit("__", 1)[0]
     for job_yaml in sorted((runs_dir / job.spec).glob("*/job.yaml")):
         folder = job_yaml.parent
-        if folder.name == job.id or not is_complete(folder) or not (folder / CHECKPOINT_FILE).is_file():
+        if folder.name == job.id or not (folder / CHECKPOINT_FILE).is_file():
             continue
+        manifest = read_manifest(folder)
         try:
             other = read_job(folder)
-        except FerbenchError:
-            continue  # a damaged record is never a donor
-        if other.training_id == want and record_conflict(job, ds, folder, read_manifest(folder)) is None:
-            return folder
+        except FerbenchError as e:
+            if folder.name.rsplit("__", 1)[0] == kin and refused is not None:
+                refused.append(f"{folder.name}: {str(e).removeprefix(f'{folder}/')}")
+            continue
+        if other.training_id != want:
+            continue
+        problem = manifest.get("failure") if manifest.get("status") == "unreadable" else None
+        if manifest.get("status") == COMPLETE and record_conflict(job, ds, folder, manifest) is None:
+            problem = damaged(folder)
+            if problem is None:
+                return folder
+        if problem and refused is not None:
+            refused.append(f"{folder.name}: {problem}")
     return None
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ferbench.errors import FerbenchError, first_line
-from ferbench.records import CHECKPOINT_FILE, JOB_FILE, is_complete, read_job, read_manifest
+from ferbench.records import CHECKPOINT_FILE, JOB_FILE, damaged, is_complete, read_job, read_manifest
 from ferbench.spec import Job
 
 Which = Literal["last", "best"]
@@ -66,6 +66,8 @@ def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = Fals
     ck_path = run_dir / CHECKPOINT_FILE
     if not ck_path.is_file():
         raise FerbenchError(f"{run_dir}: no {CHECKPOINT_FILE} (published records keep no weights); run the spec to make one")
+    if problem := damaged(run_dir):  # fail closed: a record whose files do not check is never used
+        raise FerbenchError(f"{run_dir}: a damaged record ({problem}) is never used; run the job again")
     job = read_job(run_dir)
     arch = job.model.arch
     if ":" in arch and not arch.startswith("timm:") and not trust_code:

@@ -1,5 +1,6 @@
 """Run records damaged or planted field by field: `report` lists each one as unreadable with the file
-and field and renders the rest; `compare` leaves it out and says so in one line. A full disk during
+and field and renders the rest; `compare` leaves it out and says so in one line; `predict` and
+`export` refuse it in one line and `eval` never reuses its training. A full disk during
 `run` keeps the previous checkpoint and a later run resumes exactly; during `report` it ends in one
 line with no page left without its figures."""
 
@@ -148,6 +149,36 @@ def test_a_damaged_spec_snapshot_leaves_the_page_without_claims_only(pristine, t
     assert r.exit_code == 0 and c.exit_code == 0, r.stdout + r.stderr + c.stdout + c.stderr
     md = (tmp_path / "reports" / "dm" / "report.md").read_text().replace("\\", "")
     assert reason in md and "| m " in md and "| n " in md
+
+
+@pytest.mark.slow
+def test_predict_export_and_eval_refuse_every_damaged_record_in_one_line(pristine, tmp_path):
+    """The same catalogue through the commands that use a record's weights: predict and export refuse
+    a damaged record with the file and field (fail closed: its checkpoint is not trusted either), eval
+    never reuses its training and says which record and why. Nothing is written for a refusal."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "face.png")
+    only_m = {**SPEC, "models": SPEC["models"][:1]}  # eval's job ids as in the full spec: m's training is the donor
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({**only_m, "eval": {"tta": "flip"}}))
+    for name, damage, reason in RECORD_CASES:
+        runs = tmp_path / name / "runs"
+        shutil.copytree(pristine, runs)
+        job_dir = next((runs / "dm").glob("m__*"))
+        damage(job_dir)
+        before = sorted(p.name for p in (runs / "dm").iterdir())
+        for cmd in (["predict", str(job_dir), str(tmp_path / "face.png")],
+                    ["export", str(job_dir), "--format", "torchscript", "--out", str(tmp_path / name / "m.pt")]):
+            r = CliRunner().invoke(app, cmd)
+            assert r.exit_code == 2 and (r.exception is None or isinstance(r.exception, SystemExit)), (name, cmd[0], r.output)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and reason in lines[0] and str(job_dir.name) in lines[0], (name, cmd[0], r.stderr)
+        assert not (tmp_path / name / "m.pt").exists()
+        r = CliRunner().invoke(app, ["eval", str(tmp_path / "m.yaml"), "--runs-dir", str(runs)])
+        assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), (name, r.output)
+        said = " ".join(r.stdout.split())
+        assert "never reused" in said and job_dir.name in said and " ".join(reason.split()) in said, (name, said)
+        assert sorted(p.name for p in (runs / "dm").iterdir()) == before  # no record made from it
 
 
 def _mount_tmpfs(path: Path, size: int) -> bool:
