@@ -13,16 +13,65 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from ferbench import RUNS_DIR
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, first_line, one_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _click_exceptions() -> Any:
+    """The exceptions module of the click Typer parses with: Typer 0.2x vendors it as typer._click."""
+    import typer.core
+
+    vendored = getattr(typer.core, "_click", None)
+    if vendored is None:
+        import click as vendored
+    return vendored.exceptions
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own refusals (an unknown option, a value that is not an integer, a missing argument) as
+    one `error:` line naming the command's --help, exit 2, like every other refusal; Typer would draw
+    a multi-line box. Help asked for (no arguments, --help) is shown as it is."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        cx = _click_exceptions()
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except getattr(cx, "NoArgsIsHelpError", ()) as e:  # click >= 8.2 raises it for no_args_is_help
+            e.show()
+            sys.exit(e.exit_code)
+        except cx.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"[bold red]error:[/] {escape(' '.join(e.format_message().split()))}{escape(where)}",
+                      highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
+            err.print("aborted")
+            sys.exit(1)
+        except OSError as e:  # the last guard: what the file system refused, as one line naming the file
+            import errno
+
+            if e.errno == errno.EPIPE:
+                sys.exit(1)
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"[bold red]error:[/] {escape(one_line(where + (e.strerror or first_line(e))))}", highlight=False,
+                      soft_wrap=True)
+            sys.exit(2)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce facial-emotion-recognition papers and report how close the reproduction came.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets: counts per split and class, figures.")
 app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
+
+NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
+
 
 def _home(value: Any) -> Any:
     """Every path option's and argument's `~` / `~user`, expanded the same way (the shell leaves
@@ -35,6 +84,9 @@ def _home(value: Any) -> Any:
     expanded = os.path.expanduser(text)
     if text.startswith("~") and expanded == text:
         _fail(f"{text}: no such user's home folder")
+    long = next((part for part in Path(expanded).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        _fail(f"{long[:40]}...: a file or folder name of {len(os.fsencode(long))} bytes; file systems take at most {NAME_MAX}")
     return Path(expanded) if isinstance(value, Path) else expanded
 
 
@@ -50,11 +102,11 @@ EstimateOpt = Annotated[bool, typer.Option("--estimate/--no-estimate", help="tim
 
 
 def _warn(msg: str) -> None:
-    err.print(f"[bold yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # user text verbatim
+    err.print(f"[bold yellow]warning:[/] {escape(one_line(msg))}", highlight=False, soft_wrap=True)  # user text verbatim, one line
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # user text verbatim
+    err.print(f"[bold red]error:[/] {escape(one_line(msg))}", highlight=False, soft_wrap=True)  # user text verbatim, one line
     raise typer.Exit(code)
 
 

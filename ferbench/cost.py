@@ -15,7 +15,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ferbench.errors import FerbenchError
+from ferbench.fileio import MAX_CLASSES
 from ferbench.models import create_model
+from ferbench.spec import INPUT_SIZES
 
 aten = torch.ops.aten
 
@@ -59,9 +62,23 @@ def latency(model: nn.Module, input_size: int, in_chans: int = 3, min_run_time: 
     return {"median_ms": 1000 * m.median, "iqr_ms": 1000 * m.iqr, "blocks": len(m.times)}
 
 
+def check_sizes(input_size: int, num_classes: int, in_chans: int) -> None:
+    """One line for a size a spec would refuse: an input side outside `spec.INPUT_SIZES`, 1 to
+    `fileio.MAX_CLASSES` classes, 1 or 3 input channels."""
+    lo, hi = INPUT_SIZES
+    if not lo <= input_size <= hi:
+        raise FerbenchError(f"--input-size {input_size}: expected {lo} to {hi} pixels")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise FerbenchError(f"--num-classes {num_classes}: expected 1 to {MAX_CLASSES}")
+    if in_chans not in (1, 3):
+        raise FerbenchError(f"--in-chans {in_chans}: expected 1 (grey) or 3 (colour)")
+
+
 def model_cost(name: str, input_size: int = 224, num_classes: int = 7, in_chans: int = 3,
                timed: bool = True, min_run_time: float = 0.5, **options: Any) -> dict[str, Any]:
-    """Params, GMACs, GFLOPs and (when `timed`) the batch-1 CPU latency (median, IQR) of a registered model."""
+    """Params, GMACs, GFLOPs and (when `timed`) the batch-1 CPU latency (median, IQR) of a registered model.
+    Sizes are checked before anything is allocated, with the bounds a spec has (FerbenchError)."""
+    check_sizes(input_size, num_classes, in_chans)
     model = create_model(name, num_classes, input_size, in_chans, **options)
     flops = count_flops(model, input_size, in_chans)
     lat = latency(model, input_size, in_chans, min_run_time) if timed else None

@@ -26,7 +26,7 @@ from ferbench.recordcheck import (  # noqa: F401  (the record's file names: defi
     metrics_cost)
 from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
     MAX_SPEC_BYTES, load_npz, read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
-from ferbench.errors import FerbenchError, first_line
+from ferbench.errors import FerbenchError, first_line, one_line
 from ferbench.spec import IDENTITY_DEFAULTS, Job
 
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
@@ -134,7 +134,7 @@ def read_manifest(job_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return {"status": "unreadable", "failure": f"{MANIFEST_FILE}: unreadable ({type(e).__name__})"}
     problem = recordcheck.check_manifest(manifest)
-    return {"status": "unreadable", "failure": problem} if problem else manifest
+    return {"status": "unreadable", "failure": one_line(problem)} if problem else manifest
 
 
 def read_status(job_dir: Path) -> str:
@@ -227,13 +227,13 @@ def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
     report reads missing, or not a `Job` (the first validation error, with the field's path)."""
     from pydantic import ValidationError
 
-    from ferbench.specfile import check_size
+    from ferbench.specfile import check_size, parse_yaml
 
     try:
         size = path.stat().st_size
         if size > MAX_SPEC_BYTES:
             return {}, None, f"{JOB_FILE}: larger than a job ({size:,} bytes)"
-        job = yaml.safe_load(path.read_text())
+        job = parse_yaml(path.read_text())
         check_size(job, JOB_FILE)  # YAML aliases expanded past any job's size: refused, as in specs
     except FerbenchError as e:
         return {}, None, str(e)
@@ -241,12 +241,12 @@ def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
         return {}, None, f"{JOB_FILE}: unreadable ({type(e).__name__})"
     problem = recordcheck.check_job(job)
     if problem:
-        return job, None, problem
+        return job, None, one_line(problem)
     try:
         return job, Job.model_validate(job["job"]), None
     except ValidationError as e:
         err = e.errors()[0]
-        return job, None, f"{JOB_FILE}: job.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+        return job, None, one_line(f"{JOB_FILE}: job.{'.'.join(map(str, err['loc']))}: {err['msg']}")
 
 
 def read_job(job_dir: Path) -> Job:
@@ -258,6 +258,12 @@ def read_job(job_dir: Path) -> Job:
 
 
 def damaged(job_dir: Path) -> str | None:
+    """What is wrong with a complete record's files (`_damage`), as one line whatever the files hold."""
+    problem = _damage(job_dir)
+    return None if problem is None else one_line(problem)
+
+
+def _damage(job_dir: Path) -> str | None:
     """What is wrong with a complete record's metrics.json, predictions.npz or history.csv, if
     anything: each must parse and hold the fields report and compare read (`recordcheck`). The one
     check before a record is trusted anywhere: report and compare (`discover`), predict and export

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origi
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, shown
 from ferbench.specfile import read_yaml, set_dotted
 
 JOB_FORMAT = 1
@@ -47,6 +47,7 @@ TTAMode = Literal["none", "flip", "tencrop"]  # test-time augmentation: one view
 TTA_MODES: tuple[str, ...] = get_args(TTAMode)
 EMONEXT_RESIZE_RATIO = 236 / 224  # EmoNeXt's code: Resize(236) then crop 224, for training, validation and TenCrop
 MAX_SEED = 2**32 - 1  # what every RNG ferbench seeds (Python, NumPy, torch) accepts
+INPUT_SIZES = (8, 1024)  # a network input's side in pixels, smallest and largest (ResNet's stem needs 8; 1024 is 20x FER)
 
 
 def _scalar_types(annotation: Any) -> set[type]:
@@ -77,7 +78,7 @@ def _uncoerced(value: Any, annotation: Any, where: str) -> None:
         return
     wanted = "a number" if float in kinds else "an integer"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-        raise ValueError(f"expected {wanted} that fits in 64 bits, got {_shown(value)}")
+        raise ValueError(f"expected {wanted} that fits in 64 bits, got {shown(value)}")
     if isinstance(value, bool) and bool not in kinds:
         raise ValueError(f"expected {wanted}, not a boolean")
     if isinstance(value, str) and str not in kinds:
@@ -160,7 +161,7 @@ class TrainConfig(_Strict):
     epochs: int = Field(10, ge=0, description="0: evaluate the model's weights: as they are, without training")
     batch_size: int = Field(128, ge=1, le=65536)
     eval_batch_size: int = Field(256, ge=1, le=65536)
-    input_size: int = Field(48, ge=8, le=1024)
+    input_size: int = Field(48, ge=INPUT_SIZES[0], le=INPUT_SIZES[1])
     in_chans: Literal[1, 3] = 3
     normalize: Literal["none", "half", "imagenet", "rafdb-efficientface", "custom"] = Field(
         "half", description="none: pixels in [0,1] (EmoNeXt code); half: (x-0.5)/0.5; imagenet: per-channel ImageNet "
@@ -667,7 +668,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for p in loc:
         if not isinstance(p, int):  # a key as the user wrote it, unless it would break the line or hide itself
-            p = str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else _shown(str(p))
+            p = str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else shown(str(p))
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
     return out or "(top level)"
 
@@ -681,21 +682,8 @@ def _validation_line(where: str, err: ValidationError) -> str:
         return f"{where}: {_loc(loc)}: required key missing"
     msg = e["msg"].removeprefix("Value error, ")
     inp = e.get("input")
-    shown = "" if isinstance(inp, (dict, list)) or inp is None else f" (got {_shown(inp)})"
-    return f"{where}: {_loc(loc)}: {msg}{shown}"
-
-
-def _shown(value: Any) -> str:
-    """A value for an error line: repr, cut to 60 characters, one line; an integer too long for Python
-    to print (past 4,300 digits) by its size."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
-        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
-    try:
-        text = repr(value)
-    except ValueError:
-        return f"an unprintable {type(value).__name__}"
-    text = text.replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
+    got = "" if isinstance(inp, (dict, list)) or inp is None else f" (got {shown(inp)})"
+    return f"{where}: {_loc(loc)}: {msg}{got}"
 
 
 def load_spec(

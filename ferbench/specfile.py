@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ferbench.errors import FerbenchError, first_line
+from ferbench.errors import FerbenchError, first_line, shown
 
 
 def set_dotted(data: Any, key: str, value: Any, where: str) -> None:
@@ -50,19 +50,34 @@ def _set(node: Any, parts: list[str], value: Any, key: str, where: str) -> None:
     _set(node[head], rest, value, key, where)
 
 
+class YamlValueError(yaml.YAMLError):
+    """A YAML text PyYAML parses but cannot turn into values (see `parse_yaml`)."""
+
+
+def parse_yaml(text: str, loader: type = yaml.SafeLoader) -> Any:
+    """YAML text as values, with a safe loader, where every way a text can fail is a yaml.YAMLError:
+    PyYAML itself raises ValueError for a timestamp that is not a date (2026-13-45), an integer past
+    Python's 4,300-digit conversion limit or a bad `!!int` / `!!float`, and RecursionError for nesting
+    deeper than the interpreter's stack."""
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 (callers pass safe loaders only)
+    except (ValueError, OverflowError, RecursionError) as e:
+        raise YamlValueError(f"a value YAML cannot read ({type(e).__name__}: {first_line(e, 120)})") from None
+
+
 def parse_set(items: list[str]) -> list[tuple[str, Any]]:
     """`key=value` strings; values are parsed as YAML (so 3 is an int, [1,2] a list)."""
     out = []
     for item in items:
         if "=" not in item:
-            raise FerbenchError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+            raise FerbenchError(f"--set {shown(item)}: expected key=value, e.g. train.epochs=2")
         k, v = item.split("=", 1)
         try:
-            value = yaml.safe_load(v)
+            value = parse_yaml(v)
             check_size(value, f"--set {k.strip()}")
             out.append((k.strip(), value))
         except yaml.YAMLError as e:
-            raise FerbenchError(f"--set {item!r}: value is not valid YAML ({_yaml_problem(e)})") from None
+            raise FerbenchError(f"--set {shown(item)}: value is not valid YAML ({_yaml_problem(e)})") from None
     return out
 
 
@@ -124,7 +139,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise FerbenchError(f"{path}: {st.st_size:,} bytes: more than the {MAX_SPEC_BYTES:,} a spec may have (a spec is a "
                             "few kilobytes)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+        data = parse_yaml(path.read_text(encoding="utf-8"), _UniqueKeyLoader)
     except UnicodeDecodeError:
         raise FerbenchError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as e:

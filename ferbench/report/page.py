@@ -19,6 +19,7 @@ from ferbench.errors import FerbenchError
 from ferbench.hub import weights_label
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.records import SPEC_FILE, RunRecord, discover
+from ferbench.specfile import parse_yaml
 from ferbench.report.figures import (class_distribution_figure, confusion_figure, curves_figure,
                                       label_distribution_figure, side_by_side_figure)
 from ferbench.report.sections import describe_run
@@ -109,7 +110,7 @@ def read_spec_snapshot(path: Path) -> tuple[dict[str, Any], str | None]:
     if not path.exists():
         return {}, None
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = parse_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         return {}, f"unreadable ({type(e).__name__}): description and claims left out"
     if not isinstance(spec, dict):
