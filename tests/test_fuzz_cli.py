@@ -294,3 +294,31 @@ def _damage_and_read(trained: Path, work: Path, file: str, data) -> None:
         load_run(job_dir)
     except FerbenchError as e:
         assert "\n" not in str(e).strip() and "Traceback" not in str(e)
+
+
+HOSTILE_NAMES = ["$\\frac{", "a\nb", "<script>x</script>", "$x^2$", "_", "é" * 200, "| x |"]
+
+
+def test_hostile_text_in_records_renders_as_text(trained, tmp_path):
+    """Class names a record may hold (math markup matplotlib would parse, line breaks, HTML, table
+    pipes, 200 characters) render as written: the page is made (figures included), no script is
+    live in the HTML, and every Markdown table row keeps its columns."""
+    runs = tmp_path / "runs"
+    shutil.copytree(trained / "runs", runs)
+    for job_dir in (runs / "fz").glob("*__*"):
+        for name in ("manifest.json", "metrics.json"):
+            obj = json.loads((job_dir / name).read_text())
+            obj["classes"] = HOSTILE_NAMES
+            if "class_counts" in obj:
+                for split in obj["class_counts"].values():
+                    split["per_class"] = {c: n for c, n in zip(HOSTILE_NAMES, split["per_class"].values())}
+            (job_dir / name).write_text(json.dumps(obj))
+    r = CliRunner().invoke(app, ["report", str(runs / "fz"), "--out", str(tmp_path / "reports")])
+    assert r.exit_code == 0 and r.exception is None, r.output
+    html = (tmp_path / "reports" / "fz" / "index.html").read_text()
+    assert "<script>x" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
+    md = (tmp_path / "reports" / "fz" / "report.md").read_text()
+    for table in [block for block in md.split("\n\n") if block.lstrip().startswith("|")]:
+        widths = {line.replace("\\|", "").count("|") for line in table.strip().splitlines()}
+        assert len(widths) == 1, table
+    assert list((tmp_path / "reports" / "fz" / "figures").glob("confusion_*.png"))

@@ -29,10 +29,12 @@ _MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|",
 def markdown_text(value: Any) -> Any:
     """A value as Markdown text: HTML, table pipes and link, image and emphasis syntax in user
     strings (descriptions, ids, class names, option values) shown as written, never live in a
-    Markdown viewer (no script, no image fetched from elsewhere). Template-made links are `Markup`."""
+    Markdown viewer (no script, no image fetched from elsewhere); a line break inside a value is
+    `<br>`, so no value ends a table row. Template-made links are `Markup`."""
     if not isinstance(value, str) or isinstance(value, markupsafe.Markup):
         return value
-    return value.translate(_MD_ESCAPES)
+    body = value.rstrip("\r\n")  # a line break inside a value (a class name read from a record) would end a table row
+    return body.translate(_MD_ESCAPES).replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>") + value[len(body):]
 
 
 def _env(html: bool) -> jinja2.Environment:
