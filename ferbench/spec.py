@@ -747,15 +747,19 @@ TTA_VIEWS = {"tencrop": 10, "flip": 2}
 
 def _check_batch_memory(spec: Spec, where: str) -> None:
     """Refuse, before anything is allocated, a model whose one training or evaluation batch of inputs
-    alone would exceed MAX_BATCH_INPUT_GB (batch x views x channels x size^2 x 4 bytes)."""
+    alone would exceed MAX_BATCH_INPUT_GB: batch x channels x 4 bytes x the larger of its views (TTA
+    views x size^2) and the image resized before they are cropped ((size x resize ratio)^2)."""
     for i, m in enumerate(spec.models):
         t, e = resolve_train(spec, m), resolve_eval(spec, m)
-        for what, batch, views in (("train.batch_size", t.batch_size, 1),
-                                   ("train.eval_batch_size", t.eval_batch_size, TTA_VIEWS.get(e.tta, 1))):
-            gb = batch * views * t.in_chans * t.input_size ** 2 * 4 / 2**30
+        for what, batch, views, ratio in (("train.batch_size", t.batch_size, 1, t.augment.resize_ratio),
+                                          ("train.eval_batch_size", t.eval_batch_size, TTA_VIEWS.get(e.tta, 1),
+                                           e.tta_resize_ratio)):
+            pixels = max(views * t.input_size ** 2, round(t.input_size * ratio) ** 2)
+            gb = batch * t.in_chans * pixels * 4 / 2**30
             if gb > MAX_BATCH_INPUT_GB:
+                resized = f", resized x{ratio:g} before cropping" if round(t.input_size * ratio) ** 2 > views * t.input_size ** 2 else ""
                 raise FerbenchError(f"{where}: models[{i}] ({m.id}): {what} {batch} at {t.input_size}x{t.input_size}"
-                                    f"{f' with {views} TTA views' if views > 1 else ''} is {gb:.1f} GiB of input per "
+                                    f"{f' with {views} TTA views' if views > 1 else ''}{resized} is {gb:.1f} GiB of input per "
                                     f"batch, above {MAX_BATCH_INPUT_GB} GiB: lower {what}")
 
 

@@ -362,6 +362,10 @@ def test_allocations_are_bounded_from_declared_sizes(tmp_path):
         d["train"] = {"epochs": 1, "input_size": 1024, "eval_batch_size": 256}
         d["eval"] = {"tta": "tencrop"}
     check(invoke(["run", spec_with(tmp_path, huge)], tmp_path), tmp_path, "30.0 GiB", "above 8 GiB: lower train.eval_batch_size")
+    def resized(d):  # one view, but each image resized x4 before its crop: 16x the pixels of the view
+        d["train"] = {"epochs": 1, "input_size": 1024, "eval_batch_size": 256}
+        d["eval"] = {"tta": "none", "tta_resize_ratio": 4.0}
+    check(invoke(["run", spec_with(tmp_path, resized)], tmp_path), tmp_path, "resized x4 before cropping is 48.0 GiB")
 
 
 def test_npz_that_is_not_a_zip(tmp_path):
