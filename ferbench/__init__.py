@@ -29,6 +29,7 @@ Architecture: one direction, spec -> jobs -> run records -> reports; each step h
 | `metrics` | every statistic computed from saved predictions (the one bootstrap lives here) |
 | `cost` | params, GMACs, latency of a model |
 | `estimate` | a job's time on a device from a short probe (`ferbench plan`) |
+| `memory` | a job's activation memory, counted on the meta device, refused before it is allocated |
 | `machine` | the device choice and the environment recorded in each manifest |
 | `report/` | tables, figures, rendering, compare; reads records only, never imports `engine` |
 | `bench/` | the harness's own cost against reference pipelines (`ferbench bench`) |

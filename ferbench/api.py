@@ -149,6 +149,7 @@ def plan_spec(spec_path: str | Path, profile: str | None = None, overrides: list
 def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, Any], runs_dir: Path, device: Any,
           estimate: bool) -> Plan:
     from ferbench.estimate import epochs_done, epochs_left, job_seconds, probe
+    from ferbench.memory import check_job_batches
     from ferbench.records import read_manifest
     from ferbench.runner import dataset_key, find_trained, record_conflict
 
@@ -170,7 +171,12 @@ def _plan(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict[str, 
         secs, most, problem = None, None, None
         if state in ("done", "other data", "model changed", "unverifiable"):
             secs = 0.0
-        elif estimate:
+        else:
+            try:
+                check_job_batches(job, ds.num_classes, device, len(ds.splits["train"]), train=state != "evaluate")
+            except JobFailed as e:
+                problem = str(e)
+        if secs is None and estimate and problem is None:
             fewest, at_most = epochs_left(job, job_dir, done if state in ("resume", "evaluate") else 0)
             try:
                 p = probe(job, ds.num_classes, device)
@@ -390,6 +396,32 @@ def data_info(name: str, options: dict[str, Any] | None = None, path: str | None
 BENCH_KINDS = ("data", "train", "eval", "csv", "all", "small", "gpu", "trace")
 
 
+MAX_BENCH_IMAGES = 1_000_000  # the synthetic epoch's 48x48 images: 2.3 GB
+
+
+def check_bench_sizes(models: dict[str, str], device: Any, size: int, batch: int, images: int) -> None:
+    """One line for a `bench gpu/trace` size a spec would refuse, or a batch that cannot fit (the
+    loops hold up to 8 pre-made batches beside the training step: `memory.model_need`)."""
+    from ferbench.memory import GIB, MEMORY_ENV, device_memory, model_need
+    from ferbench.models import create_model
+    from ferbench.spec import INPUT_SIZES
+
+    if not INPUT_SIZES[0] <= size <= INPUT_SIZES[1]:
+        raise FerbenchError(f"--size {size}: expected {INPUT_SIZES[0]} to {INPUT_SIZES[1]} pixels")
+    if not 1 <= batch <= 65536:
+        raise FerbenchError(f"--batch {batch}: expected 1 to 65536 images")
+    if not batch <= images <= MAX_BENCH_IMAGES:
+        raise FerbenchError(f"--images {images}: expected one batch ({batch}) to {MAX_BENCH_IMAGES:,} images")
+    have, source = device_memory(device)
+    for arch in models:
+        need = model_need(lambda: create_model(arch, 7, size), 3, size, batch, batch)
+        made = min(8, images // batch) * batch * 3 * size * size * 4
+        if need is not None and need.train + made > have:
+            raise FerbenchError(f"--batch {batch} at --size {size}: {arch} needs at least {(need.train + made) / GIB:.3g} GiB "
+                                f"(activations counted on the meta device, 8 pre-made batches), above {source} "
+                                f"({have / GIB:.3g} GiB): lower --batch or --size ({MEMORY_ENV} sets the memory to assume)")
+
+
 def bench(which: str = "all", data_root: str | None = None, device: str = "cuda", models: list[str] | None = None,
           size: int = 224, batch: int = 64, images: int = 6400, epochs: int = 3, compile: bool = False,
           graphs: bool = False) -> dict[str, Any]:
@@ -406,6 +438,7 @@ def bench(which: str = "all", data_root: str | None = None, device: str = "cuda"
 
         dev = pick_device(device)
         chosen = parse_models(models or [])
+        check_bench_sizes(chosen or DEFAULT_MODELS, dev, size, batch, images)
         if which == "gpu":
             rows = run_gpu_bench(dev, chosen, size, batch, images, compile, epochs=epochs, graphs=graphs)
         else:

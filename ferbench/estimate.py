@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ferbench.data import FerDataset
+from ferbench.errors import JobFailed, first_line
 from ferbench.records import HISTORY_FILE
-from ferbench.spec import Job
+from ferbench.spec import TTA_VIEWS, Job
 
-TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
 
 
 def probe_images(input_size: int, batch: int) -> int:
@@ -82,7 +82,10 @@ def _measure(job: Job, num_classes: int, device: Any, n: int) -> Probe:
             with autocast_ctx(device, t.amp, cpu=t.cpu_amp):
                 model(x)
 
-        return Probe(_seconds(train_step, device) / n, _seconds(forward, device) / n)
+        try:
+            return Probe(_seconds(train_step, device) / n, _seconds(forward, device) / n)
+        except (RuntimeError, ValueError) as e:  # the job would fail the same way: the plan says why, the rest runs
+            raise JobFailed(f"a training step of {job.model.arch} fails: {type(e).__name__}: {first_line(e, 200)}") from None
 
 
 def _seconds(fn: Any, device: Any) -> float:

@@ -2,7 +2,7 @@
 
 Inputs are image files or folders (searched recursively for image suffixes). Without `detect` each
 image is a face crop: decoded grey or colour as the run's training images were and resized to their
-size (`trained.as_training_image`). With `detect` each image is a photo: every frontal face the
+size (`data.pixels.as_training_image`). With `detect` each image is a photo: every frontal face the
 detector finds (`ferbench.detect`) is cropped in the frame of the run's training data, then treated
 as a crop; a photo without a face is listed as such. Crops go through the run's evaluation transform
 with the run's TTA or the one asked for, `batch_size` at a time (so memory holds one batch, not the
@@ -24,7 +24,8 @@ import numpy as np
 
 from ferbench.errors import FerbenchError
 from ferbench.fileio import write_text_atomic
-from ferbench.trained import TrainedModel, as_training_image, class_probabilities, open_image
+from ferbench.data.pixels import as_training_image, open_image
+from ferbench.trained import TrainedModel, class_probabilities
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 BOX_FIELDS = ("face", "x", "y", "w", "h")
@@ -132,12 +133,27 @@ def _crops(tm: TrainedModel, files: list[Path], out: Predictions, detect: bool
             yield str(path), (i, *box), as_training_image(im.crop(crop_box(box, frame)), tm.image_shape)
 
 
+def check_predict_memory(tm: TrainedModel, tta: str, batch: int, device: str) -> None:
+    """One line, before any image is read, when a forward of `batch` crops x `tta`'s views cannot fit
+    in the device's memory (`memory.check_job_memory`'s lower bound)."""
+    from ferbench.errors import JobFailed
+    from ferbench.memory import check_job_memory
+
+    job = tm.job.model_copy(update={"train": tm.job.train.model_copy(update={"eval_batch_size": batch}),
+                                    "eval": tm.job.eval.model_copy(update={"tta": tta})})
+    try:
+        check_job_memory(job, len(tm.classes), device, train=False, eval_field="--batch-size")
+    except JobFailed as e:
+        raise FerbenchError(str(e)) from None
+
+
 def predict_files(tm: TrainedModel, inputs: list[str | Path], tta: str | None = None, *, detect: bool = False,
                   batch_size: int | None = None, device: str = "cpu", top_k: int = 1) -> Predictions:
     """Probabilities for every decodable image (or, with `detect`, every face found) among `inputs`;
     the others are listed in `refused` (and `no_face`)."""
     tta = tm.job.eval.tta if tta is None else tta
     batch = batch_size or tm.job.train.eval_batch_size
+    check_predict_memory(tm, tta, batch, device)
     files, refused = image_files(inputs)
     out = Predictions(tm.classes, refused=refused, run=str(tm.source), selection=tm.which, tta=tta,
                       top_k=min(top_k, len(tm.classes)), boxes=[] if detect else None)

@@ -32,6 +32,7 @@ from ferbench.errors import FerbenchError, JobFailed, first_line
 from ferbench.fileio import sha256_file
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
+from ferbench.memory import check_job_batches
 from ferbench.models import build_model, check_logits, check_options, create_model, get_variant
 from ferbench.records import (CHECKPOINT_FILE, COMPLETE, COST_FIELD, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
                               PREDICTIONS_FILE, RUNNING, damaged, is_complete, job_lock, read_job, read_manifest, remove_orphans,
@@ -366,6 +367,7 @@ def build(job: Job, ds: FerDataset, runs_dir: Path, device: Any, manifest: Manif
         progress.note(f"pretrained {job.model.weights}: loaded {len(info['loaded'])} tensors, "
                       f"kept init for {len(kept)}: {', '.join(kept[:8])}" + (" ..." if len(kept) > 8 else ""))
     check_logits(model, ds.num_classes, job.train.input_size, job.train.in_chans)
+    check_job_batches(job, ds.num_classes, device, len(ds.splits["train"]))  # before a batch that cannot fit or cannot train
     teacher = load_teacher(job, runs_dir, ds.num_classes, device) if job.depends_on else None
     if job.model.teacher is not None:
         teacher = teacher_from_file(job, ds.num_classes, device, manifest)

@@ -742,7 +742,7 @@ def _check_recipes(spec: Spec, where: str) -> None:
 
 
 MAX_BATCH_INPUT_GB = 8  # one batch of network inputs (float32) may take this much; activations take several times more
-TTA_VIEWS = {"tencrop": 10, "flip": 2}
+TTA_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}  # images the network sees per test image, per TTAMode
 
 
 def _check_batch_memory(spec: Spec, where: str) -> None:
@@ -752,7 +752,7 @@ def _check_batch_memory(spec: Spec, where: str) -> None:
     for i, m in enumerate(spec.models):
         t, e = resolve_train(spec, m), resolve_eval(spec, m)
         for what, batch, views, ratio in (("train.batch_size", t.batch_size, 1, t.augment.resize_ratio),
-                                          ("train.eval_batch_size", t.eval_batch_size, TTA_VIEWS.get(e.tta, 1),
+                                          ("train.eval_batch_size", t.eval_batch_size, TTA_VIEWS[e.tta],
                                            e.tta_resize_ratio)):
             pixels = max(views * t.input_size ** 2, round(t.input_size * ratio) ** 2)
             gb = batch * t.in_chans * pixels * 4 / 2**30

@@ -124,19 +124,11 @@ def check_size(data: Any, where: str) -> None:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    import os
-    import stat
+    from ferbench.fileio import MAX_SPEC_BYTES, regular_file
 
-    from ferbench.fileio import MAX_SPEC_BYTES
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise FerbenchError(f"{path}: spec file not found") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise FerbenchError(f"{path}: spec file not found (a folder, pipe or device is not a spec file)")
-    if st.st_size > MAX_SPEC_BYTES:
-        raise FerbenchError(f"{path}: {st.st_size:,} bytes: more than the {MAX_SPEC_BYTES:,} a spec may have (a spec is a "
+    size = regular_file(path, "spec file").stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise FerbenchError(f"{path}: {size:,} bytes: more than the {MAX_SPEC_BYTES:,} a spec may have (a spec is a "
                             "few kilobytes)")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"), _UniqueKeyLoader)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ferbench.data.pixels import as_training_image, open_image
 from ferbench.errors import FerbenchError, first_line
 from ferbench.records import CHECKPOINT_FILE, JOB_FILE, damaged, is_complete, read_job, read_manifest
 from ferbench.spec import Job
@@ -110,37 +111,6 @@ def _image_shape(manifest: dict[str, Any], job: Job, run_dir: Path) -> tuple[int
         raise FerbenchError(f"{run_dir}: the record does not say what size its training images were (made before "
                             "ferbench recorded it); run the job again to use it for prediction")
     return tuple(int(n) for n in shape)
-
-
-def open_image(path: Path) -> Any:
-    """An image file as a PIL image with its pixels read, under MAX_IMAGE_PIXELS (checked from the
-    header, before any pixel is decoded); FerbenchError naming the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
-    from ferbench.fileio import MAX_IMAGE_PIXELS
-
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the {MAX_IMAGE_PIXELS // 10**6} "
-                                    "megapixels ferbench decodes")
-            im.load()
-            return im.copy()
-    except Image.DecompressionBombError:
-        raise FerbenchError(f"{path}: image has more than the {MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise FerbenchError(f"{path}: not a decodable image ({first_line(e, 120)})") from None
-
-
-def as_training_image(im: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """A PIL image as a training image of `shape` ((H, W) grey or (H, W, 3) colour) in uint8: converted,
-    then resized with Pillow's bilinear filter (antialiased when it shrinks: its support grows with the factor)."""
-    from PIL import Image
-
-    im = im.convert("RGB" if len(shape) == 3 else "L")
-    if im.size != (shape[1], shape[0]):
-        im = im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
 
 
 def decode_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:

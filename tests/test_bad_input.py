@@ -350,7 +350,7 @@ def test_npz_declaring_more_than_the_bound_is_refused_before_it_is_read(tmp_path
 
 def test_spec_that_is_a_pipe_or_too_large(tmp_path):
     os.mkfifo(tmp_path / "pipe.yaml")
-    check(invoke(["run", tmp_path / "pipe.yaml"], tmp_path), tmp_path, "pipe.yaml: spec file not found (a folder, pipe or device")
+    check(invoke(["run", tmp_path / "pipe.yaml"], tmp_path), tmp_path, "pipe.yaml: spec file must be a regular file, not a pipe, socket or device")
     (tmp_path / "big.yaml").write_text("name: big\n" + "# " + "x" * (1 << 20) + "\n")
     check(invoke(["run", tmp_path / "big.yaml"], tmp_path), tmp_path, "more than the 1,048,576 a spec may have")
 
@@ -445,7 +445,7 @@ def test_runs_dir_that_is_a_symlink_loop(tmp_path):
 
 def test_spec_path_that_is_a_folder(tmp_path):
     (tmp_path / "sd").mkdir()
-    check(invoke(["run", tmp_path / "sd"], tmp_path), tmp_path, "spec file not found")
+    check(invoke(["run", tmp_path / "sd"], tmp_path), tmp_path, "spec file must be a regular file, not a folder")
 
 
 CLI_CASES = [

@@ -66,7 +66,7 @@ def test_predict_on_a_folder_refuses_a_corrupt_image_and_predicts_the_rest(finis
     out = tmp_path / "p.csv"
     result = CliRunner().invoke(app, ["predict", str(finished_run), str(tmp_path / "faces"), "--out", str(out)])
     assert result.exit_code == 1, result.output
-    assert "broken.jpg: not a decodable image" in result.output and "Traceback" not in result.output
+    assert "broken.jpg: image does not decode" in result.output and "Traceback" not in result.output
     rows = list(csv.DictReader(out.open()))
     classes = json.loads((finished_run / "metrics.json").read_text())["classes"]
     assert list(rows[0]) == ["file", "prediction", *classes] and len(rows) == len(paths) + 1
@@ -201,7 +201,7 @@ def _photo_with_two_faces(folder: Path) -> tuple[Path, Path, list[tuple[int, int
 def test_predict_detect_finds_each_face_and_crops_it_as_a_crop_would_be(finished_run, tmp_path):
     pytest.importorskip("cv2", reason="--detect needs OpenCV: pip install 'ferbench[detect]'")
     from ferbench.detect import BOX_AS_DRAWN, crop_box
-    from ferbench.trained import as_training_image
+    from ferbench.data.pixels import as_training_image
 
     two, empty, offsets = _photo_with_two_faces(tmp_path / "photos")
     out = tmp_path / "faces.csv"

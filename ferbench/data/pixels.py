@@ -7,15 +7,22 @@ uint8, so the resized pixels are rounded integers). These functions reproduce th
 arrays, with the libraries the official code used (Pillow, OpenCV), so the rounding is theirs, not an
 imitation of it. OpenCV is optional (`pip install ferbench[keras]`): asking for its resize without it
 is a one-line error.
+
+Image files (RAF-DB, AffectNet and folder datasets, `predict`'s inputs) are decoded by `open_image`,
+the one place that bounds their size (`fileio.MAX_IMAGE_PIXELS`, read from the header before any
+pixel) and turns Pillow's many failure types into one line naming the file, and made training-sized
+by `as_training_image`.
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ferbench.errors import FerbenchError
+from ferbench.errors import FerbenchError, first_line
 
 
 def reencode_jpeg(images: np.ndarray, quality: int) -> np.ndarray:
@@ -61,3 +68,36 @@ def library_versions(jpeg: bool, cv2_resize: bool) -> dict[str, str]:
 
         out["opencv"] = cv2.__version__
     return out
+
+
+def open_image(path: Path) -> Any:
+    """An image file as a PIL image with its pixels read, under MAX_IMAGE_PIXELS (checked from the
+    header, before any pixel is decoded); FerbenchError naming the file otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ferbench.fileio import MAX_IMAGE_PIXELS
+
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the {MAX_IMAGE_PIXELS // 10**6} "
+                                    "megapixels ferbench decodes (a face crop is far smaller)")
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError:
+        raise FerbenchError(f"{path}: image has more than the {MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes "
+                            "(a face crop is far smaller)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        # Pillow reports damaged files as any of these (SyntaxError for some broken headers)
+        raise FerbenchError(f"{path}: image does not decode ({type(e).__name__}: {first_line(e, 100)})") from None
+
+
+def as_training_image(im: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A PIL image as a training image of `shape` ((H, W) grey or (H, W, 3) colour) in uint8: converted,
+    then resized with Pillow's bilinear filter (antialiased when it shrinks: its support grows with the factor)."""
+    from PIL import Image
+
+    im = im.convert("RGB" if len(shape) == 3 else "L")
+    if im.size != (shape[1], shape[0]):
+        im = im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.errors import FerbenchError
-from ferbench.fileio import MAX_IMAGE_PIXELS
+from ferbench.data.pixels import as_training_image, open_image
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"
@@ -78,31 +78,16 @@ def _image_path(folder: Path, name: str) -> Path:
 def decode(path: Path, size: int, color: str = "grey", box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """An image file as uint8 (size, size) grey or (size, size, 3) RGB; `box` (left, top, width, height)
     crops a face first (clamped to the image). One line naming the file for anything undecodable."""
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         raise FerbenchError(f"rafdb: expected image {path}: file not found")
-    try:
-        with Image.open(path) as im:  # reads the header only: the size is known before any pixel is
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise FerbenchError(f"{path}: image is {im.width}x{im.height}, more than the "
-                                    f"{MAX_IMAGE_PIXELS // 10**6} megapixels ferbench decodes (a face crop is far smaller)")
-            if box is not None:
-                left, top = max(0, box[0]), max(0, box[1])
-                right, bottom = min(im.width, box[0] + box[2]), min(im.height, box[1] + box[3])
-                if right <= left or bottom <= top:
-                    raise FerbenchError(f"{path}: face box {box} lies outside the {im.width}x{im.height} image")
-                im = im.crop((left, top, right, bottom))
-            im = im.convert("RGB" if color == "rgb" else "L")  # (size, size, 3) or (size, size) uint8
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except Image.DecompressionBombError:
-        raise FerbenchError(f"{path}: image has more than the {MAX_IMAGE_PIXELS // 10**6} megapixels ferbench "
-                            "decodes (a face crop is far smaller)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        # PIL reports damaged files as any of these (SyntaxError for some broken headers)
-        raise FerbenchError(f"{path}: image does not decode ({type(e).__name__})") from None
+    im = open_image(path)
+    if box is not None:
+        left, top = max(0, box[0]), max(0, box[1])
+        right, bottom = min(im.width, box[0] + box[2]), min(im.height, box[1] + box[3])
+        if right <= left or bottom <= top:
+            raise FerbenchError(f"{path}: face box {box} lies outside the {im.width}x{im.height} image")
+        im = im.crop((left, top, right, bottom))
+    return as_training_image(im, (size, size, 3) if color == "rgb" else (size, size))
 
 
 def carve_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
