@@ -289,7 +289,8 @@ def compare(a: str, b: str, runs_dir: str | Path = RUNS_DIR, dataset: str | None
     from ferbench.report.compare import compare as compare_records, write_compare
 
     result = compare_records(a, b, Path(runs_dir), dataset, Path(published) if published else None)
-    return result, (write_compare(result, Path(out)) if out is not None else [])
+    written = write_compare(result, Path(out), Path(published) if published else None) if out is not None else []
+    return result, written
 
 
 def find_run(run: str | Path, runs_dir: str | Path = RUNS_DIR) -> Path:

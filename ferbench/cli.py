@@ -38,6 +38,11 @@ class OneLineErrors(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         cx = _click_exceptions()
         try:
+            check_environment()
+        except FerbenchError as e:
+            err.print(f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except getattr(cx, "NoArgsIsHelpError", ()) as e:  # click >= 8.2 raises it for no_args_is_help
             e.show()
@@ -61,6 +66,22 @@ class OneLineErrors(TyperGroup):
                       soft_wrap=True)
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def check_environment() -> None:
+    """The sizes ferbench reads from the environment, checked before any command runs (one line)."""
+    from ferbench.fileio import NPZ_LIMIT_ENV, env_gib
+    from ferbench.memory import MEMORY_ENV
+
+    for name in (NPZ_LIMIT_ENV, MEMORY_ENV):
+        env_gib(name, None)
+    if os.environ.get("FERBENCH_CACHE"):
+        from ferbench.data.cache import cache_dir
+
+        where = cache_dir()
+        if where.exists() and not where.is_dir():
+            raise FerbenchError(f"FERBENCH_CACHE={where}: not a folder (ferbench keeps decoded datasets and its kernel "
+                                "choices there)")
 
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ferbench.errors import FerbenchError, first_line
+from ferbench.errors import FerbenchError, first_line, one_line
 
 MAX_IMAGE_PIXELS = 40_000_000  # the largest image ferbench decodes (dataset files, predict's photos): a face is far smaller
 MAX_CLASSES = 1000  # a classification head, confusion table and per-class figures of more are not a FER dataset
@@ -62,12 +62,27 @@ def regular_file(path: Path, what: str) -> Path:
     return path
 
 
+def env_gib(name: str, default: float | None) -> float | None:
+    """A size in GiB from the environment variable `name` (`default` when unset or empty); anything
+    but a finite positive number is one line naming the variable (it would otherwise make every
+    record unreadable, or refuse nothing)."""
+    import math
+
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise FerbenchError(f"{name}={one_line(raw[:40])!r}: expected a positive number of GiB")
+    return value
+
+
 def npz_limit_bytes() -> int:
     """What one .npz may hold decompressed: DEFAULT_NPZ_GB, or FERBENCH_MAX_NPZ_GB."""
-    try:
-        return int(float(os.environ.get(NPZ_LIMIT_ENV, DEFAULT_NPZ_GB)) * 2**30)
-    except ValueError:
-        raise FerbenchError(f"{NPZ_LIMIT_ENV}={os.environ[NPZ_LIMIT_ENV]!r}: expected a number of gigabytes") from None
+    return int(env_gib(NPZ_LIMIT_ENV, DEFAULT_NPZ_GB) * 2**30)
 
 
 def load_npz(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:

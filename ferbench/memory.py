@@ -25,12 +25,12 @@ swap, or to lower it on a shared machine).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ferbench.errors import FerbenchError, JobFailed
+from ferbench.errors import JobFailed
+from ferbench.fileio import env_gib
 from ferbench.spec import TTA_VIEWS, Job
 
 MEMORY_ENV = "FERBENCH_MEMORY_GB"
@@ -106,15 +106,9 @@ def model_need(build: Callable[[], Any], in_chans: int, size: int, train_batch: 
 
 def device_memory(device: Any) -> tuple[int, str]:
     """Bytes of memory a job on `device` may use, and where that figure comes from."""
-    raw = os.environ.get(MEMORY_ENV)
-    if raw:
-        try:
-            gb = float(raw)
-        except ValueError:
-            gb = math.nan
-        if not math.isfinite(gb) or gb <= 0:
-            raise FerbenchError(f"{MEMORY_ENV}={raw[:40]!r}: expected a positive number of GiB")
-        return int(gb * GIB), f"{MEMORY_ENV}={raw}"
+    gb = env_gib(MEMORY_ENV, None)
+    if gb is not None:
+        return int(gb * GIB), f"{MEMORY_ENV}={os.environ[MEMORY_ENV].strip()}"
     import torch
 
     device = torch.device(device)

@@ -261,6 +261,12 @@ class TrainConfig(_Strict):
                              "(grad_scaler: true, or amp: fp16 on CUDA)")
         return self
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "TrainConfig":
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum above 0 (PyTorch's SGD refuses Nesterov without momentum)")
+        return self
+
 
 def cuda_graph_blockers(cfg: TrainConfig) -> list[str]:
     """What in a training config a whole-step CUDA graph cannot hold (empty: it can capture it)."""
@@ -795,6 +801,7 @@ def resolve_eval(spec: Spec, model: ModelEntry) -> EvalConfig:
 
 
 FoldCount = Callable[[DatasetEntry], "int | None"]
+MAX_JOBS = 10_000  # a paper table is tens of jobs; a sweep hundreds
 
 
 def expand(spec: Spec, profile: str | None = None, fold_count: FoldCount | None = None) -> list[Job]:
@@ -805,6 +812,10 @@ def expand(spec: Spec, profile: str | None = None, fold_count: FoldCount | None 
     by_key: dict[tuple[str, str, Any, int], Job] = {}
     order = _dependency_order(spec.models)
     entries = [(d, f) for d in spec.datasets for f in fold_entries(d, fold_count)]
+    count = len(order) * len(entries) * len(spec.seeds)
+    if count > MAX_JOBS:  # counted before any Job is made: a product of a few hundred values can be millions
+        raise FerbenchError(f"spec {spec.name}: {count:,} jobs ({len(order)} models x {len(entries)} datasets/folds x "
+                            f"{len(spec.seeds)} seeds): more than the {MAX_JOBS:,} one spec may hold; split it into several")
     for m in order:
         m = with_recipe_options(m, m.recipe or spec.recipe)
         for d, f in entries:

@@ -85,6 +85,10 @@ SPEC_CASES = [
     ("seed-bool", _set(["seeds"], [True]), None, ["seeds: expected an integer, not a boolean"]),
     ("lr-bool", _set(["train", "lr"], True), None, ["train: lr: expected a number, not a boolean"]),
     ("min-lr-above-lr", _set(["train", "min_lr"], 1.0), None, ["min_lr 1 is above lr 0.1"]),
+    ("jobs-too-many", _set(["seeds"], list(range(10_001))), None, ["10,001 jobs (1 models x 1 datasets/folds x 10001 seeds)",
+                                                                     "more than the 10,000"]),
+    ("nesterov-without-momentum", _set(["train"], {"epochs": 1, "optimizer": "sgd", "momentum": 0.0, "nesterov": True}),
+     None, ["nesterov: true needs momentum above 0"]),  # found by tests/test_fuzz_run.py: the job failed with torch's ValueError
     ("scale-inverted", _set(["train", "augment"], {"scale": [1.2, 0.8]}), None, ["low <= high"]),
     ("scale-zero", _set(["train", "augment"], {"scale": [0, 1.0]}), None, ["augment.scale[0]", "greater than 0"]),
     ("tta-ratio-huge", _set(["eval"], {"tta_resize_ratio": 1e6}), None, ["tta_resize_ratio", "less than or equal to 4"]),

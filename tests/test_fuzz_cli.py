@@ -69,7 +69,8 @@ def sandbox(tmp_path_factory, trained) -> Path:
 RUN = "runs/fz/" + "{job}"  # filled in with the first record's folder name
 PATHS = ["out", "out/sub/deeper", "~/o", "~nosuchuser/o", "a" * 300, "b" * 300 + "/c", "fifo", "link_out", "link_out/x",
          "link_file", "face.png", "face.png/x", "", ".", "reports", "reports/index.html", "runs", "runs/fz", "outside/..",
-         "sp ace/$\\frac{a}{b}$", "new\nline", "-", "nosuch/missing.yaml", "photos", "photos/a.jpg", "s.yaml"]
+         "sp ace/$\\frac{a}{b}$", "new\nline", "-", "nosuch/missing.yaml", "photos", "photos/a.jpg", "s.yaml",
+         "/dev/full", "/proc/version", "/proc/1/nope", "/sys/nope"]  # a device, and places even root cannot write
 TEXT = st.one_of(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=20),
                  st.sampled_from(["$x^2$", "$\\frac{", "<script>alert(1)</script>", "a\nb", "-x", "--help", "é", "..", "m"]))
 NUMBERS = st.one_of(st.integers(-(10**6), 10**6).map(str),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,13 @@ def _files(root: Path) -> set[str]:
 @given(spec=specs())
 def test_any_accepted_training_config_ends_in_a_record_or_one_line(tmp_path_factory, spec):
     work = tmp_path_factory.mktemp("fzrun")
+    try:
+        _run_and_check(work, spec)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # a soak of thousands keeps /tmp small
+
+
+def _run_and_check(work: Path, spec: dict) -> None:
     (work / "fz.yaml").write_text(yaml.safe_dump(spec))
     before = _files(work)
     old = os.getcwd()

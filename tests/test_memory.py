@@ -162,3 +162,17 @@ def test_a_one_image_step_that_batchnorm_refuses_fails_before_training(tmp_path:
     spec["train"].update(input_size=48)  # 3x3 maps: nine values per channel, one image trains
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     assert _cli(["run", "s.yaml"], tmp_path).exit_code == 0
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"FERBENCH_MAX_NPZ_GB": "abc"}, "FERBENCH_MAX_NPZ_GB='abc': expected a positive number of GiB"),
+    ({"FERBENCH_MAX_NPZ_GB": "-1"}, "FERBENCH_MAX_NPZ_GB='-1'"),
+    ({"FERBENCH_MAX_NPZ_GB": "1e400"}, "FERBENCH_MAX_NPZ_GB='1e400'"),
+    ({MEMORY_ENV: "nan"}, f"{MEMORY_ENV}='nan'"),
+    ({"FERBENCH_CACHE": "/dev/null"}, "FERBENCH_CACHE=/dev/null: not a folder")])
+def test_sizes_from_the_environment_are_checked_before_any_command(tmp_path: Path, env: dict, needle: str) -> None:
+    """A bad FERBENCH_MAX_NPZ_GB used to list every record as unreadable on a published page (exit 0),
+    or crash with OverflowError at 1e400; a cache that is a device failed every job."""
+    res = _cli(["report", "--runs-dir", "nowhere"], tmp_path, **env)
+    assert res.exit_code == 2 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not (tmp_path / "reports").exists()

@@ -72,6 +72,20 @@ def test_compare_writes_only_inside_the_folder_named(finished, tmp_path):
     r = CliRunner().invoke(app, ["compare", "resnet", "convnext", "--runs-dir", str(runs), "--out", str(site / "cmp")])
     assert r.exit_code == 0, r.output
     assert (site / "index.html").read_text() == "<html>my own site</html>" and (site / "cmp" / "index.html").exists()
+    # found by tests/test_fuzz_cli.py: a ferbench index in a folder the user did not name was rewritten (the
+    # parent of --out held one from an earlier `report --out`); only the reports folder's own index links it
+    api.report_spec("ours", runs, site / "other")
+    before = (site / "other" / "index.html").read_text()
+    r = CliRunner().invoke(app, ["compare", "resnet", "convnext", "--runs-dir", str(runs), "--out", str(site / "other" / "cmp")])
+    assert r.exit_code == 0 and (site / "other" / "index.html").read_text() == before, r.output
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        api.report_spec("ours", runs, "reports")
+        r = CliRunner().invoke(app, ["compare", "resnet", "convnext", "--runs-dir", str(runs), "--out", "reports/cmp"])
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0 and 'href="./cmp/index.html"' in (tmp_path / "reports" / "index.html").read_text(), r.output
 
 
 def test_publishing_never_copies_a_linked_file_or_writes_through_a_linked_folder(finished, tmp_path):

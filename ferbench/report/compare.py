@@ -202,9 +202,10 @@ def compare_sections(result: dict[str, Any]) -> list[Section]:
     return out + environment_sections(result["environments"])
 
 
-def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
-    """report.md, index.html (self-contained) and an accuracy-vs-GMACs figure under `out`; the
-    reports index links it like any report."""
+def write_compare(result: dict[str, Any], out: Path, reports: Path | None = None) -> list[Path]:
+    """report.md, index.html (self-contained) and an accuracy-vs-GMACs figure under `out`. When `out`
+    is a folder of the reports folder `reports`, that folder's index (one ferbench wrote, or none yet)
+    links it like any report; nothing outside `out` is written otherwise."""
     from ferbench.report.render import _env
     from ferbench.report.figures import scatter_figure
     from ferbench.records import write_bytes_atomic, write_text_atomic
@@ -223,6 +224,8 @@ def write_compare(result: dict[str, Any], out: Path) -> list[Path]:
     write_text_atomic(out / "index.html", html)
     from ferbench.report.render import is_reports_index, write_index
 
-    if is_reports_index(out.parent / "index.html"):  # inside a reports folder: link it from ferbench's index
+    index = out.parent / "index.html"
+    if (reports is not None and out.parent.resolve() == reports.resolve()
+            and (is_reports_index(index) or not index.exists())):  # ferbench's own reports folder: link it there
         write_index(out.parent)
     return [out / "report.md", out / "index.html"]
