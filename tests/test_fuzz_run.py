@@ -25,7 +25,7 @@ from typer.testing import CliRunner  # noqa: E402
 from ferbench.cli import app  # noqa: E402
 from ferbench.records import damaged  # noqa: E402
 
-EXAMPLES = int(os.environ.get("FERBENCH_FUZZ_EXAMPLES", "0")) or 25
+EXAMPLES = int(os.environ.get("FERBENCH_FUZZ_EXAMPLES", "0")) or 60
 tiny = st.sampled_from  # readable below: each field's accepted extremes and the values between
 TRAIN = {
     "epochs": tiny([0, 1, 2]), "batch_size": st.integers(1, 40), "eval_batch_size": st.integers(1, 40),
@@ -52,17 +52,48 @@ TRAIN = {
 EVAL = {"splits": tiny([["test"], ["val", "test"]]), "tta": tiny(["none", "flip", "tencrop"]),
         "tta_resize_ratio": tiny([1.0, 1.14, 4.0]), "val_mode": tiny(["center", "random_crop"]),
         "use_ema": st.booleans(), "dropout_at_eval": st.booleans(), "test_each_epoch": st.booleans()}
-ARCHS = ["deep-emotion", "mini-xception", "resnet18", "convnext-atto", "emonext-atto"]
+ARCHS = ["deep-emotion", "mini-xception", "resnet18", "convnext-atto", "emonext-atto", "resface-r18"]
+
+
+def option_values(arch: str) -> dict:
+    """A strategy per option of `arch`, read from its constructor's annotations: every literal, both
+    booleans, and for numbers the accepted bounds and a value between (1e6 where there is no upper)."""
+    import inspect
+    import typing
+
+    from ferbench.models import variants
+
+    v = variants()[arch]
+    if v.signature is None:
+        return {"drop_path_rate": tiny([0.0, 0.5, 0.999])} if "drop_path_rate" in v.options else {}
+    hints = typing.get_type_hints(v.signature.__init__, include_extras=True)
+    out = {}
+    for name in v.options:
+        hint = hints[name]
+        if hint is bool:
+            out[name] = st.booleans()
+        elif typing.get_origin(hint) is typing.Literal:
+            out[name] = tiny(list(typing.get_args(hint)))
+        else:
+            base, *meta = typing.get_args(hint) or (hint,)
+            bounds = {k: getattr(m, k) for f in meta for m in getattr(f, "metadata", []) for k in ("ge", "gt", "lt", "le")
+                      if hasattr(m, k)}
+            lo = bounds.get("ge", bounds.get("gt", 0))
+            hi = bounds.get("le", bounds.get("lt", 1e6))
+            picks = [lo, (lo + hi) / 2, hi * 0.999 if "lt" in bounds else hi]
+            out[name] = tiny([int(x) if base is int else float(x) for x in picks if "gt" not in bounds or x > lo])
+    return out
 
 
 @st.composite
 def specs(draw) -> dict:
+    arch = draw(st.sampled_from(ARCHS))
     train = draw(st.fixed_dictionaries({}, optional=TRAIN))
     train.setdefault("epochs", 1)
     train.setdefault("input_size", 16)
     train.setdefault("batch_size", 8)
     return {"name": "fz", "datasets": [{"name": "synthfer", "options": {"n_train": 24, "n_val": 8, "n_test": 8}}],
-            "models": [{"id": "m", "arch": draw(st.sampled_from(ARCHS))}],
+            "models": [{"id": "m", "arch": arch, "options": draw(st.fixed_dictionaries({}, optional=option_values(arch)))}],
             "seeds": [draw(st.integers(0, 2**31))], "train": train,
             "eval": draw(st.fixed_dictionaries({}, optional=EVAL))}
 
