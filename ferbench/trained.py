@@ -52,7 +52,7 @@ def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = Fals
     """The model a finished run evaluated (its `which` selection), rebuilt from the run folder. A record
     names its model; where that name is a Python module of the user's (`module:function`), the module
     is imported only with `trust_code` (a record folder may come from anyone: reading it never runs code)."""
-    from ferbench.engine.checkpoint import load_checkpoint
+    from ferbench.engine.checkpoint import check_owner, load_checkpoint
     from ferbench.models import build_model
 
     run_dir = Path(run_dir)
@@ -79,6 +79,7 @@ def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = Fals
                                 "when asked: add --trust-code if you trust this record and that module")
     manifest = read_manifest(run_dir)
     ck = load_checkpoint(ck_path)
+    check_owner(ck, ck_path, job.id)
     state = selected_state(ck, job, which, run_dir)
     bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # every answer would be NaN: refuse, never predict

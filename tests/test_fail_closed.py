@@ -145,3 +145,21 @@ def test_records_are_untrusted_input_for_predict_and_export(finished, tmp_path, 
         assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "m.pt").exists()
     assert not (tmp_path / "IMPORTED").exists() and "planted_ferbench_mod" not in sys.modules
+
+
+def test_a_checkpoint_copied_from_another_job_is_never_resumed_or_predicted_from(finished, tmp_path):
+    """Seed 1's folder holding seed 0's checkpoint (same architecture, so it loads): predict and export
+    would have answered with seed 0's model, and a resume would have continued it as seed 1."""
+    w = _copy(finished, tmp_path)
+    seed0, seed1 = [d for d in _job_dirs(w) if d.name.startswith("a__")]
+    shutil.copy(seed0 / "checkpoint.pt", seed1 / "checkpoint.pt")
+    r = CliRunner().invoke(app, ["export", str(seed1), "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and f"belongs to job {seed0.name}, not {seed1.name}" in r.stderr, r.output
+    assert not (tmp_path / "m.pt").exists()
+    manifest = json.loads((seed1 / "manifest.json").read_text())
+    (seed1 / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))  # as if killed mid-run
+    (seed1 / "metrics.json").unlink()
+    outcomes = api.run_spec(w / "s.yaml", runs_dir=w / "runs", estimate=False)
+    failed = {o.job.id: o.reason for o in outcomes if o.status == "failed"}
+    assert list(failed) == [seed1.name] and "never resumed or used" in failed[seed1.name]
+    assert torch.equal(torch.load(seed1 / "checkpoint.pt")["rng_torch"], torch.load(seed0 / "checkpoint.pt")["rng_torch"])

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ferbench.errors import FerbenchError, first_line
+from ferbench.errors import FerbenchError, first_line, one_line
 from ferbench.fileio import write_atomic, write_text_atomic
 
 
@@ -95,9 +95,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                             "code: delete the file to restart this job from scratch") from None
 
 
-def checkpoint_state(parts: dict[str, Any], loop: LoopState, device: torch.device) -> dict[str, Any]:
-    """The checkpoint dict: each part's state dict (None for an absent part), RNG states, the counters."""
+def checkpoint_state(parts: dict[str, Any], loop: LoopState, device: torch.device, job_id: str) -> dict[str, Any]:
+    """The checkpoint dict: each part's state dict (None for an absent part), RNG states, the counters,
+    and the id of the job it belongs to (`check_owner`)."""
     return {
+        "job_id": job_id,
         **{name: (p.state_dict() if p is not None else None) for name, p in parts.items()},
         "rng_torch": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
@@ -105,9 +107,20 @@ def checkpoint_state(parts: dict[str, Any], loop: LoopState, device: torch.devic
     }
 
 
-def restore(path: Path, parts: dict[str, Any], device: torch.device) -> LoopState:
+def check_owner(ck: dict[str, Any], path: Path, job_id: str) -> None:
+    """Refuse a checkpoint another job wrote (copied into this job's folder, it would be resumed or
+    predicted from as if it were this job's: same architecture, other data or settings). Checkpoints
+    written before ferbench recorded the owner carry no id and are taken as their folder's."""
+    owner = ck.get("job_id")
+    if owner is not None and owner != job_id:
+        raise FerbenchError(f"{path}: this checkpoint belongs to job {one_line(str(owner))[:120]}, not {job_id}: "
+                            "never resumed or used; delete the file to restart this job from scratch")
+
+
+def restore(path: Path, parts: dict[str, Any], device: torch.device, job_id: str) -> LoopState:
     """Load `path` into each part (model, optimizer, ...) and the RNG states; return the loop's counters."""
     ck = load_checkpoint(path)
+    check_owner(ck, path, job_id)
     try:
         for name, p in parts.items():
             if p is not None:

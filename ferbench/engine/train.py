@@ -195,7 +195,7 @@ def fit(
     check_targets(cfg, train.targets is not None, teacher is not None, ds.name)
     tr = setup(model, train, cfg, device, teacher)
     ckpt_path = job_dir / CHECKPOINT_FILE
-    loop = restore(ckpt_path, tr.parts(), device) if ckpt_path.exists() else LoopState()
+    loop = restore(ckpt_path, tr.parts(), device, job_dir.name) if ckpt_path.exists() else LoopState()
     if loop.history and dist.is_main():  # a kill between the checkpoint and its history row loses no row
         write_history(job_dir / HISTORY_FILE, loop.history)
     val = ds.splits.get("val") if "val" in eval_cfg.splits else None
@@ -224,7 +224,7 @@ def fit(
             loop.epoch = epoch + 1
             progress.end_epoch(row)
             if dist.is_main():  # only rank 0 writes records
-                writer.submit(ckpt_path, checkpoint_state(tr.parts(), loop, device), job_dir / HISTORY_FILE, loop.history)
+                writer.submit(ckpt_path, checkpoint_state(tr.parts(), loop, device, job_dir.name), job_dir / HISTORY_FILE, loop.history)
     finally:
         if own_writer:
             writer.close()  # the last checkpoint is on disk before fit returns or raises
