@@ -62,7 +62,8 @@ def test_ldl_from_votes_and_from_a_teacher_job(tmp_path):
     again, _ = api.compare("resface", "resnet", tmp_path / "clone-runs", published=tmp_path / "reports")
     assert again["records_from"] == str(tmp_path / "reports")
     assert again["datasets"]["synthfer"]["pairs"][0]["acc_diff"] == pair["acc_diff"]
-    api.compare("resface", "resnet", tmp_path / "runs", out=tmp_path / "reports" / "cmp")  # the index lists it as a page
+    api.compare("resface", "resnet", tmp_path / "runs", out=tmp_path / "reports" / "cmp",
+                published=tmp_path / "reports")  # in the reports folder: its index lists it as a page
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "Paired comparison, resface vs resnet. synthfer: " in index and "An earlier rendering" not in index
 

@@ -147,7 +147,7 @@ def test_bench_trace_finds_no_per_step_host_syncs():
 
 @pytest.mark.parametrize("bad, expected", [(["--model", "nope=resface-paper"], "unknown arch 'nope'"),
                                            (["--model", "resnet18=fast"], "expected arch=recipe"),
-                                           (["--images", "2", "--batch", "4"], "need at least one batch")])
+                                           (["--images", "2", "--batch", "4"], "--images 2: expected one batch (4)")])
 def test_bench_gpu_bad_input(bad, expected):
     res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--size", "32", "--model", "resnet18=resface-paper",
                                    *bad])
