@@ -80,21 +80,29 @@ def job_need(job: Job, num_classes: int) -> Need | None:
                       t.eval_batch_size * TTA_VIEWS[job.eval.tta])
 
 
-def model_need(build: Callable[[], Any], in_chans: int, size: int, train_batch: int, eval_batch: int) -> Need | None:
-    """The lower bound for the model `build()` makes (on the meta device where its constructor allows),
-    or None where its forward cannot run on the meta device (a user's model that reads values): then
-    nothing is refused on a guess."""
+def meta_model(build: Callable[[], Any]) -> Any:
+    """The model `build()` makes, on the meta device (built there where its constructor allows, else
+    built for real and moved), or None where building fails (the runner reports that, with its reason)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):  # a real build draws from the seeded stream: the job's draws stay its own
         try:
             try:
                 with torch.device("meta"):
-                    model = build()
-            except (NotImplementedError, RuntimeError):  # an initialiser that copies data: build it for real
-                model = build()
-        except Exception:  # noqa: BLE001 - the model's own failure is the runner's to report, with its reason
+                    return build()
+            except (NotImplementedError, RuntimeError):  # an initialiser that copies data
+                return build().to("meta")
+        except Exception:  # noqa: BLE001
             return None
+
+
+def model_need(build: Callable[[], Any], in_chans: int, size: int, train_batch: int, eval_batch: int) -> Need | None:
+    """The lower bound for the model `build()` makes (on the meta device where its constructor allows),
+    or None where its forward cannot run on the meta device (a user's model that reads values): then
+    nothing is refused on a guess."""
+    model = meta_model(build)
+    if model is None:
+        return None
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
         kept, _ = leaf_outputs(model, train_batch, in_chans, size, train=True)
@@ -153,26 +161,22 @@ def single_image_problem(job: Job, num_classes: int, n_train: int) -> str | None
     t = job.train
     if smallest_train_batch(job, n_train) != 1:
         return None
-    with torch.random.fork_rng(devices=[]):
-        try:
-            try:
-                with torch.device("meta"):
-                    model = build_model(job, num_classes)
-            except (NotImplementedError, RuntimeError):
-                model = build_model(job, num_classes)
-            model = model.to("meta").train()
-            with torch.no_grad():
-                model(torch.empty(1, t.in_chans, t.input_size, t.input_size, device="meta"))
-        except ValueError as e:
-            if "more than 1 value per channel" not in str(e):
-                return None
-            where = ("train.batch_size 1" if t.batch_size == 1 else
-                     f"the epoch's last batch ({n_train} training images, batch {t.batch_size}, drop_last: false)")
-            return (f"{where} trains on one image, and {job.model.arch}'s BatchNorm at {t.input_size}x{t.input_size} "
-                    "then sees one value per channel, which PyTorch refuses in training: raise train.batch_size"
-                    + ("" if t.batch_size == 1 else " or set train.drop_last: true"))
-        except Exception:  # noqa: BLE001 - anything else is the runner's to report, with its reason
+    model = meta_model(lambda: build_model(job, num_classes))
+    if model is None:
+        return None
+    try:
+        with torch.no_grad():
+            model.train()(torch.empty(1, t.in_chans, t.input_size, t.input_size, device="meta"))
+    except ValueError as e:
+        if "more than 1 value per channel" not in str(e):
             return None
+        where = ("train.batch_size 1" if t.batch_size == 1 else
+                 f"the epoch's last batch ({n_train} training images, batch {t.batch_size}, drop_last: false)")
+        return (f"{where} trains on one image, and {job.model.arch}'s BatchNorm at {t.input_size}x{t.input_size} "
+                "then sees one value per channel, which PyTorch refuses in training: raise train.batch_size"
+                + ("" if t.batch_size == 1 else " or set train.drop_last: true"))
+    except Exception:  # noqa: BLE001 - anything else is the runner's to report, with its reason
+        return None
     return None
 
 
