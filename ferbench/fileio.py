@@ -177,8 +177,13 @@ def read_json(path: Path) -> Any:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """The file's sha256; a file that cannot be read to its end is one line naming it (the kernel's
+    own error, e.g. /proc/self/mem's EIO, names no file)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
+    try:
+        with path.open("rb") as f:
+            while b := f.read(chunk):
+                h.update(b)
+    except OSError as e:
+        raise FerbenchError(f"{path}: cannot be read ({e.strerror or first_line(e)})") from None
     return h.hexdigest()

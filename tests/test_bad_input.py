@@ -476,3 +476,11 @@ def test_bad_command_line(tmp_path, args, needles):
             pytest.skip("this machine has a cuda:3")
     spec = spec_with(tmp_path)
     check(invoke([spec if a == "SPEC" else a for a in args], tmp_path), tmp_path, *needles)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_data_file_that_fails_mid_read_is_named(tmp_path):
+    """/proc/self/mem stats as a regular file and fails its first read with EIO, an error that names no
+    file: the line printed was `error: Input/output error`."""
+    p = spec_with(tmp_path, lambda d: d.update(datasets=[{"name": "fer2013", "path": "/proc/self/mem"}]))
+    check(invoke(["run", p], tmp_path), tmp_path, "/mem: cannot be read (Input/output error)")
