@@ -91,8 +91,6 @@ app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
-NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
-
 
 def _home(value: Any) -> Any:
     """Every path option's and argument's `~` / `~user`, expanded the same way (the shell leaves
@@ -101,14 +99,13 @@ def _home(value: Any) -> Any:
         return None
     if isinstance(value, list):
         return [_home(v) for v in value]
-    text = str(value)
-    expanded = os.path.expanduser(text)
-    if text.startswith("~") and expanded == text:
-        _fail(f"{text}: no such user's home folder")
-    long = next((part for part in Path(expanded).parts if len(os.fsencode(part)) > NAME_MAX), None)
-    if long is not None:
-        _fail(f"{long[:40]}...: a file or folder name of {len(os.fsencode(long))} bytes; file systems take at most {NAME_MAX}")
-    return Path(expanded) if isinstance(value, Path) else expanded
+    from ferbench.fileio import expand_user
+
+    try:
+        expanded = expand_user(value)
+    except FerbenchError as e:
+        _fail(str(e))
+    return expanded if isinstance(value, Path) else str(expanded)
 
 
 # the options `plan` and `run` share

@@ -47,6 +47,24 @@ def check_target(path: Path) -> None:
         raise FerbenchError(f"{path}: exists and is a {kind}, not a file; refused, nothing written")
 
 
+NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
+
+
+def expand_user(path: str | Path) -> Path:
+    """`~` and `~user` expanded, as for every path ferbench is given (options, spec fields, environment);
+    a `~user` with no such user, or a name longer than file systems take, is one line (pathlib's own
+    expanduser raises RuntimeError for the first)."""
+    text = str(path)
+    expanded = os.path.expanduser(text)
+    if text.startswith("~") and expanded == text:
+        raise FerbenchError(f"{text}: no such user's home folder")
+    long = next((part for part in Path(expanded).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise FerbenchError(f"{long[:40]}...: a file or folder name of {len(os.fsencode(long))} bytes; file systems "
+                            f"take at most {NAME_MAX}")
+    return Path(expanded)
+
+
 def regular_file(path: Path, what: str) -> Path:
     """`path` if it is a regular file; one line otherwise (missing, a folder, or a pipe or device, which
     would block a reader forever or never end)."""

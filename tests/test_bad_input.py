@@ -484,3 +484,13 @@ def test_a_data_file_that_fails_mid_read_is_named(tmp_path):
     file: the line printed was `error: Input/output error`."""
     p = spec_with(tmp_path, lambda d: d.update(datasets=[{"name": "fer2013", "path": "/proc/self/mem"}]))
     check(invoke(["run", p], tmp_path), tmp_path, "/mem: cannot be read (Input/output error)")
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d["models"][0].update(weights="~nosuchuser/w.pt"),
+    lambda d: d.update(datasets=[{"name": "fer2013", "path": "~nosuchuser/data"}]),
+    lambda d: d.update(datasets=[{"name": "ckplus48", "path": "~nosuchuser/ck.npz"}])])
+def test_a_home_folder_that_does_not_exist_in_a_spec_field_is_one_line(tmp_path, mutate):
+    """pathlib's expanduser raised RuntimeError (a traceback) for a `~user` with no such user in a spec's
+    weights or dataset path; every path ferbench is given now expands through fileio.expand_user."""
+    check(invoke(["run", spec_with(tmp_path, mutate)], tmp_path), tmp_path, "~nosuchuser", "no such user's home folder")

@@ -52,6 +52,8 @@ TRAIN = {
 EVAL = {"splits": tiny([["test"], ["val", "test"]]), "tta": tiny(["none", "flip", "tencrop"]),
         "tta_resize_ratio": tiny([1.0, 1.14, 4.0]), "val_mode": tiny(["center", "random_crop"]),
         "use_ema": st.booleans(), "dropout_at_eval": st.booleans(), "test_each_epoch": st.booleans()}
+WEIGHTS = tiny(["~nosuchuser/w.pt", "/dev/zero", "/proc/self/mem", "nosuch.pt", "fz.yaml", "timm:nosuch", "hf:no/such",
+               "pypi:nosuch==1/x.pt", "http://example.com/w.pt"])  # offline: every one is refused or fails its job
 ARCHS = ["deep-emotion", "mini-xception", "resnet18", "convnext-atto", "emonext-atto", "resface-r18"]
 
 
@@ -93,7 +95,8 @@ def specs(draw) -> dict:
     train.setdefault("input_size", 16)
     train.setdefault("batch_size", 8)
     return {"name": "fz", "datasets": [{"name": "synthfer", "options": {"n_train": 24, "n_val": 8, "n_test": 8}}],
-            "models": [{"id": "m", "arch": arch, "options": draw(st.fixed_dictionaries({}, optional=option_values(arch)))}],
+            "models": [{"id": "m", "arch": arch, "options": draw(st.fixed_dictionaries({}, optional=option_values(arch))),
+                        **draw(st.fixed_dictionaries({}, optional={"weights": WEIGHTS}))}],
             "seeds": [draw(st.integers(0, 2**31))], "train": train,
             "eval": draw(st.fixed_dictionaries({}, optional=EVAL))}
 
@@ -118,7 +121,7 @@ def _run_and_check(work: Path, spec: dict) -> None:
     old = os.getcwd()
     os.chdir(work)
     try:
-        res = CliRunner().invoke(app, ["run", "fz.yaml", "--runs-dir", "runs"])
+        res = CliRunner().invoke(app, ["run", "fz.yaml", "--runs-dir", "runs"], env={"FERBENCH_OFFLINE": "1"})
     finally:
         os.chdir(old)
     out = res.stdout + res.stderr

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ferbench.errors import FerbenchError
+from ferbench.fileio import expand_user
 from ferbench.fileio import sha256_file  # noqa: F401  (loaders and the cache hash their files)
 
 SPLITS = ("train", "val", "test")
@@ -124,11 +125,11 @@ def fold_count(entry: Any) -> int | None:
 def resolve_root(spec_path: str | None, data_root: str | None) -> Path | None:
     """Dataset location: the spec's `path`, then `--data-root`, then FERBENCH_DATA."""
     if spec_path:
-        return Path(spec_path).expanduser()
+        return expand_user(spec_path)
     if data_root:
-        return Path(data_root).expanduser()
+        return expand_user(data_root)
     env = os.environ.get("FERBENCH_DATA")
-    return Path(env).expanduser() if env else None
+    return expand_user(env) if env else None
 
 
 def load_dataset(

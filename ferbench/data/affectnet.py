@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
+from ferbench.fileio import expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.rafdb import carve_val, decode
 from ferbench.errors import FerbenchError
@@ -44,7 +45,7 @@ class Options(BaseModel):
 
 
 def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
-    base = Path(path).expanduser() if path else (root / "affectnet" if root else None)
+    base = expand_user(path) if path else (root / "affectnet" if root else None)
     if base is None:
         raise FerbenchError("affectnet: no data location: set FERBENCH_DATA or pass --data-root (expected "
                             "<root>/affectnet/training.csv, validation.csv and Manually_Annotated_Images/)")

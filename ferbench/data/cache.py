@@ -18,13 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from ferbench.fileio import sha256_file
+from ferbench.fileio import expand_user, sha256_file
 
 
 def cache_dir() -> Path:
     env = os.environ.get("FERBENCH_CACHE")
     if env:
-        return Path(env).expanduser()
+        return expand_user(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ferbench"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ferbench.data import DatasetKind, FerDataset, check_split_nonempty
+from ferbench.fileio import expand_user
 from ferbench.data import folder
 from ferbench.errors import FerbenchError
 
@@ -26,7 +27,7 @@ class Options(folder.Options):
 
 
 def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
-    p = Path(path).expanduser() if path else (root / FILE if root else None)
+    p = expand_user(path) if path else (root / FILE if root else None)
     if p is None:
         raise FerbenchError(f"ckplus48: no data location: set FERBENCH_DATA or pass --data-root (expected <root>/{FILE})")
     if not p.is_file():

@@ -23,6 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
+from ferbench.fileio import expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.errors import FerbenchError, first_line
 
@@ -63,7 +64,7 @@ class Options(BaseModel):
 def find_csv(root: Path | None, path: str | None) -> Path:
     """The CSV: `path` (a file or a folder holding it), else `<root>/fer2013/fer2013.csv[.gz]`."""
     if path:
-        p = Path(path).expanduser()
+        p = expand_user(path)
         if p.is_file():
             return p
         candidates = [p / n for n in FILE_NAMES] + [p / "fer2013" / n for n in FILE_NAMES]

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
+from ferbench.fileio import expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.fer2013 import USAGE_TO_SPLIT, find_csv, load_arrays, read_csv_frame, split_codes
 from ferbench.errors import FerbenchError
@@ -105,7 +106,7 @@ VOTE_TABLES = {"fer2013new": "fer2013new.csv", "label_csv": "FER2013{Train,Valid
 
 def find_votes(root: Path | None, path: str | None) -> Path:
     if path:
-        p = Path(path).expanduser()
+        p = expand_user(path)
         cands = [p / "fer2013new.csv", p / "ferplus" / "fer2013new.csv"]
     elif root is not None:
         cands = [root / "ferplus" / "fer2013new.csv", root / "fer2013new.csv"]

@@ -24,7 +24,7 @@ from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.leakage import leakage_notes
 from ferbench.data.rafdb import carve_val
-from ferbench.fileio import MAX_CLASSES
+from ferbench.fileio import MAX_CLASSES, expand_user
 from ferbench.errors import FerbenchError, first_line
 
 EXTS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -48,7 +48,7 @@ class Options(BaseModel):
 def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
     if not path:
         raise FerbenchError("folder: the dataset entry needs a path: a <split>/<class>/ image tree or an .npz file")
-    p = Path(path).expanduser()
+    p = expand_user(path)
     if not p.exists():
         raise FerbenchError(f"folder: expected {p} (an image tree or .npz): not found")
     return {"source": p}

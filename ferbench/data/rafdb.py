@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
+from ferbench.fileio import expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.errors import FerbenchError
 from ferbench.data.pixels import as_training_image, open_image
@@ -40,7 +41,7 @@ class Options(BaseModel):
 
 def _locate(root: Path | None, path: str | None, options: BaseModel) -> dict[str, Path]:
     if path:
-        base = Path(path).expanduser()
+        base = expand_user(path)
     elif root is not None:
         base = root / "rafdb"
     else:
