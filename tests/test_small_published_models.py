@@ -344,3 +344,26 @@ def test_the_conditions_row_names_each_pixel_scaling():
     for normalize, words in (("none", "pixels in [0, 1]"), ("imagenet", "ImageNet's per-channel mean and std")):
         rec.job.train.normalize = normalize
         assert words in conditions([rec])[0]["input"]
+
+
+def test_deep_emotion_as_its_architecture_figure_draws_it():
+    """The figure's localisation network (3x3 kernels, FC 90 -> 32 at 48 px), the grid sampling the
+    10x9x9 feature maps after dropout, no BatchNorm; the code's variant keeps its 66,877 parameters."""
+    import torch
+
+    from ferbench.cost import count_params
+    from ferbench.models import create_model
+
+    assert count_params(create_model("deep-emotion", 7, 48, 1)) == 66_877
+    fig = create_model("deep-emotion", 7, 48, 1, localization="figure", stn_on="features", batchnorm=False).eval()
+    assert fig.fc_loc[0].in_features == 90 and fig.fc1.in_features == 810 and isinstance(fig.norm, torch.nn.Identity)
+    assert [m.kernel_size for m in fig.localization if isinstance(m, torch.nn.Conv2d)] == [(3, 3), (3, 3)]
+    seen = {}
+    fig.fc1.register_forward_hook(lambda m, i, o: seen.update(fc1_in=i[0]))  # returns None: output unchanged
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        out = fig(x)
+        fig.use_stn = False  # the identity transform it starts from: sampling the maps leaves them as they are
+        plain = fig(x)
+    assert out.shape == (3, 7) and torch.allclose(out, plain, atol=1e-5)
+    assert seen["fc1_in"].shape == (3, 810)
