@@ -116,3 +116,61 @@ def test_tilde_expands_in_every_path_option(finished, tmp_path, monkeypatch):
     assert not Path("~").exists()
     r = CliRunner().invoke(app, ["plan", "~nosuchuser_ferbench/s.yaml"])
     assert r.exit_code == 2 and "no such user's home folder" in r.output
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_page_that_fails_halfway_leaves_the_previous_page_whole(finished, tmp_path, monkeypatch):
+    """A full disk (the fifth file of the page fails) or a crash while rendering: the page folder is
+    the one before, byte for byte, no staging folder is left and the line names the page's own path."""
+    from ferbench import fileio
+
+    reports = tmp_path / "reports"
+    api.report_spec("ours", finished / "runs", reports, with_records=True)
+    before = _tree(reports / "ours")
+    real, calls = fileio.write_atomic, []
+
+    def full_disk(path, fill):
+        calls.append(path)
+        if len(calls) == 5:
+            raise FerbenchError(f"{path}: cannot write (No space left on device); the previous version, if any, is intact")
+        real(path, fill)
+
+    monkeypatch.setattr(fileio, "write_atomic", full_disk)
+    with pytest.raises(FerbenchError) as e:
+        api.report_spec("ours", finished / "runs", reports, with_records=True)
+    assert str(e.value).startswith(f"{reports / 'ours'}/") and "staging" not in str(e.value)
+    assert _tree(reports / "ours") == before and sorted(p.name for p in reports.iterdir()) == ["index.html", "ours"]
+    monkeypatch.setattr(fileio, "write_atomic", real)
+    import ferbench.report.render as render
+
+    monkeypatch.setattr(render, "page_summary", lambda ctx: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        api.report_spec("ours", finished / "runs", reports)
+    assert _tree(reports / "ours") == before and sorted(p.name for p in reports.iterdir()) == ["index.html", "ours"]
+
+
+def test_a_killed_report_leaves_nothing_the_next_one_keeps(finished, tmp_path):
+    """A staging folder left by a process that no longer runs is removed by the next report and is
+    never listed on the index; one of a process still running is left alone."""
+    import subprocess
+
+    reports = tmp_path / "reports"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = reports / f".ours.staging-{dead.pid}"
+    (stale / "figures").mkdir(parents=True)
+    (stale / "index.html").write_text("half a page")
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        live = reports / f".ours.staging-{running.pid}"
+        (live / "index.html").parent.mkdir()
+        (live / "index.html").write_text("being written")
+        api.report_spec("ours", finished / "runs", reports)
+        assert not stale.exists() and live.exists() and (reports / "ours" / "index.html").exists()
+        assert ".ours" not in (reports / "index.html").read_text()
+    finally:
+        running.kill()
+        running.wait()

@@ -1,7 +1,8 @@
 """Rendering and writing report pages: context -> index.html (self-contained) and report.md (+ figures/).
 
-Everything is rendered in memory first and then written atomically, so a failure leaves no
-half-written report. Both templates render the same `sections` (`sections.describe_run`).
+Each page is written into a staging folder that replaces the page folder whole at the end
+(`fileio.staged_folder`), so a failure (an error while rendering, a full disk) leaves the previous
+page as it was. Both templates render the same `sections` (`sections.describe_run`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jinja2
 import markupsafe
 
 from ferbench.errors import FerbenchError
+from ferbench.fileio import staged_folder
 from ferbench.records import RunRecord, copy_records, write_bytes_atomic, write_text_atomic
 from ferbench.report.page import build_context, page_summary, spec_folders
 from ferbench.report.tables import fmt_pct
@@ -53,35 +55,35 @@ def _b64(png: bytes) -> str:
 
 def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html"),
                    with_records: bool = False) -> list[Path]:
-    """Render each spec folder's pages (and exports, by `formats`) in memory, then write them.
-    `with_records` publishes: the spec's records (no checkpoints) are first copied into the page's
+    """Render each spec folder's pages (and exports, by `formats`), each page into a staging folder
+    that replaces the page whole. `with_records` publishes: the spec's records (no checkpoints) are first copied into the page's
     records/ folder, joining any published there before, and the page is rendered from that folder,
     so a published page always shows exactly the records beside it."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
-    rendered: list[tuple[Path, bytes]] = []
+    written: list[Path] = []
     for folder in spec_folders(target, runs_dir):
         dest = page_folder(folder, out, publish=with_records)
         for sub in (dest, dest / "figures", dest / "records"):  # a linked folder would take the writes elsewhere
             if sub.is_symlink():
                 raise FerbenchError(f"{sub}: is a symbolic link; ferbench never writes a page through one (remove it)")
-        if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
-            copy_records(folder, dest / "records")
-            folder = dest / "records" / folder.resolve().name
-        ctx, figs = build_context(folder)
-        records = ctx.pop("records")
-        html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
-        md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
-        summary = page_summary(ctx)
-        # figures first, pages after: a write that fails (a full disk) never leaves a page without its figures
-        rendered += [(dest / "figures" / n, b) for n, b in figs.items()]
-        rendered += _exports(dest, formats, ctx, records, summary["verdicts"])
-        rendered += [(dest / "verdicts.json", json.dumps(summary, indent=2).encode())]
-        rendered += [(dest / name, text.encode()) for name, text, fmt in (("report.md", md, "md"), ("index.html", html, "html"))
-                     if fmt in formats]
-    for path, data in rendered:
-        write_bytes_atomic(path, data)
-    index = write_index(out)
-    return [p for p, _ in rendered if p.parent.name != "figures" and p.name != "verdicts.json"] + [index]
+        with staged_folder(dest) as stage:  # the page whole, or the old one untouched (a full disk mid-page)
+            if with_records and folder.resolve().parent != (dest / "records").resolve():  # not re-rendered from them
+                copy_records(folder, stage / "records")
+                folder = stage / "records" / folder.resolve().name
+            ctx, figs = build_context(folder)
+            records = ctx.pop("records")
+            html = html_t.render(**ctx, img=lambda n: _b64(figs[n]))
+            md = md_t.render(**ctx, img=lambda n: markupsafe.Markup(f"figures/{n}"))
+            summary = page_summary(ctx)
+            rendered = [(Path("figures") / n, b) for n, b in figs.items()]
+            rendered += _exports(Path(), formats, ctx, records, summary["verdicts"])
+            rendered += [(Path("verdicts.json"), json.dumps(summary, indent=2).encode())]
+            rendered += [(Path(name), text.encode()) for name, text, fmt in
+                         (("report.md", md, "md"), ("index.html", html, "html")) if fmt in formats]
+            for rel, data in rendered:
+                write_bytes_atomic(stage / rel, data)
+        written += [dest / rel for rel, _ in rendered if rel.parent.name != "figures" and rel.name != "verdicts.json"]
+    return written + [write_index(out)]
 
 
 LOCAL_SUFFIX = "-local"
@@ -142,7 +144,7 @@ def is_reports_index(path: Path) -> bool:
 def write_index(out: Path) -> Path:
     """reports/index.html: every report folder under `out`, with its description, datasets, date
     and every claim's verdict, so a reader sees in one table what holds up."""
-    pages = sorted(p.parent for p in out.glob("*/index.html"))
+    pages = sorted(p.parent for p in out.glob("*/index.html") if not p.parent.name.startswith("."))  # not a page being staged
     # relative links, the name percent-encoded: a folder named `javascript:...` is a path, never a script
     items = [{"name": p.name, "href": f"./{quote(p.name)}/index.html", "md": f"./{quote(p.name)}/report.md",
               **{k: v for k, v in _read_summary(p).items() if k != "name"}} for p in pages]
