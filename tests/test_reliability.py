@@ -248,3 +248,34 @@ def test_report_lists_a_damaged_record_and_renders_the_rest(tmp_path):
     assert "(n=1)" in (tmp_path / "reports" / "dmg" / "report.md").read_text()  # the intact seed's results
     recs = {r.id: r for r in discover(runs)}
     assert recs[ids[0]].status == recs[ids[1]].status == "unreadable" and recs[ids[2]].complete
+
+
+def test_a_full_disk_under_the_cache_costs_speed_never_the_job(tmp_path, monkeypatch):
+    """The cache (prepared arrays, file digests, kernel choices) is an optimisation: when it cannot be
+    written (ENOSPC at every write under it) the job completes and no partial cache entry is left."""
+    import errno
+
+    from ferbench import fileio
+    from ferbench.data import cache as data_cache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FERBENCH_CACHE", str(cache))
+    real_save, real_atomic = np.save, fileio.write_atomic
+
+    def full(path, *a, **k):
+        if str(path).startswith(str(cache)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, *a, **k)
+
+    def full_atomic(path, fill):
+        if str(path).startswith(str(cache)):
+            raise FerbenchError(f"{path}: cannot write (No space left on device); the previous version, if any, is intact")
+        return real_atomic(path, fill)
+
+    monkeypatch.setattr(np, "save", full)
+    monkeypatch.setattr(fileio, "write_atomic", full_atomic)
+    monkeypatch.setattr(data_cache.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    (o,) = api.run_spec(_spec(tmp_path, _npz(tmp_path / "d.npz", 0)), runs_dir=tmp_path / "runs", estimate=False)
+    assert o.status == "complete", o.reason
+    left = [p for p in cache.rglob("*") if p.is_file() or p.name.startswith(".")] if cache.exists() else []
+    assert left == [], left  # no partial entry, temporary folder or file

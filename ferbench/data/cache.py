@@ -8,6 +8,7 @@ a changed file has a new size or mtime and is hashed again, which invalidates it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,14 +45,17 @@ def file_digest(path: Path) -> str:
     digest = sha256_file(path)
     index = {k: v for k, v in index.items() if not k.startswith(f"{path}|")}
     index[key] = digest
+    tmp = None
     try:
         index_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=index_path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(index, f)
         os.replace(tmp, index_path)
-    except OSError:
-        pass  # an unwritable cache only costs speed
+    except OSError:  # an unwritable cache only costs speed; a full disk keeps no part of the index
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return digest
 
 
@@ -67,16 +71,15 @@ def cached_arrays(
         except (OSError, ValueError):
             shutil.rmtree(entry, ignore_errors=True)
     arrays = build()
+    tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{tag}."))
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
         (tmp / "done").write_text(json.dumps({"kind": kind, "source_sha256": digest, "params": params}))
-        try:
-            os.rename(tmp, entry)
-        except OSError:  # another process stored it first
+        os.rename(tmp, entry)
+    except OSError:  # a full disk, or another process stored it first: the arrays serve this run all the same
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
-        pass
     return arrays

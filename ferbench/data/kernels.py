@@ -59,13 +59,14 @@ def _load_store() -> dict[str, Any]:
 
 def _save(key: str, entry: dict[str, Any]) -> None:
     """Add one choice to the machine's store (atomically; a read-only cache only loses the memo)."""
+    from ferbench.errors import FerbenchError
     from ferbench.fileio import write_json_atomic
 
     store = _load_store()
     store[key] = entry
     try:
         write_json_atomic(_store_path(), store)
-    except OSError:
+    except (OSError, FerbenchError):  # a full disk or a cache that is not ours to replace: never the job's failure
         pass
 
 
