@@ -32,14 +32,37 @@ from ferbench.spec import IDENTITY_DEFAULTS, Job
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
 
 
+LOCK_FILE = ".lock"
+
+
+def folder_problem(job_dir: Path) -> str | None:
+    """Why `job_dir` (runs/<spec>/<job-id>) cannot hold a record of ours, or None: it or its spec's folder
+    is a symbolic link (every write would land wherever it points) or not a folder, or its lock file is
+    not a regular file (a folder or a pipe)."""
+    import stat
+
+    for d in (job_dir.parent, job_dir):
+        if d.is_symlink():
+            return f"{d}: is a symbolic link; ferbench never writes a record through one (remove it)"
+        if d.exists() and not d.is_dir():
+            return f"{d}: exists and is not a folder; remove it or use another --runs-dir"
+    lock = job_dir / LOCK_FILE
+    if lock.is_symlink() or (lock.exists() and not stat.S_ISREG(lock.lstat().st_mode)):
+        return f"{lock}: not a regular file (a link, folder, pipe or device); remove it"
+    return None
+
+
 @contextlib.contextmanager
 def job_lock(job_dir: Path, blocking: bool) -> Iterator[bool]:
     """Hold an exclusive lock on a job folder (`filelock`: flock on Unix, msvcrt on Windows, so
-    report and compare import everywhere); yields False if non-blocking and already held."""
+    report and compare import everywhere); yields False if non-blocking and already held. A folder
+    that is not ours to write (`folder_problem`) is one line, before anything is made in it."""
     from filelock import FileLock, Timeout
 
+    if problem := folder_problem(job_dir):
+        raise FerbenchError(problem)
     job_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(job_dir / ".lock"), is_singleton=False)
+    lock = FileLock(str(job_dir / LOCK_FILE), is_singleton=False)
     try:
         lock.acquire(timeout=-1 if blocking else 0)
     except Timeout:

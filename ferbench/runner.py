@@ -35,7 +35,8 @@ from ferbench.machine import environment
 from ferbench.memory import check_job_batches
 from ferbench.models import build_model, check_logits, check_options, create_model, get_variant
 from ferbench.records import (CHECKPOINT_FILE, COMPLETE, COST_FIELD, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
-                              PREDICTIONS_FILE, RUNNING, damaged, is_complete, job_lock, read_job, read_manifest, remove_orphans,
+                              PREDICTIONS_FILE, RUNNING, damaged, folder_problem, is_complete, job_lock, read_job, read_manifest,
+                              remove_orphans,
                               write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
@@ -148,7 +149,10 @@ def model_conflict(job: Job, job_dir: Path, manifest: dict[str, Any]) -> str | N
 def record_conflict(job: Job, ds: FerDataset, job_dir: Path, manifest: dict[str, Any]) -> tuple[str, str] | None:
     """(status, reason) when a job's existing record cannot be reused, resumed or overwritten: it was made
     from other data, or by another version of the model, or cannot be verified (its manifest does not
-    read, or a checkpoint has none: nothing says what it was trained on); None when it can."""
+    read, or a checkpoint has none: nothing says what it was trained on), or its folder is not ours to
+    write (a symbolic link, not a folder); None when it can."""
+    if problem := folder_problem(job_dir):
+        return "unverifiable", problem
     if manifest.get("status") == "unreadable":
         return "unverifiable", (f"{job_dir}: {manifest.get('failure', 'manifest unreadable')}: a record that cannot be "
                                 "verified is never resumed or reused; move it away or use another --runs-dir")

@@ -174,3 +174,32 @@ def test_a_killed_report_leaves_nothing_the_next_one_keeps(finished, tmp_path):
     finally:
         running.kill()
         running.wait()
+
+
+@pytest.mark.parametrize("kind", ["job-link", "job-file", "spec-link", "lock-folder", "lock-fifo"])
+def test_a_record_is_never_written_through_a_link_or_into_what_is_not_a_folder(finished, tmp_path, kind):
+    """A job's folder, or its spec's, planted as a link (to a system folder, say) would take every record
+    file there; a lock that is a folder or a pipe would fail or block. One line before anything is
+    written, exit 2, and plan shows the job as unverifiable."""
+    job_id = next((finished / "runs" / "ours").glob("a__*")).name
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    spec_dir = runs / "ours"
+    spec_dir.mkdir(parents=True)
+    if kind == "job-link":
+        (spec_dir / job_id).symlink_to(elsewhere)
+    elif kind == "job-file":
+        (spec_dir / job_id).write_text("not a folder")
+    elif kind == "spec-link":
+        spec_dir.rmdir()
+        spec_dir.symlink_to(elsewhere)
+    else:
+        (spec_dir / job_id).mkdir()
+        (spec_dir / job_id / ".lock").mkdir() if kind == "lock-folder" else os.mkfifo(spec_dir / job_id / ".lock")
+    shutil.copy(finished / "s.yaml", tmp_path / "s.yaml")
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--runs-dir", str(runs), "--no-estimate"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    assert ("is a symbolic link" if "link" in kind else "not a folder" if kind == "job-file" else "not a regular file") in res.stderr
+    assert not any(elsewhere.iterdir())
+    plan = CliRunner().invoke(app, ["plan", str(tmp_path / "s.yaml"), "--runs-dir", str(runs), "--no-estimate"])
+    assert plan.exit_code == 0 and "unverifiable" in plan.stdout, plan.output
