@@ -110,10 +110,12 @@ def epochs_done(job_dir: Path) -> int:
 
 def _history(job_dir: Path) -> list[dict[str, str]]:
     import csv
+    import io
+
+    from ferbench.fileio import read_text_bounded
 
     try:
-        with open(job_dir / HISTORY_FILE, newline="") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(read_text_bounded(job_dir / HISTORY_FILE))))
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ferbench.errors import FerbenchError, first_line
-from ferbench.fileio import write_atomic, write_json_atomic
+from ferbench.fileio import read_text_bounded, write_atomic, write_json_atomic
 from ferbench.trained import TrainedModel, preprocess, preprocessing_steps, preprocessing_text
 
 Format = Literal["onnx", "torchscript", "pt2"]
@@ -158,4 +158,4 @@ def default_path(tm: TrainedModel, fmt: Format, folder: Path = Path("exports")) 
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    return json.loads(path.with_suffix(".json").read_text())
+    return json.loads(read_text_bounded(path.with_suffix(".json")))

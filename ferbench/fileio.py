@@ -187,9 +187,48 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+MAX_TEXT_BYTES = 64 << 20  # a record's JSON, YAML or CSV: a history of 10,000 epochs is about 2 MB
+
+
+class NotAPlainFile(OSError):
+    """A file to read that is a folder, pipe or device (a link to /dev/zero never ends; a pipe blocks)."""
+
+
+class FileTooLarge(OSError):
+    """A text file over the size ferbench reads for it."""
+
+
+def read_bounded(path: Path, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (links followed); NotAPlainFile or
+    FileTooLarge (both OSError, which every record reader already reports as unreadable) before
+    anything large is read. Opened without blocking and checked on the open file, so a pipe swapped
+    in after a check cannot hang it."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAPlainFile(f"{path}: not a regular file (a folder, pipe or device)")
+        if st.st_size > limit:
+            raise FileTooLarge(f"{path}: {st.st_size:,} bytes, above the {limit:,} ferbench reads for it")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)  # /proc files report size 0
+        if len(data) > limit:
+            raise FileTooLarge(f"{path}: more than the {limit:,} bytes ferbench reads for it")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_text_bounded(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """`read_bounded` as UTF-8 text (UnicodeDecodeError, a ValueError, when it is not)."""
+    return read_bounded(path, limit).decode("utf-8")
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_bounded(path))
     except (OSError, ValueError) as e:
         raise FerbenchError(f"{path}: unreadable JSON ({e.__class__.__name__}: {e})") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ferbench.recordcheck import (  # noqa: F401  (the record's file names: defi
     CHECKPOINT_FILE, COST_FIELD, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, SPEC_FILE,
     metrics_cost)
 from ferbench.fileio import (  # noqa: F401  (the record format's writers; their home is the leaf fileio)
-    MAX_SPEC_BYTES, load_npz, read_json, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
+    MAX_SPEC_BYTES, load_npz, read_json, read_text_bounded, write_atomic, write_bytes_atomic, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.errors import FerbenchError, first_line, one_line
 from ferbench.spec import IDENTITY_DEFAULTS, Job
 
@@ -131,8 +132,7 @@ class RunRecord:
         p = self.path / HISTORY_FILE
         if not p.exists():
             return []
-        with p.open() as f:
-            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(read_text_bounded(p)))]
 
 
 def _num(v: Any) -> Any:
@@ -153,7 +153,7 @@ def read_manifest(job_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {"status": "incomplete"}
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_text_bounded(path))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return {"status": "unreadable", "failure": f"{MANIFEST_FILE}: unreadable ({type(e).__name__})"}
     problem = recordcheck.check_manifest(manifest)
@@ -256,7 +256,7 @@ def _read_job(path: Path) -> tuple[dict[str, Any], Job | None, str | None]:
         size = path.stat().st_size
         if size > MAX_SPEC_BYTES:
             return {}, None, f"{JOB_FILE}: larger than a job ({size:,} bytes)"
-        job = parse_yaml(path.read_text())
+        job = parse_yaml(read_text_bounded(path, MAX_SPEC_BYTES))
         check_size(job, JOB_FILE)  # YAML aliases expanded past any job's size: refused, as in specs
     except FerbenchError as e:
         return {}, None, str(e)
@@ -292,7 +292,7 @@ def _damage(job_dir: Path) -> str | None:
     check before a record is trusted anywhere: report and compare (`discover`), predict and export
     (`trained.load_run`), eval's reuse of a training (`runner.find_trained`)."""
     try:
-        metrics = json.loads((job_dir / METRICS_FILE).read_text())
+        metrics = json.loads(read_text_bounded(job_dir / METRICS_FILE))
     except (OSError, ValueError) as e:
         return f"{METRICS_FILE}: unreadable ({type(e).__name__})"
     problem = recordcheck.check_metrics(metrics)

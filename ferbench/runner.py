@@ -29,7 +29,7 @@ import yaml
 from ferbench.data import FerDataset, load_dataset, parse_options
 from ferbench.data.kernels import chosen as chosen_kernels
 from ferbench.errors import FerbenchError, JobFailed, first_line
-from ferbench.fileio import sha256_file
+from ferbench.fileio import read_text_bounded, sha256_file
 from ferbench.hostmem import keep_freed_memory
 from ferbench.machine import environment
 from ferbench.memory import check_job_batches
@@ -337,7 +337,7 @@ def reuse_training(job: Job, donor: Path, model: Any, device: Any, job_dir: Path
     except OSError:
         shutil.copyfile(donor / CHECKPOINT_FILE, ck_path)
     if (donor / HISTORY_FILE).is_file():
-        write_text_atomic(job_dir / HISTORY_FILE, (donor / HISTORY_FILE).read_text())
+        write_text_atomic(job_dir / HISTORY_FILE, read_text_bounded(donor / HISTORY_FILE))
     ck = load_checkpoint(ck_path)
     model.load_state_dict(selected_state(ck, job, "last", donor))
     fmt = torch.channels_last if job.train.channels_last else torch.contiguous_format
@@ -508,7 +508,7 @@ def record(job: Job, job_dir: Path, num_classes: int, arrays: dict[str, np.ndarr
 def stored_test_accuracy(job_dir: Path) -> float | None:
     """The last-epoch test accuracy a finished record holds, if any."""
     try:
-        m = json.loads((job_dir / METRICS_FILE).read_text())
+        m = json.loads(read_text_bounded(job_dir / METRICS_FILE))
         return m["test"]["last"]["accuracy"]
     except (OSError, ValueError, KeyError):
         return None

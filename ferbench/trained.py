@@ -58,8 +58,9 @@ def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = Fals
     run_dir = Path(run_dir)
     if which not in ("last", "best"):
         raise FerbenchError(f"--which {which!r}: expected last or best")
-    if not (run_dir / JOB_FILE).is_file():
+    if not (run_dir / JOB_FILE).exists():  # one that is there but unreadable (a pipe, say) is named by read_job
         raise FerbenchError(f"{run_dir}: not a run folder (no {JOB_FILE}); expected runs/<spec>/<job-id>")
+    read_job(run_dir)
     if not is_complete(run_dir):
         m = read_manifest(run_dir)
         why = f": {m['failure']}" if m.get("status") == "unreadable" and m.get("failure") else ""

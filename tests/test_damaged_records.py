@@ -65,6 +65,21 @@ def _replace_with_folder(name):
     return damage
 
 
+def _planted(name, kind):
+    """The file replaced by a link to /dev/zero (it never ends), a named pipe (a read blocks) or a sparse
+    65 MiB file (over what ferbench reads for a record's text)."""
+    def damage(job_dir: Path) -> None:
+        (job_dir / name).unlink()
+        if kind == "zero":
+            (job_dir / name).symlink_to("/dev/zero")
+        elif kind == "pipe":
+            os.mkfifo(job_dir / name)
+        else:
+            with open(job_dir / name, "wb") as f:
+                f.truncate(65 << 20)
+    return damage
+
+
 CASES = [
     ("job-invalid-yaml", lambda d: (d / "job.yaml").write_text("job: [\n"), "job.yaml: unreadable (ParserError)"),
     ("job-not-a-mapping", lambda d: (d / "job.yaml").write_text("- 1\n"), "job.yaml: expected a mapping"),
@@ -87,7 +102,11 @@ CASES = [
      "test.best: field 'per_class_recall' missing"),
     ("metrics-cost-a-string", _json("metrics.json", lambda m: m.update(cost="x")), "field 'cost' must be a mapping"),
     ("metrics-old-profile-a-string", _json("metrics.json", lambda m: m.update(profile="x")), "field 'profile' must be a mapping"),
-    ("metrics-a-folder", _replace_with_folder("metrics.json"), "metrics.json: unreadable (IsADirectoryError)"),
+    ("metrics-a-folder", _replace_with_folder("metrics.json"), "metrics.json: unreadable (NotAPlainFile)"),
+    ("metrics-over-64-mib", _planted("metrics.json", "sparse"), "metrics.json: unreadable (FileTooLarge)"),
+    ("manifest-link-to-dev-zero", _planted("manifest.json", "zero"), "manifest.json: unreadable (NotAPlainFile)"),
+    ("job-a-pipe", _planted("job.yaml", "pipe"), "job.yaml: unreadable (NotAPlainFile)"),
+    ("predictions-a-pipe", _planted("predictions.npz", "pipe"), "predictions.npz: unreadable (array file must be a regular file"),
     ("predictions-without-labels", _npz(lambda a: a.pop("test.labels")), "array 'test.labels' missing"),
     ("predictions-short-labels", _npz(lambda a: a.update({"test.labels": a["test.labels"][:3]})), "must be float (3, 7), got float32 (16, 7)"),
     ("predictions-1d-logits", _npz(lambda a: a.update({"test.last.logits": a["test.last.logits"][:, 0]})), "test.last.logits must be float"),
@@ -95,7 +114,8 @@ CASES = [
     ("predictions-wrong-targets", _npz(lambda a: a.update({"test.targets": a["test.targets"][:, :3]})), "test.targets must be float (16, 7)"),
     ("history-ragged", lambda d: (d / "history.csv").write_text("epoch,val_acc\nx,y\n,,,\n"), "history.csv: line 2 is not a row of numbers"),
     ("history-binary", lambda d: (d / "history.csv").write_bytes(b"\xff\xfe\x00\x00"), "history.csv: unreadable (UnicodeDecodeError)"),
-    ("history-a-folder", _replace_with_folder("history.csv"), "history.csv: unreadable (IsADirectoryError)"),
+    ("history-a-folder", _replace_with_folder("history.csv"), "history.csv: unreadable (NotAPlainFile)"),
+    ("history-link-to-dev-zero", _planted("history.csv", "zero"), "history.csv: unreadable (NotAPlainFile)"),
     ("spec-snapshot-invalid", lambda d: (d.parent / "spec.yaml").write_text("claims: [\n"), "description and claims left out"),
     ("spec-snapshot-bad-claim", lambda d: (d.parent / "spec.yaml").write_text("claims: [{model: m}]\n"), "claims invalid"),
 ]

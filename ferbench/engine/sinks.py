@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import Any
 
 from ferbench.engine.train import NoProgress
 from ferbench.errors import FerbenchError
-from ferbench.fileio import write_text_atomic
+from ferbench.fileio import read_text_bounded, write_text_atomic
 
 EXTRAS = {"tensorboard": ("tensorboard", "log"), "mlflow": ("mlflow", "mlflow")}  # sink: (module, pip extra)
 
@@ -139,8 +140,7 @@ class CsvSink(Sink):
         if self.trimmed or not self.path.exists():
             self.trimmed = True
             return
-        with self.path.open(newline="") as f:
-            kept = [r for r in csv.reader(f)][1:]
+        kept = list(csv.reader(io.StringIO(read_text_bounded(self.path))))[1:]
         kept = [r for r in kept if r and r[0].isdigit() and int(r[0]) < step]
         write_text_atomic(self.path, _csv_text([self.FIELDS, *kept]))
         self.trimmed = True
@@ -161,8 +161,6 @@ class CsvSink(Sink):
 
 
 def _csv_text(rows: list[tuple[Any, ...]] | list[Any]) -> str:
-    import io
-
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
@@ -200,7 +198,7 @@ class MlflowSink(Sink):
 
     def _resume(self) -> str | None:
         try:
-            link = json.loads(self.link.read_text())
+            link = json.loads(read_text_bounded(self.link))
         except (OSError, ValueError):
             return None
         return link.get("run_id") if isinstance(link, dict) and link.get("tracking_uri") == self.uri else None

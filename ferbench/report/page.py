@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from ferbench.errors import FerbenchError
+from ferbench.fileio import MAX_SPEC_BYTES, read_text_bounded
 from ferbench.hub import weights_label
 from ferbench.metrics import kl_per_sample, softmax
 from ferbench.records import SPEC_FILE, RunRecord, discover
@@ -110,7 +111,7 @@ def read_spec_snapshot(path: Path) -> tuple[dict[str, Any], str | None]:
     if not path.exists():
         return {}, None
     try:
-        spec = parse_yaml(path.read_text())
+        spec = parse_yaml(read_text_bounded(path, MAX_SPEC_BYTES))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         return {}, f"unreadable ({type(e).__name__}): description and claims left out"
     if not isinstance(spec, dict):
