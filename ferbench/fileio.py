@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -198,27 +198,34 @@ class FileTooLarge(OSError):
     """A text file over the size ferbench reads for it."""
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (links followed); NotAPlainFile for a
+    folder, pipe or device. Opened without blocking and checked on the open file."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotAPlainFile("not a regular file (a folder, pipe or device)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_bounded(path: Path, limit: int = MAX_TEXT_BYTES) -> bytes:
     """The bytes of a regular file of at most `limit` bytes (links followed); NotAPlainFile or
     FileTooLarge (both OSError, which every record reader already reports as unreadable) before
     anything large is read. Opened without blocking and checked on the open file, so a pipe swapped
     in after a check cannot hang it."""
-    import stat
-
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotAPlainFile(f"{path}: not a regular file (a folder, pipe or device)")
-        if st.st_size > limit:
-            raise FileTooLarge(f"{path}: {st.st_size:,} bytes, above the {limit:,} ferbench reads for it")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)  # /proc files report size 0
-        if len(data) > limit:
-            raise FileTooLarge(f"{path}: more than the {limit:,} bytes ferbench reads for it")
-        return data
-    finally:
-        os.close(fd)
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise FileTooLarge(f"{size:,} bytes, above the {limit:,} ferbench reads for it")
+        data = f.read(limit + 1)  # /proc files report size 0
+    if len(data) > limit:
+        raise FileTooLarge(f"more than the {limit:,} bytes ferbench reads for it")
+    return data
 
 
 def read_text_bounded(path: Path, limit: int = MAX_TEXT_BYTES) -> str:

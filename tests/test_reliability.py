@@ -279,3 +279,29 @@ def test_a_full_disk_under_the_cache_costs_speed_never_the_job(tmp_path, monkeyp
     assert o.status == "complete", o.reason
     left = [p for p in cache.rglob("*") if p.is_file() or p.name.startswith(".")] if cache.exists() else []
     assert left == [], left  # no partial entry, temporary folder or file
+
+
+def test_a_checkpoint_planted_as_a_pipe_fails_the_job_instead_of_hanging(tmp_path):
+    """Resuming reads checkpoint.pt: a named pipe there would block torch.load forever. The job fails
+    with one line naming the file. (A daemon thread feeds the pipe bytes after 20 s, so a regression
+    fails on the reason, an unloadable file, instead of hanging the suite.)"""
+    import os
+    import threading
+
+    spec = _spec(tmp_path, _npz(tmp_path / "d.npz", 0))
+    (o,) = api.run_spec(spec, runs_dir=tmp_path / "runs", estimate=False)
+    job_dir = next((tmp_path / "runs" / "rel").glob("r__*"))
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    (job_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    for name in ("metrics.json", "predictions.npz", "checkpoint.pt"):
+        (job_dir / name).unlink()
+    os.mkfifo(job_dir / "checkpoint.pt")
+
+    def feed():
+        time.sleep(20)
+        with open(job_dir / "checkpoint.pt", "wb") as f:
+            f.write(b"not a checkpoint")
+
+    threading.Thread(target=feed, daemon=True).start()
+    (o,) = api.run_spec(spec, runs_dir=tmp_path / "runs", estimate=False)
+    assert o.status == "failed" and "checkpoint.pt" in o.reason and "not a regular file" in o.reason, o.reason

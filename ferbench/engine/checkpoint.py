@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ferbench.errors import FerbenchError, first_line, one_line
-from ferbench.fileio import write_atomic, write_text_atomic
+from ferbench.fileio import open_regular, write_atomic, write_text_atomic
 
 
 @dataclass
@@ -80,7 +80,8 @@ def safe_torch_load(path: Path) -> Any:
     with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
         warnings.simplefilter("ignore")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path) as f:  # a pipe planted as a checkpoint would block torch.load forever
+                return torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise pickle.UnpicklingError("it holds Python objects other than tensors, and ferbench never runs code "
                                          "from a file") from None
