@@ -70,10 +70,10 @@ class OneLineErrors(TyperGroup):
 
 def check_environment() -> None:
     """The sizes ferbench reads from the environment, checked before any command runs (one line)."""
-    from ferbench.fileio import NPZ_LIMIT_ENV, env_gib
+    from ferbench.fileio import NPZ_LIMIT_ENV, TABLE_LIMIT_ENV, env_gib
     from ferbench.memory import MEMORY_ENV
 
-    for name in (NPZ_LIMIT_ENV, MEMORY_ENV):
+    for name in (NPZ_LIMIT_ENV, TABLE_LIMIT_ENV, MEMORY_ENV):
         env_gib(name, None)
     if os.environ.get("FERBENCH_CACHE"):
         from ferbench.data.cache import cache_dir

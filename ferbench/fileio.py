@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -101,6 +102,41 @@ def env_gib(name: str, default: float | None) -> float | None:
 def npz_limit_bytes() -> int:
     """What one .npz may hold decompressed: DEFAULT_NPZ_GB, or FERBENCH_MAX_NPZ_GB."""
     return int(env_gib(NPZ_LIMIT_ENV, DEFAULT_NPZ_GB) * 2**30)
+
+
+TABLE_LIMIT_ENV = "FERBENCH_MAX_TABLE_GB"  # raises the bound on a dataset's text table (CSV), decompressed
+DEFAULT_TABLE_GB = 1.0  # FER-2013's CSV is 0.29 GB; pandas peaks at 2-4x a table's size (4x for one long line)
+
+
+def bounded_table(path: Path) -> Path | io.BytesIO:
+    """What pandas should read for a dataset's text table `path`, once bounded: the path of a regular
+    file of at most the limit, or, for a .gz, its bytes decompressed here in chunks up to the limit (a
+    90 MB .gz can hold gigabytes: a 3 GB table of one line had pandas killed at 23 GB here).
+    FerbenchError naming the file and the limit otherwise."""
+    import gzip
+
+    limit = int(env_gib(TABLE_LIMIT_ENV, DEFAULT_TABLE_GB) * 2**30)
+    def too_big(how: str = "") -> FerbenchError:
+        return FerbenchError(f"{path}: larger than the {limit / 2**30:.3g} GiB ferbench reads for a dataset table{how} "
+                             f"({TABLE_LIMIT_ENV} raises it)")
+
+    try:
+        with open_regular(path) as f:
+            if path.suffix != ".gz":
+                if os.fstat(f.fileno()).st_size > limit:
+                    raise too_big()
+                return path
+            out, total = io.BytesIO(), 0
+            with gzip.GzipFile(fileobj=f) as z:
+                while chunk := z.read(1 << 24):
+                    total += len(chunk)
+                    if total > limit:
+                        raise too_big(" once decompressed")
+                    out.write(chunk)
+            out.seek(0)
+            return out
+    except (OSError, EOFError) as e:
+        raise FerbenchError(f"{path}: not a readable CSV ({first_line(e)})") from None
 
 
 def load_npz(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -245,7 +281,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     own error, e.g. /proc/self/mem's EIO, names no file)."""
     h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:  # a pipe would block, a device never end
             while b := f.read(chunk):
                 h.update(b)
     except OSError as e:

@@ -346,6 +346,25 @@ def test_bad_npz(tmp_path, name, arrays, needles):
     check(invoke(["run", p], tmp_path), tmp_path, "x.npz", *needles)
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzipped"])
+def test_a_table_over_the_bound_is_refused_before_pandas_reads_it(tmp_path, monkeypatch, gz):
+    """A 3 GB FER-2013 CSV of one line had pandas killed at 23 GB; a small .gz can decompress to
+    gigabytes. The bound (here lowered to 10 KB: the table is about 100 KB) refuses both in one line."""
+    import gzip
+
+    monkeypatch.setenv("FERBENCH_MAX_TABLE_GB", "0.00001")
+    csv = tmp_path / ("fer.csv.gz" if gz else "fer.csv")
+    write_fer_csv(tmp_path / "fer.csv", fer_rows(9))  # rows no other test writes: never in the parsed-array cache
+    if gz:
+        csv.write_bytes(gzip.compress((tmp_path / "fer.csv").read_bytes()))
+    check(invoke(["run", fer_spec(tmp_path, csv)], tmp_path), tmp_path, str(csv),
+          "larger than the 1e-05 GiB ferbench reads for a dataset table", "FERBENCH_MAX_TABLE_GB raises it")
+    monkeypatch.setenv("FERBENCH_MAX_TABLE_GB", "1")
+    os.unlink(csv)
+    os.mkfifo(csv)
+    check(invoke(["run", fer_spec(tmp_path, csv)], tmp_path), tmp_path, str(csv), "not a regular file")
+
+
 def test_npz_declaring_more_than_the_bound_is_refused_before_it_is_read(tmp_path, monkeypatch):
     monkeypatch.setenv("FERBENCH_MAX_NPZ_GB", "0.000001")  # about 1 KB: the 8 x 16 x 16 images are 2 KB
     p = npz_spec(tmp_path, images=IMGS, label=LABELS)

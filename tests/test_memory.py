@@ -191,6 +191,7 @@ def test_a_one_image_step_that_batchnorm_refuses_fails_before_training(tmp_path:
     ({"FERBENCH_MAX_NPZ_GB": "-1"}, "FERBENCH_MAX_NPZ_GB='-1'"),
     ({"FERBENCH_MAX_NPZ_GB": "1e400"}, "FERBENCH_MAX_NPZ_GB='1e400'"),
     ({MEMORY_ENV: "nan"}, f"{MEMORY_ENV}='nan'"),
+    ({"FERBENCH_MAX_TABLE_GB": "0"}, "FERBENCH_MAX_TABLE_GB='0'"),
     ({"FERBENCH_CACHE": "/dev/null"}, "FERBENCH_CACHE=/dev/null: not a folder")])
 def test_sizes_from_the_environment_are_checked_before_any_command(tmp_path: Path, env: dict, needle: str) -> None:
     """A bad FERBENCH_MAX_NPZ_GB used to list every record as unreadable on a published page (exit 0),

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
-from ferbench.fileio import expand_user
+from ferbench.fileio import bounded_table, expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.rafdb import carve_val, decode
 from ferbench.errors import FerbenchError
@@ -62,7 +62,7 @@ def read_table(path: Path, keep: int) -> tuple[list[tuple[str, tuple[int, int, i
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, usecols=lambda c: c in COLUMNS)
+        df = pd.read_csv(bounded_table(path), usecols=lambda c: c in COLUMNS)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise FerbenchError(f"{path}: not an AffectNet annotation table ({str(e).splitlines()[0]})") from None
     missing = [c for c in COLUMNS if c not in df.columns]

@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
-from ferbench.fileio import expand_user
+from ferbench.fileio import bounded_table, expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.errors import FerbenchError, first_line
 
@@ -65,7 +65,7 @@ def find_csv(root: Path | None, path: str | None) -> Path:
     """The CSV: `path` (a file or a folder holding it), else `<root>/fer2013/fer2013.csv[.gz]`."""
     if path:
         p = expand_user(path)
-        if p.is_file():
+        if p.exists() and not p.is_dir():  # a file, or a pipe or device that bounded_table refuses by name
             return p
         candidates = [p / n for n in FILE_NAMES] + [p / "fer2013" / n for n in FILE_NAMES]
     elif root is not None:
@@ -78,6 +78,8 @@ def find_csv(root: Path | None, path: str | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
+        if c.exists():  # a pipe would block the reader, a link to a device never end
+            raise FerbenchError(f"fer2013: {c}: not a regular file (a folder, pipe or device)")
     raise FerbenchError(
         f"fer2013: expected {candidates[0]} (the Kaggle fer2013.csv, plain or gzipped): file not found"
     )
@@ -133,7 +135,7 @@ def _parse_chunk(rows: list[str], where: str, first_line: int) -> np.ndarray:
 def read_csv_frame(path: Path, columns: list[str]) -> pd.DataFrame:
     """Read a CSV with exactly `columns`, all as strings; one-line errors for unreadable files."""
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
+        df = pd.read_csv(bounded_table(path), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as e:
         raise FerbenchError(f"{path}: not a readable CSV ({first_line(e, limit=10_000)})") from None
     got = [c.strip() for c in df.columns]
@@ -187,8 +189,8 @@ def inexact_rows(csv: Path, n_rows: int) -> np.ndarray | None:
     if not prov.is_file():
         return None
     try:
-        df = pd.read_csv(prov, usecols=["row", "status"])
-    except (ValueError, OSError, pd.errors.ParserError):
+        df = pd.read_csv(bounded_table(prov), usecols=["row", "status"])
+    except (ValueError, OSError, pd.errors.ParserError, FerbenchError):
         return None  # an unreadable provenance file only loses the count
     mask = np.zeros(n_rows, dtype=bool)
     rows = df.loc[df["status"].astype(str).str.startswith("approx"), "row"].to_numpy(int)

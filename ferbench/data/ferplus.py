@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferbench.data import DatasetKind, FerDataset, Split, check_split_nonempty
-from ferbench.fileio import expand_user
+from ferbench.fileio import bounded_table, expand_user
 from ferbench.data.cache import cached_arrays, file_digest
 from ferbench.data.fer2013 import USAGE_TO_SPLIT, find_csv, load_arrays, read_csv_frame, split_codes
 from ferbench.errors import FerbenchError
@@ -163,7 +163,7 @@ def parse_label_csv(paths: list[Path], names: np.ndarray, exported: np.ndarray, 
     listed = np.zeros(len(names), bool)
     for code, path in enumerate(paths):
         try:
-            df = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+            df = pd.read_csv(bounded_table(path), header=None, dtype=str, keep_default_na=False)
         except (OSError, ValueError, UnicodeDecodeError) as e:
             raise FerbenchError(f"{path}: not a readable label.csv ({type(e).__name__})") from None
         if df.shape[1] != 2 + len(VOTE_COLUMNS):
