@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ferbench.errors import FerbenchError, first_line
-from ferbench.fileio import read_text_bounded, write_atomic, write_json_atomic
+from ferbench.fileio import json_text, read_text_bounded, write_together
 from ferbench.trained import TrainedModel, preprocess, preprocessing_steps, preprocessing_text
 
 Format = Literal["onnx", "torchscript", "pt2"]
@@ -47,10 +47,13 @@ def export_model(tm: TrainedModel, fmt: Format, out: Path, tolerance: float = 1e
     """Write `tm` to `out` in `fmt`, with its sidecar JSON, after the parity check passes."""
     if fmt not in SUFFIX:
         raise FerbenchError(f"--format {fmt!r}: expected {', '.join(SUFFIX)}")
+    sidecar = out.with_suffix(".json")
+    if sidecar.absolute() == out.absolute():
+        raise FerbenchError(f"--out {out}: its sidecar {sidecar} would replace the model; give the model file "
+                            f"its format's suffix ({SUFFIX[fmt]})")
     x = parity_batch(tm, seed)
     with torch.no_grad():
         reference = tm.model(x).float().numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
     write, run = WRITERS[fmt]
     diff: list[float] = []
 
@@ -62,9 +65,8 @@ def export_model(tm: TrainedModel, fmt: Format, out: Path, tolerance: float = 1e
             raise FerbenchError(f"{out}: {fmt} export differs from PyTorch by {diff[0]:.3g} (max abs logit) on "
                                 f"{len(x)} images, above the tolerance {tolerance:g}; nothing written")
 
-    write_atomic(out, fill)
-    sidecar = out.with_suffix(".json")
-    write_json_atomic(sidecar, describe(tm, fmt, out, diff[0], len(x), tolerance))
+    describe_to = lambda tmp: tmp.write_text(json_text(describe(tm, fmt, out, diff[0], len(x), tolerance)))  # noqa: E731
+    write_together([(out, fill), (sidecar, describe_to)])  # the model and the sidecar that describes it, or neither
     return Exported(out, sidecar, diff[0], len(x))
 
 

@@ -166,28 +166,45 @@ def write_atomic(path: Path, fill: Callable[[Path], Any]) -> None:
     """Let `fill` write a temporary file (given by path) beside `path`, fsync it and rename it over
     `path`, so readers see the old file or the new one, never a part. A target that is a link, a
     device, a pipe or a folder is refused first (`check_target`): the rename would replace it."""
-    check_target(path)
+    write_together([(path, fill)])
+
+
+def write_together(items: list[tuple[Path, Callable[[Path], Any]]]) -> None:
+    """Files that belong together (a model and its sidecar, a compare page's files), each filled into a
+    temporary file beside its target and fsynced, and renamed over the targets only once all are: a
+    failure while writing any of them (a full disk, a failed check) leaves every old file as it was."""
+    targets = [path for path, _ in items]
+    if len({p.absolute() for p in targets}) < len(targets):
+        raise FerbenchError(f"{', '.join(map(str, targets))}: two of these files would have the same name")
+    for path in targets:
+        check_target(path)
+    temps: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)})") from None
-    os.close(fd)
-    try:
-        fill(Path(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fchmod(fd, 0o666 & ~_UMASK)
-            os.fsync(fd)
-        finally:
+        for path, fill in items:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)})") from None
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # a full disk, a quota, a folder made read-only: one line, the old file kept
-            raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)}); "
-                                "the previous version, if any, is intact") from None
+            temps.append(Path(tmp))
+            try:
+                fill(Path(tmp))
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fchmod(fd, 0o666 & ~_UMASK)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:  # a full disk, a quota, a folder made read-only: one line, the old file kept
+                raise FerbenchError(f"{path}: cannot write ({e.strerror or first_line(e)}); "
+                                    "the previous version, if any, is intact") from None
+        for path, tmp in zip(targets, temps):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
@@ -199,8 +216,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as the JSON every ferbench file holds: indented, keys sorted, numpy values as numbers."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text_atomic(path, json_text(obj))
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:

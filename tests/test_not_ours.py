@@ -203,3 +203,34 @@ def test_a_record_is_never_written_through_a_link_or_into_what_is_not_a_folder(f
     assert not any(elsewhere.iterdir())
     plan = CliRunner().invoke(app, ["plan", str(tmp_path / "s.yaml"), "--runs-dir", str(runs), "--no-estimate"])
     assert plan.exit_code == 0 and "unverifiable" in plan.stdout, plan.output
+
+
+def test_files_written_together_are_all_new_or_all_old(tmp_path):
+    """A model and its sidecar, a compare page's four files: a failure while writing the second (a full
+    disk) leaves the first as it was, and no temporary file behind."""
+    from ferbench.fileio import write_together
+
+    a, b = tmp_path / "m.pt", tmp_path / "m.json"
+    a.write_text("old model")
+    b.write_text("old sidecar")
+
+    def full(tmp):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(FerbenchError, match="m.json: cannot write .No space left on device.; the previous version"):
+        write_together([(a, lambda tmp: tmp.write_text("new model")), (b, full)])
+    assert a.read_text() == "old model" and b.read_text() == "old sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt"]
+    write_together([(a, lambda tmp: tmp.write_text("new model")), (b, lambda tmp: tmp.write_text("new sidecar"))])
+    assert (a.read_text(), b.read_text()) == ("new model", "new sidecar")
+    with pytest.raises(FerbenchError, match="same name"):
+        write_together([(a, lambda tmp: None), (tmp_path / "." / "m.pt", lambda tmp: None)])
+
+
+def test_export_never_lets_its_sidecar_replace_the_model(finished, tmp_path):
+    """`--out m.json`: the sidecar's name is the model's own; it wrote the model, then replaced it with
+    the sidecar and said 'wrote m.json and m.json'. Refused in one line, nothing made."""
+    job_dir = next((finished / "runs" / "ours").glob("a__*"))
+    res = CliRunner().invoke(app, ["export", str(job_dir), "--format", "torchscript", "--out", str(tmp_path / "x" / "m.json")])
+    assert res.exit_code == 2 and "its sidecar" in res.stderr and res.stderr.count("\n") == 1, res.output
+    assert not (tmp_path / "x").exists()

@@ -208,7 +208,7 @@ def write_compare(result: dict[str, Any], out: Path, reports: Path | None = None
     links it like any report; nothing outside `out` is written otherwise."""
     from ferbench.report.render import _env
     from ferbench.report.figures import scatter_figure
-    from ferbench.records import write_bytes_atomic, write_text_atomic
+    from ferbench.fileio import write_together
     import base64
 
     points = [{"label": f"{v['model']} ({d})", "GMACs": v["gmacs"], "accuracy": 100 * v["accuracy"]}
@@ -218,10 +218,9 @@ def write_compare(result: dict[str, Any], out: Path, reports: Path | None = None
            "figure_html": "data:image/png;base64," + base64.b64encode(png).decode()}
     md = _env(False).get_template("compare.md.j2").render(**ctx)
     html = _env(True).get_template("compare.html.j2").render(**ctx)
-    write_bytes_atomic(out / "compare_acc_vs_gmacs.png", png)
-    write_text_atomic(out / "verdicts.json", json.dumps(compare_summary(result, out.name), indent=2))
-    write_text_atomic(out / "report.md", md)
-    write_text_atomic(out / "index.html", html)
+    files = {"compare_acc_vs_gmacs.png": png, "verdicts.json": json.dumps(compare_summary(result, out.name), indent=2).encode(),
+             "report.md": md.encode(), "index.html": html.encode()}
+    write_together([(out / name, lambda tmp, data=data: tmp.write_bytes(data)) for name, data in files.items()])  # all or none
     from ferbench.report.render import is_reports_index, write_index
 
     index = out.parent / "index.html"
