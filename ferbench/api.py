@@ -288,8 +288,11 @@ def compare(a: str, b: str, runs_dir: str | Path = RUNS_DIR, dataset: str | None
             out: str | Path | None = None, published: str | Path | None = "reports") -> tuple[dict[str, Any], list[Path]]:
     """Two families (or model ids) side by side with paired statistics; also written under `out` if given.
     With no complete run under `runs_dir`, the records published under `published` are compared."""
+    from ferbench.records import check_outside_records
     from ferbench.report.compare import compare as compare_records, write_compare
 
+    if out is not None:
+        check_outside_records(Path(out))
     result = compare_records(a, b, Path(runs_dir), dataset, Path(published) if published else None)
     written = write_compare(result, Path(out), Path(published) if published else None) if out is not None else []
     return result, written
@@ -323,6 +326,10 @@ def predict(run: str | Path, inputs: list[str | Path], which: str = "last", tta:
         raise FerbenchError(f"--top-k {top_k}: expected at least 1")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise FerbenchError(f"--out {out}: expected a .csv or .json file")
+    if out is not None:
+        from ferbench.records import check_outside_records
+
+        check_outside_records(Path(out).parent)
     device = check_device(device)
     if detect:
         from ferbench.detect import cascade
@@ -347,8 +354,14 @@ def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | P
         raise FerbenchError(f"--format {fmt!r}: expected {', '.join(SUFFIX)}")
     if not 0 < tolerance < float("inf"):
         raise FerbenchError(f"--tolerance {tolerance}: expected a positive number (the largest logit difference accepted)")
+    from ferbench.records import check_outside_records
+
+    if out is not None:
+        check_outside_records(Path(out).parent)
     tm = load_run(find_run(run, runs_dir), which, trust_code)
-    return export_model(tm, fmt, Path(out) if out else default_path(tm, fmt), tolerance)
+    path = Path(out) if out else default_path(tm, fmt)
+    check_outside_records(path.parent)  # the default exports/ folder too, when run from inside a runs folder
+    return export_model(tm, fmt, path, tolerance)
 
 
 def size_claims() -> list[dict[str, Any]]:
@@ -369,8 +382,10 @@ def model_cost(name: str, input_size: int = 224, num_classes: int = 7, in_chans:
 def plot_dataset(name: str, out: str | Path, data_root: str | None = None, path: str | None = None,
                  options: dict[str, Any] | None = None) -> list[Path]:
     """Class bars per split, example faces, annotator agreement (`ferbench data plot`); the files written."""
+    from ferbench.records import check_outside_records
     from ferbench.report.datafigs import plot_dataset as plot
 
+    check_outside_records(Path(out))
     return plot(name, Path(out), data_root, path, options or {})
 
 

@@ -53,6 +53,21 @@ def folder_problem(job_dir: Path) -> str | None:
     return None
 
 
+def check_outside_records(folder: Path, option: str = "--out") -> None:
+    """One line when `folder`, where an output is about to be written, is among run records: inside a
+    job folder (it or an ancestor holds job.yaml), or a spec's folder of records or a runs folder
+    itself (it holds <job>/job.yaml or <spec>/<job>/job.yaml). An export there replaced a record's
+    checkpoint.pt; a report there mixed its pages into the records."""
+    folder = Path(folder).absolute()
+    for a in (folder, *folder.parents):
+        if (a / JOB_FILE).is_file():
+            raise FerbenchError(f"{option} {folder}: inside the run record {a}; ferbench never writes its outputs "
+                                "among run records (choose a folder outside the runs folder)")
+    if next(folder.glob(f"*/{JOB_FILE}"), None) or next(folder.glob(f"*/*/{JOB_FILE}"), None):
+        raise FerbenchError(f"{option} {folder}: a folder of run records; ferbench never writes its outputs among "
+                            "run records (choose a folder outside the runs folder)")
+
+
 @contextlib.contextmanager
 def job_lock(job_dir: Path, blocking: bool) -> Iterator[bool]:
     """Hold an exclusive lock on a job folder (`filelock`: flock on Unix, msvcrt on Windows, so

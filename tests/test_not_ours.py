@@ -234,3 +234,26 @@ def test_export_never_lets_its_sidecar_replace_the_model(finished, tmp_path):
     res = CliRunner().invoke(app, ["export", str(job_dir), "--format", "torchscript", "--out", str(tmp_path / "x" / "m.json")])
     assert res.exit_code == 2 and "its sidecar" in res.stderr and res.stderr.count("\n") == 1, res.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["report-into-runs", "report-into-spec", "export-onto-checkpoint", "predict-into-job",
+                                     "compare-into-runs"])
+def test_outputs_are_never_written_among_run_records(finished, tmp_path, command):
+    """`export --out <job>/checkpoint.pt` replaced the record's checkpoint with a TorchScript file;
+    `report --out runs` mixed pages into the records. Each is one line and the records stay as they were."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished / "runs", runs)
+    job_dir = next((runs / "ours").glob("a__*"))
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    from PIL import Image
+
+    Image.new("L", (24, 24)).save(tmp_path / "face.png")
+    args = {"report-into-runs": ["report", "--runs-dir", str(runs), "--out", str(runs)],
+            "report-into-spec": ["report", "--runs-dir", str(runs), "--out", str(runs / "ours")],
+            "export-onto-checkpoint": ["export", str(job_dir), "--format", "torchscript", "--out", str(job_dir / "checkpoint.pt")],
+            "predict-into-job": ["predict", str(job_dir), str(tmp_path / "face.png"), "--out", str(job_dir / "p.csv")],
+            "compare-into-runs": ["compare", "a", "a", "--runs-dir", str(runs), "--out", str(runs)]}[command]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    assert "run records" in res.stderr and "choose" in res.stderr, res.stderr
+    assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before

@@ -20,7 +20,7 @@ import markupsafe
 
 from ferbench.errors import FerbenchError
 from ferbench.fileio import staged_folder
-from ferbench.records import RunRecord, copy_records, write_bytes_atomic, write_text_atomic
+from ferbench.records import RunRecord, check_outside_records, copy_records, write_bytes_atomic, write_text_atomic
 from ferbench.report.page import build_context, page_summary, spec_folders
 from ferbench.report.tables import fmt_pct
 
@@ -61,8 +61,10 @@ def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple
     so a published page always shows exactly the records beside it."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
     written: list[Path] = []
+    check_outside_records(out)
     for folder in spec_folders(target, runs_dir):
         dest = page_folder(folder, out, publish=with_records)
+        check_outside_records(dest)
         for sub in (dest, dest / "figures", dest / "records"):  # a linked folder would take the writes elsewhere
             if sub.is_symlink():
                 raise FerbenchError(f"{sub}: is a symbolic link; ferbench never writes a page through one (remove it)")
