@@ -241,8 +241,31 @@ def _hostile_array(kind: str, like: np.ndarray) -> np.ndarray:
             "transposed": like.T.copy(), "scalar": np.array(3.0)}[kind]
 
 
+FILE_KINDS = ["link-to-dev-zero", "pipe", "folder", "sparse-65-mib", "empty", "link-to-a-file-elsewhere"]
+
+
+def _replace_file(path: Path, kind: str, elsewhere: Path) -> None:
+    """The whole file swapped for something that is not a record file (a reader must neither block,
+    nor read without end, nor follow it anywhere it should not)."""
+    path.unlink()
+    if kind == "link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "pipe":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "sparse-65-mib":
+        with open(path, "wb") as f:
+            f.truncate(65 << 20)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        elsewhere.write_text("not a record file")
+        path.symlink_to(elsewhere)
+
+
 @settings(max_examples=SOAK or 150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(file=st.sampled_from(["job.yaml", "manifest.json", "metrics.json", "history.csv", "predictions.npz"]),
+@given(file=st.sampled_from(["job.yaml", "manifest.json", "metrics.json", "history.csv", "predictions.npz", "checkpoint.pt"]),
        data=st.data())
 def test_any_value_in_any_record_field_is_a_checked_record_or_one_line(trained, tmp_path_factory, file, data):
     work = tmp_path_factory.mktemp("rec")
@@ -259,7 +282,10 @@ def _damage_and_read(trained: Path, work: Path, file: str, data) -> None:
     job_dir = work / "fz" / src.name
     shutil.copytree(src, job_dir)
     path = job_dir / file
-    if file == "job.yaml":
+    kind = data.draw(st.sampled_from(["field"] * (3 if file != "checkpoint.pt" else 0) + FILE_KINDS))
+    if kind != "field":
+        _replace_file(path, kind, work / "elsewhere.txt")
+    elif file == "job.yaml":
         obj = yaml.safe_load(path.read_text())
         _set(obj, data.draw(st.sampled_from(JOB_FIELDS)), data.draw(HOSTILE))
         text = yaml.safe_dump(obj) if data.draw(st.booleans()) else yaml.safe_dump(obj).replace("id:", "id: &a", 1)
