@@ -116,6 +116,7 @@ def bounded_table(path: Path) -> Path | io.BytesIO:
     import gzip
 
     limit = int(env_gib(TABLE_LIMIT_ENV, DEFAULT_TABLE_GB) * 2**30)
+
     def too_big(how: str = "") -> FerbenchError:
         return FerbenchError(f"{path}: larger than the {limit / 2**30:.3g} GiB ferbench reads for a dataset table{how} "
                              f"({TABLE_LIMIT_ENV} raises it)")
