@@ -1,7 +1,7 @@
 """Rendering and writing report pages: context -> index.html (self-contained) and report.md (+ figures/).
 
 Each page is written into a staging folder that replaces the page folder whole at the end
-(`fileio.staged_folder`), so a failure (an error while rendering, a full disk) leaves the previous
+(`staging.staged_folder`), so a failure (an error while rendering, a full disk) leaves the previous
 page as it was. Both templates render the same `sections` (`sections.describe_run`).
 """
 
@@ -19,7 +19,7 @@ import jinja2
 import markupsafe
 
 from ferbench.errors import FerbenchError
-from ferbench.fileio import staged_folder
+from ferbench.staging import staged_folder
 from ferbench.records import RunRecord, check_outside_records, copy_records, write_bytes_atomic, write_text_atomic
 from ferbench.report.page import build_context, page_summary, spec_folders
 from ferbench.report.tables import fmt_pct
