@@ -238,6 +238,9 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
             continue
         manifest = read_manifest(d)
         problem = damaged(d) if manifest.get("status") == COMPLETE else None
+        if not problem and manifest.get("status") == COMPLETE and typed is not None and typed.id != d.name:
+            problem = (f"{JOB_FILE}: holds job {typed.id}, not this folder's (a record copied or renamed): one job "
+                       "has one record, never counted twice")
         if problem:  # shown with the failed runs; the rest of the report renders
             manifest = {**manifest, "status": "unreadable", "failure": problem}
         out.append(RunRecord(d, job, manifest, typed=typed))

@@ -72,6 +72,21 @@ def test_seeds_made_from_other_data_are_never_pooled_or_paired(finished, tmp_pat
     assert row["seed_ids"] == [0]  # b's seed 1 has no comparable partner in a
 
 
+def test_a_record_copied_under_another_name_is_never_counted_twice(finished, tmp_path):
+    """A job folder copied (or renamed) within the runs folder holds the same job under a name that is
+    not its id: it was pooled beside the original as a second run of that seed."""
+    w = _copy(finished, tmp_path)
+    original = next(d for d in _job_dirs(w) if d.name.startswith("a__") and "__s0__" in d.name)
+    shutil.copytree(original, original.parent / "a-seed0-backup")
+    records = discover(w / "runs" / "fc")
+    copy = next(r for r in records if r.path.name == "a-seed0-backup")
+    assert copy.status == "unreadable" and f"holds job {original.name}" in copy.manifest["failure"]
+    from ferbench.report.tables import per_seed_accuracy
+
+    a = [r for r in records if r.complete and r.job.model.id == "a"]
+    assert {seed: images for seed, (_, images) in per_seed_accuracy(a, "last").items()} == {0: 16, 1: 16}  # not 32
+
+
 def test_metrics_that_disagree_with_the_stored_predictions_are_not_trusted(finished, tmp_path):
     w = _copy(finished, tmp_path)
     job_dir = _job_dirs(w)[0]

@@ -235,7 +235,10 @@ def test_records_published_with_a_page_render_the_same_page_without_checkpoints(
     shutil.copytree(next((mine / "vd").glob("zeta__*s0*")), extra)
     api.report_spec("vd", mine, tmp_path / "reports", "md,csv", with_records=True)
     assert (records / "vd" / extra.name / "metrics.json").is_file()
-    assert len(zeta_runs((tmp_path / "reports" / "vd" / "results.csv").read_text())) == 3
+    # the copy holds s0's job under another folder name: published beside the others, never counted twice
+    assert len(zeta_runs((tmp_path / "reports" / "vd" / "results.csv").read_text())) == 2
+    md = (tmp_path / "reports" / "vd" / "report.md").read_text().replace("\\", "")
+    assert f"| {extra.name} | unreadable | job.yaml: holds job zeta__synthfer__s0__" in md and "copied or renamed" in md
 
 
 @pytest.mark.slow
