@@ -310,7 +310,9 @@ def find_trained(job: Job, ds: FerDataset, runs_dir: Path, refused: list[str] | 
         if other.training_id != want:
             continue
         problem = manifest.get("failure") if manifest.get("status") == "unreadable" else None
-        if manifest.get("status") == COMPLETE and record_conflict(job, ds, folder, manifest) is None:
+        if problem is None and other.id != folder.name:  # a copied or renamed record, as discover lists it
+            problem = f"{JOB_FILE}: holds job {other.id}, not this folder's (a record copied or renamed)"
+        if problem is None and manifest.get("status") == COMPLETE and record_conflict(job, ds, folder, manifest) is None:
             problem = damaged(folder)
             if problem is None:
                 return folder
