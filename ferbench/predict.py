@@ -75,8 +75,10 @@ def image_files(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
     files, refused = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
+            named = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            found = [p for p in named if p.is_file()]
+            refused += [f"{p}: not a regular file (a pipe or device would never end)" for p in named if not p.is_file()]
+            if not named:
                 refused.append(f"{item}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files += found
         elif item.is_file():

@@ -257,3 +257,19 @@ def test_outputs_are_never_written_among_run_records(finished, tmp_path, command
     assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
     assert "run records" in res.stderr and "choose" in res.stderr, res.stderr
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
+
+
+def test_a_folder_given_to_predict_lists_its_pipes_and_devices(finished, tmp_path):
+    """Inside a folder, an image name that is a pipe or a link to a device is listed as refused (it was
+    passed over without a word); the real image is predicted."""
+    from PIL import Image
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    Image.new("L", (24, 24)).save(folder / "real.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    res = api.predict(next((finished / "runs" / "ours").glob("a__*")), [folder])
+    assert [Path(p).name for p in res.files] == ["real.png"]
+    assert sorted(r.split(":")[0].rsplit("/", 1)[1] for r in res.refused) == ["pipe.png", "zero.png"]
+    assert all("not a regular file" in r for r in res.refused)
