@@ -356,12 +356,12 @@ def export(run: str | Path, fmt: str = "onnx", which: str = "last", out: str | P
         raise FerbenchError(f"--tolerance {tolerance}: expected a positive number (the largest logit difference accepted)")
     from ferbench.records import check_outside_records
 
-    if out is not None:
+    if out is not None:  # before the model loads
         check_outside_records(Path(out).parent)
     tm = load_run(find_run(run, runs_dir), which, trust_code)
-    path = Path(out) if out else default_path(tm, fmt)
-    check_outside_records(path.parent)  # the default exports/ folder too, when run from inside a runs folder
-    return export_model(tm, fmt, path, tolerance)
+    if out is None:  # the default exports/ folder too, when run from inside a runs folder
+        check_outside_records(default_path(tm, fmt).parent)
+    return export_model(tm, fmt, Path(out) if out else default_path(tm, fmt), tolerance)
 
 
 def size_claims() -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ferbench.errors import JobFailed
+from ferbench.errors import FerbenchError, JobFailed
 from ferbench.fileio import env_gib
 from ferbench.spec import TTA_VIEWS, Job
 
@@ -210,8 +210,6 @@ def check_workers_memory(jobs: list[Job], num_classes: dict[str, int], workers: 
     """FerbenchError (one line) when `workers` jobs at once cannot fit: the largest `workers` training
     bounds of `jobs` plus one worker process each exceed the device's memory. Each job alone is
     checked by `check_job_memory`; this is the sum that running them side by side allocates."""
-    from ferbench.errors import FerbenchError
-
     import torch
 
     at_once = min(workers, len(jobs))
@@ -236,7 +234,6 @@ def check_job_memory(job: Job, num_classes: int, device: Any, train: bool = True
     lower bound exceeds the device's memory; `train=False` checks its evaluation alone, and
     `eval_field` names the option that sets its evaluation batch. Cached per process by what
     changes the bound."""
-
     t = job.train
     need = cached_need(job, num_classes)
     if need is None:

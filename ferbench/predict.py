@@ -76,8 +76,9 @@ def image_files(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
     for item in map(Path, inputs):
         if item.is_dir():
             named = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
-            found = [p for p in named if p.is_file()]
-            refused += [f"{p}: not a regular file (a pipe or device would never end)" for p in named if not p.is_file()]
+            regular = {p: p.is_file() for p in named}
+            found = [p for p in named if regular[p]]
+            refused += [f"{p}: not a regular file (a pipe or device would never end)" for p in named if not regular[p]]
             if not named:
                 refused.append(f"{item}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files += found

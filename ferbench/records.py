@@ -53,6 +53,14 @@ def folder_problem(job_dir: Path) -> str | None:
     return None
 
 
+def copied_record(folder: Path, job: Job) -> str | None:
+    """Why the record in `folder` is not `job`'s own, or None: its folder name is not the job's id (a
+    record copied or renamed within a runs folder), so it would count one run twice."""
+    if job.id == folder.name:
+        return None
+    return f"{JOB_FILE}: holds job {job.id}, not this folder's (a record copied or renamed): one job has one record, never counted twice"
+
+
 def check_outside_records(folder: Path, option: str = "--out") -> None:
     """One line when `folder`, where an output is about to be written, is among run records: inside a
     job folder (it or an ancestor holds job.yaml), or a spec's folder of records or a runs folder
@@ -238,9 +246,8 @@ def discover(root: Path, unreadable: list[dict[str, str]] | None = None) -> list
             continue
         manifest = read_manifest(d)
         problem = damaged(d) if manifest.get("status") == COMPLETE else None
-        if not problem and manifest.get("status") == COMPLETE and typed is not None and typed.id != d.name:
-            problem = (f"{JOB_FILE}: holds job {typed.id}, not this folder's (a record copied or renamed): one job "
-                       "has one record, never counted twice")
+        if not problem and manifest.get("status") == COMPLETE and typed is not None:
+            problem = copied_record(d, typed)
         if problem:  # shown with the failed runs; the rest of the report renders
             manifest = {**manifest, "status": "unreadable", "failure": problem}
         out.append(RunRecord(d, job, manifest, typed=typed))

@@ -35,9 +35,8 @@ from ferbench.machine import environment
 from ferbench.memory import check_job_batches
 from ferbench.models import build_model, check_logits, check_options, create_model, get_variant
 from ferbench.records import (CHECKPOINT_FILE, COMPLETE, COST_FIELD, FAILED, HISTORY_FILE, JOB_FILE, MANIFEST_FILE, METRICS_FILE,
-                              PREDICTIONS_FILE, RUNNING, damaged, folder_problem, is_complete, job_lock, read_job, read_manifest,
-                              remove_orphans,
-                              write_json_atomic, write_npz_atomic, write_text_atomic)
+                              PREDICTIONS_FILE, RUNNING, copied_record, damaged, folder_problem, is_complete, job_lock, read_job,
+                              read_manifest, remove_orphans, write_json_atomic, write_npz_atomic, write_text_atomic)
 from ferbench.spec import Job
 
 
@@ -310,8 +309,8 @@ def find_trained(job: Job, ds: FerDataset, runs_dir: Path, refused: list[str] | 
         if other.training_id != want:
             continue
         problem = manifest.get("failure") if manifest.get("status") == "unreadable" else None
-        if problem is None and other.id != folder.name:  # a copied or renamed record, as discover lists it
-            problem = f"{JOB_FILE}: holds job {other.id}, not this folder's (a record copied or renamed)"
+        if problem is None:
+            problem = copied_record(folder, other)
         if problem is None and manifest.get("status") == COMPLETE and record_conflict(job, ds, folder, manifest) is None:
             problem = damaged(folder)
             if problem is None:

@@ -116,4 +116,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # someone else's process
     return True
-

@@ -60,7 +60,7 @@ def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = Fals
         raise FerbenchError(f"--which {which!r}: expected last or best")
     if not (run_dir / JOB_FILE).exists():  # one that is there but unreadable (a pipe, say) is named by read_job
         raise FerbenchError(f"{run_dir}: not a run folder (no {JOB_FILE}); expected runs/<spec>/<job-id>")
-    read_job(run_dir)
+    job = read_job(run_dir)
     if not is_complete(run_dir):
         m = read_manifest(run_dir)
         why = f": {m['failure']}" if m.get("status") == "unreadable" and m.get("failure") else ""
@@ -70,7 +70,6 @@ def load_run(run_dir: str | Path, which: Which = "last", trust_code: bool = Fals
         raise FerbenchError(f"{run_dir}: no {CHECKPOINT_FILE} (published records keep no weights); run the spec to make one")
     if problem := damaged(run_dir):  # fail closed: a record whose files do not check is never used
         raise FerbenchError(f"{run_dir}: a damaged record ({problem}) is never used; run the job again")
-    job = read_job(run_dir)
     arch = job.model.arch
     if ":" in arch and not arch.startswith("timm:") and not trust_code:
         from ferbench.models import is_registered

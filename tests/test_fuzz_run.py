@@ -60,7 +60,6 @@ ARCHS = ["deep-emotion", "mini-xception", "resnet18", "convnext-atto", "emonext-
 def option_values(arch: str) -> dict:
     """A strategy per option of `arch`, read from its constructor's annotations: every literal, both
     booleans, and for numbers the accepted bounds and a value between (1e6 where there is no upper)."""
-    import inspect
     import typing
 
     from ferbench.models import variants

@@ -8,7 +8,6 @@ a changed file has a new size or mtime and is hashed again, which invalidates it
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from ferbench.fileio import expand_user, sha256_file
+from ferbench.errors import FerbenchError
+from ferbench.fileio import expand_user, sha256_file, write_json_atomic
 
 
 def cache_dir() -> Path:
@@ -45,17 +45,10 @@ def file_digest(path: Path) -> str:
     digest = sha256_file(path)
     index = {k: v for k, v in index.items() if not k.startswith(f"{path}|")}
     index[key] = digest
-    tmp = None
     try:
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=index_path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f)
-        os.replace(tmp, index_path)
-    except OSError:  # an unwritable cache only costs speed; a full disk keeps no part of the index
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_json_atomic(index_path, index)
+    except FerbenchError:  # an unwritable cache only costs speed; a full disk keeps no part of the index
+        pass
     return digest
 
 

@@ -56,9 +56,9 @@ def _b64(png: bytes) -> str:
 def render_reports(target: str | None, runs_dir: Path, out: Path, formats: tuple[str, ...] = ("md", "html"),
                    with_records: bool = False) -> list[Path]:
     """Render each spec folder's pages (and exports, by `formats`), each page into a staging folder
-    that replaces the page whole. `with_records` publishes: the spec's records (no checkpoints) are first copied into the page's
-    records/ folder, joining any published there before, and the page is rendered from that folder,
-    so a published page always shows exactly the records beside it."""
+    that replaces the page whole. `with_records` publishes: the spec's records (no checkpoints) are
+    first copied into the page's records/ folder, joining any published there before, and the page is
+    rendered from that folder, so a published page always shows exactly the records beside it."""
     html_t, md_t = _env(True).get_template("report.html.j2"), _env(False).get_template("report.md.j2")
     written: list[Path] = []
     check_outside_records(out)
